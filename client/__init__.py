@@ -1,0 +1,4 @@
+"""face2hbe.client: photos -> faces -> Triton -> SKUs."""
+from .recommend import Limits, Recommender, RunSummary  # noqa: F401
+from .detect import DetectorSettings  # noqa: F401
+from .results import FaceResult, ImageResult, ProfileResult  # noqa: F401

@@ -1,0 +1,62 @@
+"""Face detection with face_recognition (dlib HOG or CNN) on a downscaled copy.
+
+HOG time grows with pixels, so big photos are shrunk to `max_side` before
+detection and the boxes are mapped back to full-resolution coordinates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from face2hbe.imaging import Box
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    model: str = "hog"  # "hog" (CPU, fast) or "cnn" (dlib's CNN, slow without CUDA)
+    upsample: int = 1  # times dlib up-samples the image first: finds smaller faces, costs 4x per step
+    max_side: int = 800  # detection runs on a copy no larger than this
+    min_face: int = 20  # boxes smaller than this (in full-resolution pixels) are dropped
+
+    def __post_init__(self):
+        if self.model not in ("hog", "cnn"):
+            raise ValueError(f"detector must be 'hog' or 'cnn', not {self.model!r}")
+        if self.upsample < 0 or self.max_side < 32 or self.min_face < 1:
+            raise ValueError("upsample must be >= 0, max_side >= 32 and min_face >= 1")
+
+
+def detect_faces(image: np.ndarray, settings: DetectorSettings = DetectorSettings()) -> list[Box]:
+    """Boxes of the faces in an RGB uint8 image, largest first."""
+    import face_recognition  # imported here: loads dlib models (~100 MB)
+
+    height, width = image.shape[:2]
+    scale = min(1.0, settings.max_side / max(height, width))
+    small = image
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    found = face_recognition.face_locations(
+        np.ascontiguousarray(small), number_of_times_to_upsample=settings.upsample, model=settings.model
+    )
+    boxes = []
+    for top, right, bottom, left in found:
+        box = Box(
+            top=max(0, round(top / scale)),
+            right=min(width, round(right / scale)),
+            bottom=min(height, round(bottom / scale)),
+            left=max(0, round(left / scale)),
+        )
+        if min(box.width, box.height) >= settings.min_face:
+            boxes.append(box)
+    boxes.sort(key=lambda b: b.width * b.height, reverse=True)
+    return boxes
+
+
+def nearest_to_center(boxes: list[Box], height: int, width: int) -> Box | None:
+    """The box whose centre is nearest the image centre (LFW's labelled person)."""
+    if not boxes:
+        return None
+    cy, cx = height / 2.0, width / 2.0
+    return min(boxes, key=lambda b: ((b.top + b.bottom) / 2 - cy) ** 2 + ((b.left + b.right) / 2 - cx) ** 2)

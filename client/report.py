@@ -1,0 +1,56 @@
+"""Readable tables for a recommend run (rich): images, profiles, summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MAX_IMAGE_ROWS = 50  # larger runs show only the summary; the JSONL has everything
+
+
+def _sku_text(sku: dict | None, currency: str) -> str:
+    if not sku:
+        return ""
+    return f"{sku['sku']} {sku['name']} ({sku['price']:.2f} {currency})".strip()
+
+
+def print_report(output: Path, summary, catalog, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    currency = catalog.currency if catalog else ""
+    records = [json.loads(line) for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(records) <= MAX_IMAGE_ROWS:
+        table = Table(title="Images", show_lines=False)
+        for column in ("image", "faces", "scores (eyewear/beard/hat...)", "top label", "recommendation or reason"):
+            table.add_column(column)
+        for r in records:
+            scores = "; ".join("/".join(f"{v:.2f}" for v in f["scores"].values()) for f in r.get("faces", []))
+            outcome = _sku_text(r.get("recommendation"), currency) or (r.get("error") or {}).get("message") or r.get("reason") or ""
+            table.add_row(Path(r["path"]).name, str(len(r.get("faces", []))), scores, r.get("top_label") or "-", outcome)
+        console.print(table)
+    if summary.profiles:
+        table = Table(title="Profiles (share of images with a face showing each item)")
+        labels = list(summary.profiles[0].share)
+        for column in ["profile", "images", "with faces", *labels, "top label", "recommendation"]:
+            table.add_column(column)
+        for p in summary.profiles:
+            table.add_row(p.profile, str(p.images), str(p.images_with_faces), *[f"{p.share[l]:.0%}" for l in labels],
+                          p.top_label or "no items detected", _sku_text(p.recommendation, currency))
+        console.print(table)
+    table = Table(title="Summary")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("images processed", str(summary.images))
+    if summary.skipped:
+        table.add_row("already in output (resumed)", str(summary.skipped))
+    table.add_row("faces scored", str(summary.faces))
+    for label, n in sorted(summary.recommendations.items()):
+        table.add_row(f"images recommended: {label}", str(n))
+    for reason, n in sorted(summary.reasons.items()):
+        table.add_row(f"no recommendation: {reason}", str(n))
+    for kind, n in sorted(summary.errors.items()):
+        table.add_row(f"errors: {kind}", str(n))
+    table.add_row("faces/s (end to end)", f"{summary.faces_per_second:.1f}")
+    table.add_row("results", str(output))
+    console.print(table)

@@ -1,0 +1,1 @@
+"""face2hbe.export"""

@@ -1,0 +1,77 @@
+"""Keras -> ONNX with the VGG preprocessing inside the graph.
+
+The exported graph takes the contract's raw input (uint8 RGB [-1,150,150,3]),
+resizes to the network's working size, converts to BGR, subtracts the ImageNet
+mean, runs the network and returns the contract's labels' sigmoid scores.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from face2hbe.contract import INPUT_NAME, INPUT_SHAPE, LABELS, OUTPUT_NAME
+
+OPSET = 17
+
+
+def export_onnx(model, working_size: int, output_path: str | Path, opset: int = OPSET) -> Path:
+    """Write `model` (a Keras model on preprocessed floats) as ONNX on raw uint8."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from face2hbe.training.model import preprocess
+
+    # Keras 3 models need an explicit signature for tf2onnx.
+    signature = (tf.TensorSpec((None, *INPUT_SHAPE), tf.uint8, name=INPUT_NAME),)
+
+    @tf.function(input_signature=signature)
+    def serve(image):
+        scores = model(preprocess(image, working_size), training=False)
+        return tf.identity(scores[:, : len(LABELS)], name=OUTPUT_NAME)
+
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
+    _rename_output(onnx_model, OUTPUT_NAME)
+    _set_batch_dim(onnx_model)
+    import onnx
+
+    onnx.checker.check_model(onnx_model)
+    onnx.save(onnx_model, output_path)
+    return output_path
+
+
+def _rename_output(onnx_model, name: str) -> None:
+    """tf2onnx names outputs after TF tensors (Identity:0); give the contract's name."""
+    old = onnx_model.graph.output[0].name
+    if old == name:
+        return
+    for node in onnx_model.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    onnx_model.graph.output[0].name = name
+
+
+def _set_batch_dim(onnx_model) -> None:
+    """Name the dynamic batch dimension 'batch' on input and output (readable in Netron and tests)."""
+    for value in [*onnx_model.graph.input, *onnx_model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.dim_param = "batch"
+
+
+def onnx_io(path: str | Path) -> dict:
+    """Names, element types and shapes of the ONNX graph's inputs and outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values):
+        return {
+            v.name: (
+                onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                [d.dim_value if d.dim_value else -1 for d in v.type.tensor_type.shape.dim],
+            )
+            for v in values
+        }
+
+    initializers = {i.name for i in graph.initializer}
+    return {"inputs": describe([v for v in graph.input if v.name not in initializers]), "outputs": describe(graph.output)}

@@ -1,0 +1,40 @@
+"""The model contract: the one place that names the served model's tensors.
+
+Training, export, the embedded server, the client and the tests all import
+these names; config.pbtxt is checked against them and against the ONNX graph.
+"""
+from __future__ import annotations
+
+MODEL_NAME = "face2hbe"
+MODEL_VERSION = "1"
+
+# Input: RGB face crops, channels last, raw pixels (preprocessing lives in the graph).
+INPUT_NAME = "image"
+INPUT_DTYPE = "UINT8"  # Triton/KServe v2 datatype name
+INPUT_SIZE = 150
+INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)  # per item; the batch dimension is -1
+
+# Output: one sigmoid probability per label, in LABELS order.
+OUTPUT_NAME = "scores"
+OUTPUT_DTYPE = "FP32"
+LABELS = ("eyewear", "beard", "hat")
+OUTPUT_SHAPE = (len(LABELS),)
+
+# Largest batch one request may carry (Triton max_batch_size).
+MAX_BATCH_SIZE = 32
+
+# Keras VGG16 "caffe" preprocessing: RGB->BGR then subtract the ImageNet BGR mean.
+VGG_BGR_MEAN = (103.939, 116.779, 123.68)
+
+# Server defaults (Triton's standard ports), loopback unless told otherwise.
+DEFAULT_HOST = "127.0.0.1"
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+
+# Model config parameter keys that carry the label order and thresholds to clients.
+PARAM_LABELS = "labels"
+PARAM_THRESHOLDS = "thresholds"
+DEFAULT_THRESHOLD = 0.5
+
+NUMPY_DTYPES = {"UINT8": "uint8", "FP32": "float32"}

@@ -1,0 +1,136 @@
+"""Image loading and face cropping shared by training and the client.
+
+The crop function is the same at training and at serving time so the model sees
+the same framing in both places.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from .contract import INPUT_SIZE
+from .errors import BadImageError
+
+DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; Pillow's bomb guard fires above 2x this
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+
+# Crop framing around a face_recognition box (which runs from brows to chin):
+# a square `CROP_SCALE` times the box side, lifted by `CROP_LIFT` box heights so
+# a hat above the forehead and a beard below the chin both stay inside.
+CROP_SCALE = 1.8
+CROP_LIFT = 0.15
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in pixel coordinates of the full image (face_recognition order)."""
+
+    top: int
+    right: int
+    bottom: int
+    left: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    def as_list(self) -> list[int]:
+        return [self.top, self.right, self.bottom, self.left]
+
+
+def load_rgb(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> np.ndarray:
+    """Read an image file as an upright 8-bit RGB array, or raise BadImageError.
+
+    Handles EXIF orientation, CMYK, palette, RGBA (composited on white),
+    grayscale and 16-bit images; animated images use their first frame.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise BadImageError(path, "is a directory")
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    if size > max_file_bytes:
+        raise BadImageError(path, f"file is {size} bytes, above the {max_file_bytes}-byte limit")
+    # face_recognition sets this global to True on import; a truncated file must fail here.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                pixels = im.width * im.height
+                if pixels > max_pixels:
+                    raise BadImageError(
+                        path, f"image is {im.width}x{im.height} pixels, above the {max_pixels}-pixel limit"
+                    )
+                im.seek(0)
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb_array(im)
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(path, f"decompression bomb guard: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(path, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, f"corrupt or truncated image ({exc})") from None
+    except PermissionError as exc:  # pragma: no cover - covered by OSError on most systems
+        raise BadImageError(path, f"permission denied ({exc})") from None
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits by the actual range of the format.
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def crop_box(box: Box, image_height: int, image_width: int) -> tuple[int, int, int, int]:
+    """The square region (top, left, side, side) that `crop_face` cuts for `box`.
+
+    May extend past the image border; `crop_face` pads those parts with black.
+    """
+    side = int(round(CROP_SCALE * max(box.width, box.height)))
+    center_y = (box.top + box.bottom) / 2.0 - CROP_LIFT * box.height
+    center_x = (box.left + box.right) / 2.0
+    top = int(round(center_y - side / 2.0))
+    left = int(round(center_x - side / 2.0))
+    return top, left, side, side
+
+
+def crop_face(image: np.ndarray, box: Box, size: int = INPUT_SIZE) -> np.ndarray:
+    """Cut the framed square around `box` out of `image` and resize it to size x size."""
+    height, width = image.shape[:2]
+    top, left, side, _ = crop_box(box, height, width)
+    canvas = np.zeros((side, side, 3), dtype=np.uint8)
+    src_top, src_left = max(top, 0), max(left, 0)
+    src_bottom, src_right = min(top + side, height), min(left + side, width)
+    if src_bottom > src_top and src_right > src_left:
+        canvas[src_top - top : src_bottom - top, src_left - left : src_right - left] = image[
+            src_top:src_bottom, src_left:src_right
+        ]
+    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.BILINEAR), dtype=np.uint8)

@@ -1,0 +1,65 @@
+"""Shared fixtures: real data from ../shared/data, a live embedded Triton server."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FACE2HBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+REPOSITORY = ROOT / "model_repository"
+SAMPLES = ROOT / "client" / "samples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def celeba_dir() -> Path:
+    path = SHARED_DATA / "celeba"
+    if not (path / "labels.csv").is_file():
+        pytest.skip(f"real CelebA faces not found at {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lfw_dir() -> Path:
+    path = SHARED_DATA / "lfw"
+    if not (path / "labels.csv").is_file():
+        pytest.skip(f"real LFW photos not found at {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The committed model repository served by the real embedded Triton server on free ports."""
+    from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
+
+    settings = ServerSettings(REPOSITORY, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with EmbeddedServer(settings) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def grpc_url(server) -> str:
+    return f"127.0.0.1:{server.settings.grpc_port}"
+
+
+@pytest.fixture(scope="session")
+def http_url(server) -> str:
+    return f"127.0.0.1:{server.settings.http_port}"
+
+
+@pytest.fixture(scope="session")
+def lfw_sample(lfw_dir):
+    """A few LFW photos with their pseudo-labels, fixed for repeatability."""
+    import csv
+
+    rows = list(csv.DictReader((lfw_dir / "labels.csv").open()))
+    picked = [r for r in rows if r["eyewear"] == "1"][:3] + [r for r in rows if r["eyewear"] == "0"][:3]
+    return [(lfw_dir / r["path"], r) for r in picked]

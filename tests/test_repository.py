@@ -1,0 +1,69 @@
+"""config.pbtxt against the contract and the ONNX graph, with Triton's own proto."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from face2hbe import contract
+from face2hbe.errors import ModelRepositoryError
+from face2hbe.export.onnx_export import onnx_io
+from face2hbe.export.repository import CONFIG_FILE, labels_and_thresholds, read_config, validate_model_dir
+
+from conftest import REPOSITORY
+
+MODEL_DIR = REPOSITORY / contract.MODEL_NAME
+
+
+def test_committed_repository_matches_contract_and_graph():
+    config, onnx_path = validate_model_dir(MODEL_DIR)
+    assert config.name == contract.MODEL_NAME
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == contract.MAX_BATCH_SIZE
+    assert config.HasField("dynamic_batching")
+    io = onnx_io(onnx_path)
+    assert io["inputs"] == {contract.INPUT_NAME: ("uint8", [-1, *contract.INPUT_SHAPE])}
+    assert io["outputs"] == {contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)])}
+    labels_file = MODEL_DIR / config.output[0].label_filename
+    assert labels_file.read_text().split() == list(contract.LABELS)
+
+
+def test_thresholds_are_published_as_parameters():
+    labels, thresholds = labels_and_thresholds(read_config(MODEL_DIR))
+    assert labels == list(contract.LABELS)
+    assert set(thresholds) == set(contract.LABELS)
+    assert all(0.0 < t < 1.0 for t in thresholds.values())
+
+
+def _copy_model_dir(tmp_path):
+    """A copy of the model folder with the (large) ONNX file linked, not copied."""
+    target = tmp_path / contract.MODEL_NAME
+    (target / "1").mkdir(parents=True)
+    shutil.copy(MODEL_DIR / CONFIG_FILE, target / CONFIG_FILE)
+    (target / "1" / "model.onnx").symlink_to(MODEL_DIR / "1" / "model.onnx")
+    return target
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace('name: "image"', 'name: "input_1"'), "input"),
+        (lambda t: t.replace("TYPE_UINT8", "TYPE_FP32"), "input"),
+        (lambda t: t.replace('name: "scores"', 'name: "probs"'), "output"),
+        (lambda t: t + "\nthis is not protobuf {", "not a valid Triton model config"),
+        (lambda t: t.replace("eyewear,beard,hat", "beard,eyewear,hat"), "labels"),
+    ],
+)
+def test_validation_names_the_problem(tmp_path, edit, message):
+    model_dir = _copy_model_dir(tmp_path)
+    config_file = model_dir / CONFIG_FILE
+    config_file.write_text(edit(config_file.read_text()))
+    with pytest.raises(ModelRepositoryError, match=message):
+        validate_model_dir(model_dir)
+
+
+def test_validation_reports_missing_model_file(tmp_path):
+    model_dir = _copy_model_dir(tmp_path)
+    (model_dir / "1" / "model.onnx").unlink()
+    with pytest.raises(ModelRepositoryError, match="missing model file"):
+        validate_model_dir(model_dir)

@@ -1,0 +1,1 @@
+"""Training: the shared VGG16 + three-sigmoid model (face2hbe.training)."""

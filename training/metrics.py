@@ -1,0 +1,107 @@
+"""Per-label metrics, threshold choice and ROC/PR plots (scikit-learn + matplotlib)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+THRESHOLD_RULE = "maximise F1 on the validation split"
+
+
+def _known(y_true: np.ndarray) -> np.ndarray:
+    return y_true >= 0
+
+
+def per_label_metrics(y_true: np.ndarray, y_score: np.ndarray, names, thresholds=None) -> dict:
+    """ROC AUC, PR AUC, and accuracy/F1/precision/recall at each label's threshold.
+
+    Soft targets are binarised at 0.5; unknown targets (<0) are ignored.
+    """
+    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+
+    out = {}
+    for j, name in enumerate(names):
+        mask = _known(y_true[:, j])
+        t = (y_true[mask, j] >= 0.5).astype(int)
+        s = y_score[mask, j]
+        row = {"n": int(mask.sum()), "positives": int(t.sum())}
+        if 0 < t.sum() < len(t):
+            row["roc_auc"] = float(roc_auc_score(t, s))
+            row["pr_auc"] = float(average_precision_score(t, s))
+        if thresholds is not None and len(t):
+            th = float(thresholds[name])
+            pred = (s >= th).astype(int)
+            row.update(
+                threshold=th,
+                accuracy=float((pred == t).mean()),
+                f1=float(f1_score(t, pred, zero_division=0)),
+                precision=float(precision_score(t, pred, zero_division=0)),
+                recall=float(recall_score(t, pred, zero_division=0)),
+            )
+        out[name] = row
+    return out
+
+
+def auc_confidence_interval(y_true, y_score, n_boot: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the ROC AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    t = np.asarray(y_true)
+    s = np.asarray(y_score)
+    aucs = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(t), len(t))
+        if 0 < t[i].sum() < len(i):
+            aucs.append(roc_auc_score(t[i], s[i]))
+    lo, hi = np.percentile(aucs, [2.5, 97.5]) if aucs else (float("nan"), float("nan"))
+    return float(lo), float(hi)
+
+
+def choose_thresholds(y_true: np.ndarray, y_score: np.ndarray, names, default: float = 0.5) -> dict:
+    """Per-label threshold that maximises F1 on (validation) data; `default` when undefined."""
+    from sklearn.metrics import precision_recall_curve
+
+    out = {}
+    for j, name in enumerate(names):
+        mask = _known(y_true[:, j])
+        t = (y_true[mask, j] >= 0.5).astype(int)
+        if t.sum() == 0 or t.sum() == len(t):
+            out[name] = default
+            continue
+        precision, recall, th = precision_recall_curve(t, y_score[mask, j])
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        out[name] = float(th[int(np.argmax(f1))])
+    return out
+
+
+def plot_curves(y_true: np.ndarray, y_score: np.ndarray, names, path: Path, title: str = "") -> Path:
+    """ROC and precision-recall curves of every label, side by side, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5))
+    for j, name in enumerate(names):
+        mask = _known(y_true[:, j])
+        t = (y_true[mask, j] >= 0.5).astype(int)
+        if not 0 < t.sum() < len(t):
+            continue
+        fpr, tpr, _ = roc_curve(t, y_score[mask, j])
+        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        precision, recall, _ = precision_recall_curve(t, y_score[mask, j])
+        ax_pr.plot(recall, precision, label=name)
+    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC {title}".strip())
+    ax_pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall {title}".strip())
+    if ax_roc.get_legend_handles_labels()[0]:
+        ax_roc.legend(loc="lower right")
+        ax_pr.legend(loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

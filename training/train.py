@@ -1,0 +1,311 @@
+"""Train the shared VGG16 + multi-label sigmoid head on labeled face crops.
+
+Two recipes:
+- pretrained (`--weights imagenet` or a .h5 file): frozen base and Adam for the
+  head, then fine-tune block5 with SGD lr 5e-5 momentum 0.9 (the prototype's recipe);
+- from scratch (`--weights none`): the batch-norm VGG16 variant, AdamW with a
+  cosine schedule, optionally progressive sizes (cheap small epochs first).
+
+Every epoch writes a checkpoint; rerunning the same command resumes after the
+last finished epoch. Outputs go to `--output`: model.keras (best epoch by mean
+validation ROC AUC), training.json (recipe, working size, thresholds, metrics)
+and curves.png.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from face2hbe.contract import LABELS
+from face2hbe.errors import DataError
+
+from . import data as datasets
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]  # "celeba:PATH", "folders:PATH" or "lfw:PATH"
+    output: Path
+    weights: str = "imagenet"
+    batchnorm: bool | None = None  # None: on exactly when training from scratch
+    schedule: list[tuple[int, int]] = field(default_factory=lambda: [(150, 10)])  # (size, epochs) stages
+    head_epochs: int = 2  # pretrained recipe: epochs with the base frozen
+    batch_size: int = 32
+    learning_rate: float | None = None
+    attributes: bool = False  # multi-task: also learn every CelebA attribute the data has
+    limit: int | None = None  # use only the first N samples of each set (smoke tests)
+    cache_dir: Path | None = None
+    patience: int = 4
+    seed: int = 0
+    augment: bool = True
+    progress: bool = True
+
+    @property
+    def from_scratch(self) -> bool:
+        return str(self.weights).lower() == "none"
+
+    @property
+    def use_batchnorm(self) -> bool:
+        return self.from_scratch if self.batchnorm is None else self.batchnorm
+
+
+@dataclass
+class Split:
+    crops: np.ndarray  # uint8 [N,150,150,3]
+    targets: np.ndarray  # float32 [N,K], -1 unknown
+
+
+def parse_schedule(text: str) -> list[tuple[int, int]]:
+    """'64:3,96:2' -> [(64, 3), (96, 2)]."""
+    stages = []
+    for part in text.split(","):
+        size, _, epochs = part.partition(":")
+        stages.append((int(size), int(epochs or 1)))
+    if not stages or any(s < 32 or e < 1 for s, e in stages):
+        raise ValueError(f"bad schedule {text!r}: use SIZE:EPOCHS[,SIZE:EPOCHS...], sizes >= 32")
+    return stages
+
+
+def load_sets(specs: list[str], attributes: bool, limit: int | None) -> list[datasets.LabeledSet]:
+    sets = []
+    for spec in specs:
+        kind, _, path = spec.partition(":")
+        if kind == "celeba":
+            sets.append(datasets.load_celeba(path, with_attributes=attributes, limit=limit))
+        elif kind == "folders":
+            sets.append(datasets.load_folders(path))
+        elif kind == "lfw":
+            s = datasets.load_lfw(path, with_attributes=attributes)
+            sets.append(s.subset(np.arange(min(limit, len(s)))) if limit else s)
+        else:
+            raise DataError(f"unknown data kind {kind!r} in {spec!r}: use celeba:, folders: or lfw:")
+    return sets
+
+
+def prepare_splits(config: TrainConfig) -> tuple[list[str], dict[str, Split]]:
+    """Crops and targets of train/val/test, merged across sets on a common target list."""
+    sets = load_sets(config.data, config.attributes, config.limit)
+    names = list(LABELS)
+    for s in sets:
+        names += [n for n in s.target_names if n not in names]
+    parts: dict[str, list[Split]] = {"train": [], "val": [], "test": []}
+    for s in sets:
+        crops, kept = datasets.build_crops(s, config.cache_dir, progress=config.progress)
+        targets = np.full((len(s), len(names)), datasets.UNKNOWN, np.float32)
+        for j, n in enumerate(s.target_names):
+            targets[:, names.index(n)] = s.targets[:, j]
+        targets = targets[kept]
+        groups = [s.groups[i] for i in kept]
+        for part, index in zip(parts, datasets.split_by_group(groups, seed=config.seed)):
+            parts[part].append(Split(crops[index], targets[index]))
+    merged = {
+        k: Split(np.concatenate([p.crops for p in v]), np.concatenate([p.targets for p in v])) for k, v in parts.items()
+    }
+    if len(merged["train"].crops) == 0:
+        raise DataError("no training crops: check the data paths")
+    return names, merged
+
+
+def _augmenter(seed: int):
+    """Augmentations a face pipeline meets: flips, small shifts/zooms/rotations, colour."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=seed),
+            layers.RandomZoom((-0.1, 0.1), fill_mode="reflect", seed=seed),
+            layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),
+            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed),
+            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
+        ],
+        name="augment",
+    )
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, batch: int, train: bool, seed: int, augment: bool):
+    import tensorflow as tf
+
+    from .model import to_vgg_input
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if train:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch)
+    if train and augment:
+        aug = _augmenter(seed)
+        ds = ds.map(lambda a, b: (tf.clip_by_value(aug(a, training=True), 0.0, 255.0), b), num_parallel_calls=2)
+    ds = ds.map(lambda a, b: (to_vgg_input(a), b))
+    return ds.prefetch(2)
+
+
+def _resized(crops: np.ndarray, size: int) -> np.ndarray:
+    """Float RGB crops at the working size, resized exactly like the exported graph does."""
+    from .model import resize
+
+    out = [np.asarray(resize(crops[i : i + 256], size)) for i in range(0, len(crops), 256)]
+    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.float32)
+
+
+def predict(model, crops: np.ndarray, size: int, batch: int = 64) -> np.ndarray:
+    """Scores for uint8 crops through the same preprocessing the served graph applies."""
+    from .model import preprocess
+
+    out = [np.asarray(model(preprocess(crops[i : i + batch], size), training=False)) for i in range(0, len(crops), batch)]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def mean_label_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    rows = metrics.per_label_metrics(targets[:, : len(LABELS)], scores[:, : len(LABELS)], LABELS)
+    aucs = [r["roc_auc"] for r in rows.values() if "roc_auc" in r]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _positive_weights(targets: np.ndarray) -> np.ndarray:
+    """sqrt(neg/pos) per target, capped at 10: rare labels (hat) pull harder without exploding."""
+    known = targets >= 0
+    pos = ((targets >= 0.5) & known).sum(0)
+    neg = ((targets < 0.5) & known).sum(0)
+    return np.clip(np.sqrt(neg / np.maximum(pos, 1)), 1.0, 10.0).astype(np.float32)
+
+
+def make_loss(pos_weight: np.ndarray):
+    from keras import ops
+
+    from .model import masked_binary_crossentropy
+
+    w = ops.convert_to_tensor(pos_weight)
+
+    def weighted_masked_bce(y_true, y_pred):
+        # Positive targets count pos_weight times; unknown targets are masked inside.
+        weights = 1.0 + (w - 1.0) * ops.clip(y_true, 0.0, 1.0)
+        return masked_binary_crossentropy(y_true, y_pred, weights)
+
+    return weighted_masked_bce
+
+
+def train(config: TrainConfig) -> dict:
+    """Run the whole recipe; returns the summary also written to training.json."""
+    import keras
+
+    from .model import build_model, resolve_weights, set_backbone_trainable
+
+    keras.utils.set_random_seed(config.seed)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    names, splits = prepare_splits(config)
+    train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
+    log.info("samples: train %d, val %d, test %d; targets %d", len(train_split.crops), len(val_split.crops), len(test_split.crops), len(names))
+
+    weights = resolve_weights(config.weights)
+    model = build_model(len(names), weights=weights, batchnorm=config.use_batchnorm)
+    loss = make_loss(_positive_weights(train_split.targets))
+    plan = [size for size, epochs in config.schedule for _ in range(epochs)]
+    state_file, ckpt, best_ckpt = out / "state.json", out / "last.weights.h5", out / "best.weights.h5"
+    state = {"epochs_done": 0, "best_auc": -1.0, "best_size": plan[-1], "history": []}
+    if state_file.is_file() and ckpt.is_file():
+        state = json.loads(state_file.read_text())
+        log.info("resuming after epoch %d of %d", state["epochs_done"], len(plan))
+
+    stale = 0
+    for epoch in range(state["epochs_done"], len(plan)):
+        size = plan[epoch]
+        optimizer = _compile_for_epoch(model, config, epoch, len(plan), loss, set_backbone_trainable)
+        if epoch == state["epochs_done"] and ckpt.is_file():
+            model.load_weights(ckpt)
+        started = time.time()
+        x_train = _resized(train_split.crops, size)
+        history = model.fit(
+            _dataset(x_train, train_split.targets, config.batch_size, True, config.seed + epoch, config.augment),
+            epochs=1,
+            verbose=1 if config.progress else 0,
+        )
+        del x_train
+        val_auc = mean_label_auc(val_split.targets, predict(model, val_split.crops, size)) if len(val_split.crops) else float("nan")
+        record = {
+            "epoch": epoch + 1,
+            "size": size,
+            "loss": float(history.history["loss"][-1]),
+            "val_mean_auc": val_auc,
+            "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            "seconds": round(time.time() - started, 1),
+        }
+        state["history"].append(record)
+        log.info("epoch %d/%d: %s", epoch + 1, len(plan), record)
+        model.save_weights(ckpt)
+        if not (val_auc <= state["best_auc"]):  # NaN (no validation data) counts as better
+            state.update(best_auc=val_auc if val_auc == val_auc else state["best_auc"], best_size=size, best_epoch=epoch + 1)
+            model.save_weights(best_ckpt)
+            stale = 0
+        else:
+            stale += 1
+        state["epochs_done"] = epoch + 1
+        state_file.write_text(json.dumps(state, indent=1))
+        if stale >= config.patience:
+            log.info("early stop: no validation gain for %d epochs", stale)
+            break
+
+    if best_ckpt.is_file():
+        model.load_weights(best_ckpt)
+    size = state["best_size"]
+    summary = evaluate_and_save(model, names, size, val_split, test_split, out, config, state)
+    return summary
+
+
+def _compile_for_epoch(model, config: TrainConfig, epoch: int, total: int, loss, set_trainable):
+    """(Re)compile with the optimizer and trainable layers this epoch's recipe asks for."""
+    import keras
+
+    pretrained = not config.from_scratch
+    if pretrained:
+        head_phase = epoch < config.head_epochs
+        set_trainable(model, None if head_phase else "block5")
+        if head_phase:
+            optimizer = keras.optimizers.Adam(config.learning_rate or 1e-3)
+        else:
+            optimizer = keras.optimizers.SGD(config.learning_rate or 5e-5, momentum=0.9)
+    else:
+        set_trainable(model, "")
+        base = config.learning_rate or 1e-3
+        # Cosine decay over the planned epochs, first epoch at full rate.
+        lr = base * 0.5 * (1 + math.cos(math.pi * epoch / max(total, 1)))
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=1e-4)
+    model.compile(optimizer=optimizer, loss=loss)
+    return optimizer
+
+
+def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, out: Path, config: TrainConfig, state: dict) -> dict:
+    """Thresholds on validation, metrics on validation and test, files in `out`."""
+    k = len(LABELS)
+    val_scores = predict(model, val_split.crops, size)[:, :k] if len(val_split.crops) else np.zeros((0, k))
+    test_scores = predict(model, test_split.crops, size)[:, :k] if len(test_split.crops) else np.zeros((0, k))
+    thresholds = metrics.choose_thresholds(val_split.targets[:, :k], val_scores, LABELS)
+    summary = {
+        "labels": list(LABELS),
+        "target_names": names,
+        "working_size": int(size),
+        "weights": str(config.weights),
+        "batchnorm": config.use_batchnorm,
+        "thresholds": thresholds,
+        "threshold_rule": metrics.THRESHOLD_RULE,
+        "validation": metrics.per_label_metrics(val_split.targets[:, :k], val_scores, LABELS, thresholds),
+        "test": metrics.per_label_metrics(test_split.targets[:, :k], test_scores, LABELS, thresholds),
+        "config": {**asdict(config), "output": str(config.output), "cache_dir": str(config.cache_dir)},
+        "history": state["history"],
+        "best_epoch": state.get("best_epoch"),
+    }
+    model.save(out / "model.keras")
+    if len(test_split.crops):
+        metrics.plot_curves(test_split.targets[:, :k], test_scores, LABELS, out / "curves.png", "(test split)")
+    (out / "training.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -6,7 +6,7 @@ import pytest
 
 from face2hbe.cli import cli, main
 
-SUBCOMMANDS = ["train", "export", "serve", "recommend"]
+SUBCOMMANDS = ["train", "export", "evaluate", "serve", "recommend"]
 
 
 def test_top_level_help(capsys):

@@ -38,3 +38,46 @@ def test_masked_loss_ignores_unknown_labels():
     expected = -(np.log(0.9) + np.log(0.8)) / 2
     assert float(known[0]) == pytest.approx(expected, rel=1e-5)
     assert float(other_unknown_value[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_local_weights_file_loads_into_backbone(tmp_path):
+    """--weights PATH.h5: a local VGG16 file (here a saved random one; ImageNet needs the network)."""
+    import keras
+
+    from face2hbe.training.model import build_model, resolve_weights
+
+    keras.utils.set_random_seed(3)
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    path = tmp_path / "vgg16_notop.weights.h5"
+    source.save_weights(path)
+    model = build_model(3, weights=resolve_weights(str(path)), batchnorm=False)
+    backbone = model.layers[1]
+    np.testing.assert_array_equal(backbone.get_layer("block5_conv3").get_weights()[0], source.get_layer("block5_conv3").get_weights()[0])
+
+
+def test_missing_weights_file_is_a_typed_error():
+    from face2hbe.errors import DataError
+    from face2hbe.training.model import resolve_weights
+
+    with pytest.raises(DataError, match="weights file not found"):
+        resolve_weights("/nonexistent/vgg16.h5")
+    assert resolve_weights("imagenet") == "imagenet" and resolve_weights("none") is None
+
+
+def test_pretrained_recipe_freezes_then_fine_tunes_block5():
+    import keras
+
+    from face2hbe.training.model import build_model, set_backbone_trainable
+    from face2hbe.training.train import TrainConfig, _compile_for_epoch, make_loss
+
+    model = build_model(3, weights=None, batchnorm=False)
+    config = TrainConfig(data=[], output="unused", weights="imagenet", head_epochs=1)
+    loss = make_loss(np.ones(3, np.float32))
+    opt = _compile_for_epoch(model, config, 0, 3, loss, set_backbone_trainable)
+    assert isinstance(opt, keras.optimizers.Adam)
+    assert not any(layer.trainable for layer in model.layers[1].layers if layer.weights)
+    opt = _compile_for_epoch(model, config, 1, 3, loss, set_backbone_trainable)
+    assert isinstance(opt, keras.optimizers.SGD)
+    assert float(opt.learning_rate) == pytest.approx(5e-5) and float(opt.momentum) == pytest.approx(0.9)
+    trainable = {layer.name for layer in model.layers[1].layers if layer.weights and layer.trainable}
+    assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}

@@ -49,7 +49,9 @@ def resolve_weights(weights: str) -> str | None:
         return "imagenet"
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {weights}")
+        from face2hbe.errors import DataError
+
+        raise DataError(f"{weights}: weights file not found (use imagenet, none or a local VGG16 .h5)")
     return os.fspath(path)
 
 

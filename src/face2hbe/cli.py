@@ -86,6 +86,32 @@ def export(run_dir, repository, max_batch_size, queue_delay_us):
     click.echo(f"wrote {model_dir}")
 
 
+# --- evaluate ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data", required=True, metavar="KIND:PATH", help="Labeled set: celeba:DIR, folders:DIR or lfw:DIR (as for train).")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Folder for metrics.json and curves.png (ROC + precision-recall).")
+@click.option("--url", default=None, help="Server address host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP).")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", help="KServe v2 protocol to call the server with.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", help="Which part of the seeded split (by identity where known, as in training) to evaluate.")
+@click.option("--seed", default=0, type=int, help="Split seed; must match the training run's.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples (before splitting).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
+def evaluate(data, output, url, protocol, split, seed, limit, cache_dir):
+    """Per-label ROC AUC, PR AUC, accuracy and F1 of the served model on a labeled set (detect -> crop -> serve)."""
+    from .training.evaluate import EvalConfig, evaluate as run_evaluation
+
+    result = run_evaluation(EvalConfig(data=data, output=output, url=url, protocol=protocol, split=split, seed=seed, limit=limit, cache_dir=cache_dir))
+    click.echo(f"{result['data']} ({result['split']}): {result['faces_found']} faces in {result['images']} images")
+    for label, m in result["metrics"].items():
+        click.echo(
+            f"  {label:8s} ROC AUC {m.get('roc_auc', float('nan')):.3f}  PR AUC {m.get('pr_auc', float('nan')):.3f}  "
+            f"acc {m.get('accuracy', float('nan')):.3f}  F1 {m.get('f1', float('nan')):.3f} @ {m.get('threshold', float('nan')):.3f}"
+        )
+    click.echo(f"metrics and curves in {output}")
+
+
 # --- serve -------------------------------------------------------------------------
 
 

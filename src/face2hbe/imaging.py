@@ -16,7 +16,7 @@ from PIL import Image, ImageFile, ImageOps
 from .contract import INPUT_SIZE
 from .errors import BadImageError
 
-DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; Pillow's bomb guard fires above 2x this
+DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; also set as Pillow's bomb-guard limit
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
 
 # Crop framing around a face_recognition box (which runs from brows to chin):
@@ -64,12 +64,17 @@ def load_rgb(
         raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
     if path.is_dir():
         raise BadImageError(path, "is a directory")
+    if not path.is_file():  # a FIFO or device named *.jpg would block or never end on read
+        raise BadImageError(path, "not a regular file")
     if size == 0:
         raise BadImageError(path, "empty file (0 bytes)")
     if size > max_file_bytes:
         raise BadImageError(path, f"file is {size} bytes, above the {max_file_bytes}-byte limit")
     # face_recognition sets this global to True on import; a truncated file must fail here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # Pillow's bomb guard (process-wide) follows our limit while we open, so a larger
+    # --max-pixels is honoured and a smaller one refuses before any decoding.
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -85,13 +90,15 @@ def load_rgb(
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(path, f"decompression bomb guard: {exc}") from None
+        raise BadImageError(path, f"image is above the {max_pixels}-pixel limit (decompression bomb guard: {exc})") from None
     except Image.UnidentifiedImageError:
         raise BadImageError(path, "not a recognised image format") from None
+    except PermissionError as exc:  # before OSError, its base class
+        raise BadImageError(path, f"permission denied ({exc.strerror or exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, f"corrupt or truncated image ({exc})") from None
-    except PermissionError as exc:  # pragma: no cover - covered by OSError on most systems
-        raise BadImageError(path, f"permission denied ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:

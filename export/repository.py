@@ -6,7 +6,7 @@ tritonclient) and protobuf's text format, never with regexes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from face2hbe import contract
@@ -25,29 +25,88 @@ def _pb():
 
 @dataclass
 class BatchingSettings:
+    """Dynamic batching and instances. The queue delay was chosen by measurement (docs/serving.md)."""
+
     max_batch_size: int = contract.MAX_BATCH_SIZE
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 500  # measured: docs/serving.md (0 lost throughput; 500-5000 within noise)
     instance_count: int = 1
-    instance_kind: str = "KIND_CPU"
+    # KIND_GPU is for NVIDIA's Triton container (docker-compose.yml); KIND_CPU for CPU-only hosts.
+    instance_kind: str = "KIND_GPU"
 
 
-def build_config(thresholds: dict[str, float], batching: BatchingSettings = BatchingSettings(), platform: str = "onnxruntime_onnx"):
-    """A ModelConfig message for the served model, following the contract."""
+@dataclass
+class TensorRTSettings:
+    """onnxruntime's TensorRT execution provider inside Triton (GPU instances only)."""
+
+    precision_mode: str = "FP16"
+    max_workspace_size_bytes: int = 1 << 30
+    # Must be writable inside the container: the repository is mounted read-only, so the
+    # engines go to a volume (docker-compose.yml mounts trt-cache at /trt_cache).
+    engine_cache_path: str = "/trt_cache"
+
+
+# TensorRT builds engines per shape profile on first use; warming these batch sizes at load
+# time moves that cost out of the first requests. 1 = single face, 8 = typical photo batch, 32 = max.
+WARMUP_BATCH_SIZES = (1, 8, 32)
+
+
+def build_config(
+    thresholds: dict[str, float],
+    batching: BatchingSettings = BatchingSettings(),
+    platform: str = "onnxruntime_onnx",
+    *,
+    name: str = contract.MODEL_NAME,
+    tensorrt: TensorRTSettings | None = TensorRTSettings(),
+    warmup_batch_sizes: tuple[int, ...] = WARMUP_BATCH_SIZES,
+):
+    """A ModelConfig message for the served model, following the contract.
+
+    GPU instances get the TensorRT FP16 accelerator (unless `tensorrt` is None);
+    CPU instances (batching.instance_kind == "KIND_CPU") never do.
+    """
     pb = _pb()
-    config = pb.ModelConfig(name=contract.MODEL_NAME, platform=platform, max_batch_size=batching.max_batch_size)
+    config = pb.ModelConfig(name=name, platform=platform, max_batch_size=batching.max_batch_size)
     config.input.add(name=contract.INPUT_NAME, data_type=pb.TYPE_UINT8, dims=list(contract.INPUT_SHAPE))
     config.output.add(
         name=contract.OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=list(contract.OUTPUT_SHAPE), label_filename=LABELS_FILE
     )
-    config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+    config.dynamic_batching.preferred_batch_size.extend(b for b in batching.preferred_batch_sizes if b <= batching.max_batch_size)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
     config.instance_group.add(count=batching.instance_count, kind=getattr(pb.ModelInstanceGroup, batching.instance_kind))
+    if tensorrt is not None and batching.instance_kind == "KIND_GPU":
+        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = tensorrt.precision_mode
+        trt.parameters["max_workspace_size_bytes"] = str(tensorrt.max_workspace_size_bytes)
+        trt.parameters["trt_engine_cache_enable"] = "1"
+        trt.parameters["trt_engine_cache_path"] = f"{tensorrt.engine_cache_path.rstrip('/')}/{name}"
+    for size in warmup_batch_sizes:
+        if size > batching.max_batch_size:
+            continue
+        warmup = config.model_warmup.add(name=f"zeros_batch_{size}", batch_size=size, count=1)
+        sample = warmup.inputs[contract.INPUT_NAME]
+        sample.data_type = pb.TYPE_UINT8
+        sample.dims.extend(contract.INPUT_SHAPE)
+        sample.zero_data = True
     config.parameters[contract.PARAM_LABELS].string_value = ",".join(contract.LABELS)
     config.parameters[contract.PARAM_THRESHOLDS].string_value = json.dumps(
         {label: round(float(thresholds[label]), 6) for label in contract.LABELS}
     )
     return config
+
+
+def cpu_batching(batching: BatchingSettings = BatchingSettings()) -> BatchingSettings:
+    """The same batching on CPU instances (no TensorRT): the config for CPU-only hosts."""
+    return replace(batching, instance_kind="KIND_CPU")
+
+
+def rewrite_config(model_dir: str | Path, batching: BatchingSettings = BatchingSettings(), *, name: str | None = None,
+                   thresholds: dict[str, float] | None = None) -> Path:
+    """Regenerate `model_dir/config.pbtxt` from code, keeping the thresholds it (or `thresholds`) carries."""
+    model_dir = Path(model_dir)
+    if thresholds is None:
+        _, thresholds = labels_and_thresholds(read_config(model_dir))
+    return write_config(build_config(thresholds, batching, name=name or model_dir.name), model_dir)
 
 
 def write_config(config, model_dir: Path) -> Path:

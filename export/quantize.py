@@ -1,0 +1,260 @@
+"""INT8 variant of the served ONNX graph for CPU-only hosts (onnxruntime static quantization).
+
+The fp32 graph takes raw uint8 crops and preprocesses inside (Cast, Resize, channel
+reverse, mean subtraction). Only the network's Conv/MatMul/Gemm are quantized
+(QDQ format, per-channel weights), calibrated on real face crops, so the
+preprocessing stays exact. The result is served as its own model, `face2hbe_int8`,
+with the same tensors, labels and thresholds as `face2hbe`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from face2hbe import contract
+from face2hbe.errors import DataError
+
+from .repository import ONNX_FILE, BatchingSettings, cpu_batching, labels_and_thresholds, read_config, rewrite_config, validate_model_dir
+
+log = logging.getLogger(__name__)
+
+INT8_MODEL_NAME = f"{contract.MODEL_NAME}_int8"
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]  # never the uint8 preprocessing nodes
+CALIBRATION_IMAGES = 300  # CelebA images 1..300 (disjoint from the evaluation range)
+EVAL_RANGE = (7001, 8000)  # CelebA images used for the fp32-vs-int8 comparison (1-based, inclusive)
+REPORT_START, REPORT_END = "<!-- int8-report:start -->", "<!-- int8-report:end -->"
+
+
+# --- face crops ----------------------------------------------------------------------
+
+
+def celeba_crops(celeba_dir: Path, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 crops and contract-label targets for CelebA images first..last (1-based), in memory only."""
+    from face2hbe.training.data import build_crops, load_celeba
+
+    dataset = load_celeba(celeba_dir, limit=last)
+    if len(dataset) < last:
+        raise DataError(f"{celeba_dir}: has {len(dataset)} images, need {last}")
+    subset = dataset.subset(np.arange(first - 1, last))
+    # cache_dir=None: crops stay in memory (no face crops written to disk).
+    crops, kept = build_crops(subset, cache_dir=None, progress=False)
+    return crops, subset.targets[kept, : len(contract.LABELS)]
+
+
+def sample_crops(samples_dir: Path) -> np.ndarray:
+    """Fallback calibration set: faces the client's detector finds in the bundled sample photos."""
+    from face2hbe.client.detect import detect_faces
+    from face2hbe.imaging import crop_face, load_rgb
+
+    crops = []
+    for path in sorted(samples_dir.iterdir()):
+        if path.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
+            continue
+        image = load_rgb(path)
+        crops += [crop_face(image, box) for box in detect_faces(image)]
+    if not crops:
+        raise DataError(f"{samples_dir}: no faces found for INT8 calibration")
+    return np.stack(crops)
+
+
+def calibration_crops(celeba_dir: Path | None, samples_dir: Path, count: int = CALIBRATION_IMAGES) -> tuple[np.ndarray, str]:
+    """Real face crops for calibration: CelebA when present, else the sample photos' faces."""
+    if celeba_dir is not None and (Path(celeba_dir) / "labels.csv").is_file():
+        crops, _ = celeba_crops(Path(celeba_dir), 1, count)
+        return crops, f"CelebA images 1-{count} ({len(crops)} crops)"
+    crops = sample_crops(samples_dir)
+    return crops, f"faces in {samples_dir} ({len(crops)} crops; CelebA not found)"
+
+
+# --- quantization ----------------------------------------------------------------------
+
+
+def _reader(crops: np.ndarray, batch: int = 16):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class CropReader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([crops[i : i + batch] for i in range(0, len(crops), batch)])
+
+        def get_next(self):
+            chunk = next(self._batches, None)
+            return None if chunk is None else {contract.INPUT_NAME: chunk}
+
+    return CropReader()
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, crops: np.ndarray) -> Path:
+    """Static QDQ quantization: per-channel int8 weights, uint8 activations, MinMax calibration."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference + graph optimisation first, as onnxruntime recommends for quantization.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            _reader(crops),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # No VNNI on many x86 CPUs: 7-bit weights avoid u8s8 saturation (onnxruntime docs).
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=QUANTIZED_OPS,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return int8_path
+
+
+# --- comparison --------------------------------------------------------------------------
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
+    outs = [session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0] for i in range(0, len(crops), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0, len(contract.LABELS)), np.float32)
+
+
+def faces_per_second(sessions: dict, crops: np.ndarray, batch: int = 32, rounds: int = 5) -> dict[str, float]:
+    """Faces/s at `batch` for each session, interleaved round by round (fair under a shared CPU), median."""
+    x = crops[:batch] if len(crops) >= batch else np.resize(crops, (batch, *crops.shape[1:]))
+    times = {name: [] for name in sessions}
+    for name, s in sessions.items():
+        s.run(None, {contract.INPUT_NAME: x})  # warm-up
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, {contract.INPUT_NAME: x})
+            times[name].append(time.perf_counter() - t0)
+    return {name: batch / float(np.median(t)) for name, t in times.items()}
+
+
+def _auc(targets: np.ndarray, scores: np.ndarray) -> list[float | None]:
+    from sklearn.metrics import roc_auc_score
+
+    out = []
+    for k in range(targets.shape[1]):
+        known = targets[:, k] >= 0
+        y = targets[known, k]
+        out.append(float(roc_auc_score(y, scores[known, k])) if 0 < y.sum() < len(y) else None)
+    return out
+
+
+@dataclass
+class Int8Report:
+    calibration: str
+    evaluation: str
+    faces: int
+    mean_abs_diff: float
+    max_abs_diff: float
+    auc_fp32: dict = field(default_factory=dict)
+    auc_int8: dict = field(default_factory=dict)
+    faces_per_s_fp32: float = 0.0
+    faces_per_s_int8: float = 0.0
+    size_mb_fp32: float = 0.0
+    size_mb_int8: float = 0.0
+
+    @property
+    def speedup(self) -> float:
+        return self.faces_per_s_int8 / self.faces_per_s_fp32 if self.faces_per_s_fp32 else float("nan")
+
+    def markdown(self) -> str:
+        lines = [
+            f"Calibration: {self.calibration}. Evaluation: {self.evaluation} ({self.faces} faces).",
+            "",
+            "| label | ROC AUC fp32 | ROC AUC int8 | drop |",
+            "|---|---:|---:|---:|",
+        ]
+        for label in contract.LABELS:
+            a, b = self.auc_fp32.get(label), self.auc_int8.get(label)
+            drop = f"{a - b:+.4f}" if a is not None and b is not None else "n/a"
+            lines.append(f"| {label} | {a if a is None else f'{a:.4f}'} | {b if b is None else f'{b:.4f}'} | {drop} |")
+        lines += [
+            "",
+            "| | fp32 | int8 | ratio |",
+            "|---|---:|---:|---:|",
+            f"| faces/s (onnxruntime CPU, batch 32) | {self.faces_per_s_fp32:.1f} | {self.faces_per_s_int8:.1f} | {self.speedup:.2f}x |",
+            f"| model.onnx size (MB) | {self.size_mb_fp32:.1f} | {self.size_mb_int8:.1f} | {self.size_mb_int8 / self.size_mb_fp32:.2f}x |",
+            "",
+            f"Scores: mean |fp32 - int8| = {self.mean_abs_diff:.4f}, max = {self.max_abs_diff:.4f}.",
+        ]
+        return "\n".join(lines)
+
+
+def compare(fp32_path: Path, int8_path: Path, crops: np.ndarray, targets: np.ndarray | None, evaluation: str, calibration: str) -> Int8Report:
+    """Scores, per-label ROC AUC and speed of both graphs on the same crops, in one run."""
+    sessions = {"fp32": _session(fp32_path), "int8": _session(int8_path)}
+    s32, s8 = score(sessions["fp32"], crops), score(sessions["int8"], crops)
+    speed = faces_per_second(sessions, crops)
+    diff = np.abs(s32 - s8)
+    report = Int8Report(
+        calibration=calibration, evaluation=evaluation, faces=len(crops),
+        mean_abs_diff=float(diff.mean()), max_abs_diff=float(diff.max()),
+        faces_per_s_fp32=speed["fp32"], faces_per_s_int8=speed["int8"],
+        size_mb_fp32=fp32_path.stat().st_size / 1e6, size_mb_int8=int8_path.stat().st_size / 1e6,
+    )
+    if targets is not None:
+        report.auc_fp32 = dict(zip(contract.LABELS, _auc(targets, s32)))
+        report.auc_int8 = dict(zip(contract.LABELS, _auc(targets, s8)))
+    return report
+
+
+def write_report(report: Int8Report, markdown_file: Path, command: str) -> None:
+    """Replace the INT8 section between the report markers in `markdown_file` (append if absent)."""
+    block = f"{REPORT_START}\nMeasured by `{command}`:\n\n{report.markdown()}\n{REPORT_END}"
+    text = markdown_file.read_text() if markdown_file.is_file() else ""
+    if REPORT_START in text and REPORT_END in text:
+        head, rest = text.split(REPORT_START, 1)
+        text = head + block + rest.split(REPORT_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    markdown_file.write_text(text)
+
+
+# --- repository entry ------------------------------------------------------------------------
+
+
+def export_int8(
+    repository: Path,
+    celeba_dir: Path | None,
+    samples_dir: Path,
+    batching: BatchingSettings = BatchingSettings(),
+    calibration_images: int = CALIBRATION_IMAGES,
+    eval_range: tuple[int, int] | None = EVAL_RANGE,
+) -> tuple[Path, Int8Report | None]:
+    """<repository>/face2hbe/1/model.onnx -> <repository>/face2hbe_int8/{config.pbtxt, labels.txt, 1/model.onnx}.
+
+    Returns the new model folder and, when CelebA is available and eval_range is
+    set, the fp32-vs-int8 comparison on that held-out range.
+    """
+    repository = Path(repository)
+    source_dir = repository / contract.MODEL_NAME
+    _, fp32_path = validate_model_dir(source_dir)
+    _, thresholds = labels_and_thresholds(read_config(source_dir))
+    crops, calibration = calibration_crops(celeba_dir, samples_dir, calibration_images)
+    log.info("calibrating on %s", calibration)
+    target_dir = repository / INT8_MODEL_NAME
+    int8_path = quantize_int8(fp32_path, target_dir / contract.MODEL_VERSION / ONNX_FILE, crops)
+    rewrite_config(target_dir, cpu_batching(batching), name=INT8_MODEL_NAME, thresholds=thresholds)
+    validate_model_dir(target_dir)
+    report = None
+    if eval_range and celeba_dir is not None and (Path(celeba_dir) / "labels.csv").is_file():
+        first, last = eval_range
+        eval_crops, targets = celeba_crops(Path(celeba_dir), first, last)
+        report = compare(fp32_path, int8_path, eval_crops, targets, f"CelebA images {first}-{last}", calibration)
+        log.info("int8 report: %s", json.dumps(asdict(report)))
+    return target_dir, report

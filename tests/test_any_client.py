@@ -1,0 +1,59 @@
+"""A non-Python gRPC client (Node.js + Triton's .proto files) gets the same scores as tritonclient."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from face2hbe import contract
+
+from conftest import ROOT
+
+NODE_CLIENT = ROOT / "tools" / "kserve-node"
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not on PATH (install Node.js >= 18 to run the KServe v2 Node client check)")
+    if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.skip(f"{NODE_CLIENT}/node_modules missing: run `make kserve-node` (npm ci) first")
+    return node
+
+
+def _run(node: str, grpc_url: str, batch: np.ndarray, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--batch", str(len(batch)), *extra],
+        input=batch.tobytes(), capture_output=True, timeout=60,
+    )
+
+
+def test_node_client_matches_tritonclient(node, grpc_url):
+    import tritonclient.grpc as grpcclient
+
+    batch = np.random.default_rng(7).integers(0, 256, (3, *contract.INPUT_SHAPE), dtype=np.uint8)
+    done = _run(node, grpc_url, batch)
+    assert done.returncode == 0, done.stderr.decode()
+    printed = json.loads(done.stdout)
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    inp = grpcclient.InferInput(contract.INPUT_NAME, list(batch.shape), contract.INPUT_DTYPE)
+    inp.set_data_from_numpy(batch)
+    expected = client.infer(contract.MODEL_NAME, [inp]).as_numpy(contract.OUTPUT_NAME)
+
+    assert printed["model"] == contract.MODEL_NAME
+    assert printed["labels"] == list(contract.LABELS)
+    assert set(printed["thresholds"]) == set(contract.LABELS)
+    np.testing.assert_allclose(np.asarray(printed["scores"], np.float32), expected, atol=1e-6)
+
+
+def test_node_client_reports_errors_in_one_line(node, grpc_url):
+    short = _run(node, grpc_url, np.zeros((1, *contract.INPUT_SHAPE), np.uint8), "--batch", "2")
+    assert short.returncode == 1 and "expected" in short.stderr.decode()
+    too_big = _run(node, grpc_url, np.zeros((contract.MAX_BATCH_SIZE + 1, *contract.INPUT_SHAPE), np.uint8))
+    assert too_big.returncode == 1  # the server refuses batches above max_batch_size
+    assert len(too_big.stderr.decode().strip().splitlines()) == 1

@@ -1,0 +1,122 @@
+"""docker-compose.yml (Triton on one GPU) against the contract, the client defaults and the repository.
+
+There is no Docker engine here: the file is checked as data with PyYAML.
+"""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+import yaml
+
+from face2hbe import contract
+from face2hbe.client.inference import DEFAULT_URLS
+
+from conftest import REPOSITORY, ROOT
+
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def triton(compose) -> dict:
+    return compose["services"]["triton"]
+
+
+def _command(service) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def _flags(service) -> dict[str, str]:
+    return dict((arg.split("=", 1) + [""])[:2] for arg in _command(service) if arg.startswith("--"))
+
+
+def test_triton_image_is_pinned(triton):
+    image = triton["image"]
+    assert image.startswith("nvcr.io/nvidia/tritonserver:")
+    tag = image.rsplit(":", 1)[1]
+    assert tag != "latest" and tag[:2].isdigit(), f"{image}: pin a release tag (YY.MM-py3)"
+
+
+def _volumes(service) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) for short 'src:dst[:ro]' and long-syntax volume entries."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+        else:
+            out.append((v["source"], v["target"], bool(v.get("read_only"))))
+    return out
+
+
+def test_model_repository_mounted_read_only(triton):
+    mounts = {target: (source, ro) for source, target, ro in _volumes(triton)}
+    source, read_only = mounts["/models"]
+    assert source in ("./model_repository", "model_repository")
+    assert read_only, "the model repository must be mounted read-only"
+    host = ROOT / source
+    assert host.resolve() == REPOSITORY.resolve()
+    assert (host / contract.MODEL_NAME / "config.pbtxt").is_file()
+    assert _flags(triton)["--model-repository"] == "/models"
+
+
+def test_engine_cache_is_writable_and_matches_config(triton):
+    from face2hbe.export.repository import read_config
+
+    mounts = {target: ro for _, target, ro in _volumes(triton)}
+    accelerators = read_config(REPOSITORY / contract.MODEL_NAME).optimization.execution_accelerators.gpu_execution_accelerator
+    cache_path = accelerators[0].parameters["trt_engine_cache_path"]
+    mount = next(t for t in mounts if cache_path.startswith(t.rstrip("/") + "/"))
+    assert not mounts[mount], f"{mount} holds TensorRT engines and must be writable"
+
+
+def test_ports_match_contract_and_client_defaults(triton):
+    published = {}
+    for entry in triton["ports"]:
+        parts = str(entry).split(":")  # [host_ip:]host:container
+        published[int(parts[-1])] = (int(parts[-2]), parts[0] if len(parts) == 3 else "0.0.0.0")
+    for port in (contract.HTTP_PORT, contract.GRPC_PORT, contract.METRICS_PORT):
+        assert published[port][0] == port
+        assert published[port][1] == "127.0.0.1", "publish on loopback; a TLS/auth proxy fronts other clients"
+    assert DEFAULT_URLS["grpc"].rsplit(":", 1)[1] == str(contract.GRPC_PORT) == "8001"
+    assert DEFAULT_URLS["http"].rsplit(":", 1)[1] == str(contract.HTTP_PORT) == "8000"
+    assert contract.METRICS_PORT == 8002
+
+
+def test_server_flags(triton):
+    flags = _flags(triton)
+    assert _command(triton)[0] == "tritonserver"
+    assert flags["--model-control-mode"] == "none"
+    strict = flags.get("--strict-model-config") == "true" or "--disable-auto-complete-config" in flags
+    assert strict, "config.pbtxt must be used as written (no auto-complete)"
+
+
+def test_gpu_reservation(triton):
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    gpu = [d for d in devices if d.get("driver") == "nvidia"]
+    assert gpu and "gpu" in gpu[0]["capabilities"]
+    assert gpu[0].get("count", 0) == "all" or int(gpu[0].get("count", 0)) >= 1 or gpu[0].get("device_ids")
+
+
+def test_healthcheck_hits_readiness(triton):
+    test = " ".join(triton["healthcheck"]["test"]) if isinstance(triton["healthcheck"]["test"], list) else triton["healthcheck"]["test"]
+    assert f"localhost:{contract.HTTP_PORT}/v2/health/ready" in test
+    assert "curl" in test
+
+
+def test_loadtest_profile_runs_the_project_locustfile(compose):
+    loadtest = compose["services"]["loadtest"]
+    assert "loadtest" in loadtest["profiles"]
+    assert loadtest["depends_on"]["triton"]["condition"] == "service_healthy"
+    command = " ".join(_command(loadtest))
+    assert "--grpc-url triton:8001" in command and "--http-url triton:8000" in command
+    locustfile = command.split("-f ", 1)[1].split()[0]
+    if not (ROOT / "loadtest" / "locustfile.py").is_file():
+        pytest.skip("loadtest/locustfile.py not written yet (load test work in progress)")
+    assert (ROOT / locustfile).is_file(), f"{locustfile} not found in the repository"

@@ -1,0 +1,130 @@
+"""config.pbtxt carries everything NVIDIA's Triton needs, parsed with Triton's own ModelConfig proto."""
+from __future__ import annotations
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as pb
+
+from face2hbe import contract
+from face2hbe.export.repository import (
+    WARMUP_BATCH_SIZES,
+    BatchingSettings,
+    build_config,
+    cpu_batching,
+    labels_and_thresholds,
+    read_config,
+    rewrite_config,
+    validate_model_dir,
+    write_config,
+)
+
+from conftest import REPOSITORY
+
+INT8_DIR = REPOSITORY / f"{contract.MODEL_NAME}_int8"
+THRESHOLDS = {"eyewear": 0.4, "beard": 0.3, "hat": 0.2}
+
+
+def _check_common(config, name: str) -> None:
+    assert config.name == name
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == contract.MAX_BATCH_SIZE
+    batching = config.dynamic_batching
+    assert list(batching.preferred_batch_size) and max(batching.preferred_batch_size) <= contract.MAX_BATCH_SIZE
+    assert batching.max_queue_delay_microseconds > 0
+    assert config.output[0].label_filename == "labels.txt"
+    warm = {w.batch_size: w for w in config.model_warmup}
+    assert set(WARMUP_BATCH_SIZES) <= set(warm)
+    for size, w in warm.items():
+        sample = w.inputs[contract.INPUT_NAME]
+        assert sample.data_type == pb.TYPE_UINT8 and list(sample.dims) == list(contract.INPUT_SHAPE)
+        assert sample.zero_data or sample.random_data
+    labels, _ = labels_and_thresholds(config)
+    assert labels == list(contract.LABELS)
+
+
+def _tensorrt(config):
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    return [a for a in accelerators if a.name == "tensorrt"]
+
+
+def test_gpu_config_has_every_field(tmp_path):
+    write_config(build_config(THRESHOLDS), tmp_path / contract.MODEL_NAME)
+    config = read_config(tmp_path / contract.MODEL_NAME)
+    _check_common(config, contract.MODEL_NAME)
+    assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_GPU]
+    (trt,) = _tensorrt(config)
+    assert trt.parameters["precision_mode"] == "FP16"
+    assert int(trt.parameters["max_workspace_size_bytes"]) >= 1 << 28
+    assert trt.parameters["trt_engine_cache_enable"] in ("1", "true")
+    assert trt.parameters["trt_engine_cache_path"].startswith("/")
+    assert labels_and_thresholds(config)[1] == THRESHOLDS
+    assert (tmp_path / contract.MODEL_NAME / "labels.txt").read_text().split() == list(contract.LABELS)
+
+
+def test_cpu_variant_writes_kind_cpu_without_tensorrt(tmp_path):
+    write_config(build_config(THRESHOLDS, cpu_batching()), tmp_path / contract.MODEL_NAME)
+    config = read_config(tmp_path / contract.MODEL_NAME)
+    _check_common(config, contract.MODEL_NAME)
+    assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_CPU]
+    assert not _tensorrt(config)
+
+
+def test_warmup_skips_sizes_above_max_batch():
+    config = build_config(THRESHOLDS, BatchingSettings(max_batch_size=8, preferred_batch_sizes=[4, 8]))
+    assert [w.batch_size for w in config.model_warmup] == [1, 8]
+
+
+def test_committed_config_is_generated_by_code(tmp_path):
+    """The committed config.pbtxt equals what rewrite_config writes from its own thresholds."""
+    committed = read_config(REPOSITORY / contract.MODEL_NAME)
+    target = tmp_path / contract.MODEL_NAME
+    target.mkdir()
+    (target / "config.pbtxt").write_text((REPOSITORY / contract.MODEL_NAME / "config.pbtxt").read_text())
+    rewrite_config(target, BatchingSettings(max_queue_delay_us=committed.dynamic_batching.max_queue_delay_microseconds))
+    assert read_config(target) == committed
+    _check_common(committed, contract.MODEL_NAME)
+    assert _tensorrt(committed), "the committed GPU config should enable the TensorRT accelerator"
+
+
+def test_committed_models_validate():
+    validate_model_dir(REPOSITORY / contract.MODEL_NAME)
+    if not (INT8_DIR / contract.MODEL_VERSION / "model.onnx").is_file():
+        pytest.skip(f"{INT8_DIR} has no model.onnx yet: run `face2hbe export --format int8`")
+    config, _ = validate_model_dir(INT8_DIR)
+    _check_common(config, INT8_DIR.name)
+    assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_CPU]
+    assert not _tensorrt(config)
+    fp32 = read_config(REPOSITORY / contract.MODEL_NAME)
+    assert labels_and_thresholds(config) == labels_and_thresholds(fp32), "int8 must publish the fp32 model's labels and thresholds"
+
+
+def test_tensorrt_export_without_gpu_is_one_clear_line(capsys):
+    from face2hbe.cli import main
+    from face2hbe.export.tensorrt import TensorRTUnavailableError, load_tensorrt
+
+    try:
+        load_tensorrt()
+    except TensorRTUnavailableError:
+        pass
+    else:
+        pytest.skip("TensorRT and a GPU are available here: the plan build runs in test_tensorrt_plan_builds (gpu)")
+    assert main(["export", "--format", "tensorrt", "--repository", str(REPOSITORY)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TensorRT" in err[0] and err[0].startswith("error: ")
+    assert not (REPOSITORY / f"{contract.MODEL_NAME}_trt").exists(), "nothing is written when TensorRT is unavailable"
+
+
+@pytest.mark.gpu
+def test_tensorrt_plan_builds(tmp_path):
+    from face2hbe.export.tensorrt import PLAN_FILE, TensorRTUnavailableError, export_tensorrt, load_tensorrt
+
+    try:
+        load_tensorrt()
+    except TensorRTUnavailableError as exc:
+        pytest.skip(str(exc))
+    source = tmp_path / contract.MODEL_NAME
+    (source / contract.MODEL_VERSION).mkdir(parents=True)
+    (source / "config.pbtxt").write_text((REPOSITORY / contract.MODEL_NAME / "config.pbtxt").read_text())
+    (source / contract.MODEL_VERSION / "model.onnx").symlink_to(REPOSITORY / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx")
+    target = export_tensorrt(tmp_path)
+    assert (target / contract.MODEL_VERSION / PLAN_FILE).stat().st_size > 0
+    assert read_config(target).platform == "tensorrt_plan"

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest options for CI-sized runs (slow tests are marked and skipped by default).
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: install demo test test-all serve lint audit clean
+.PHONY: install demo test test-all serve kserve-node int8 lint audit clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,22 @@ test-all: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/face2hbe serve
+
+## kserve-node: dependencies of the Node.js KServe v2 client (tools/kserve-node; tests/test_any_client.py uses it).
+kserve-node:
+	cd tools/kserve-node && npm ci --no-audit --no-fund
+
+## int8: quantize model_repository/face2hbe to face2hbe_int8 and write the measured table to docs/serving.md.
+int8: $(STAMP)
+	$(VENV)/bin/face2hbe export --format int8 --repository model_repository --report docs/serving.md
+
+## audit: known vulnerabilities in the installed dependencies (pip-audit, PyPI advisory
+## database; needs network). --strict: a package it cannot check fails the audit instead of
+## passing silently. Findings are recorded in docs/security-audit.md.
+AUDIT_ARGS ?= --skip-editable --strict --desc on
+audit: $(STAMP)
+	$(PY) -m pip install -q "pip-audit>=2.7,<3"
+	$(VENV)/bin/pip-audit $(AUDIT_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

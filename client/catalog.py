@@ -1,5 +1,7 @@
 """The SKU catalog and the ranking rules that turn label scores into products.
 
+The format is chosen by the file suffix: `.csv` is CSV, anything else YAML.
+
 Catalog file (YAML):
 
     currency: EUR            # optional, shown in tables
@@ -11,6 +13,12 @@ Catalog file (YAML):
         url: https://shop.example/ew-1001   # optional
         min_score: 0.6       # optional: only when the face's score reaches this (default: the label threshold)
         priority: 1.2        # optional: ranking weight (default 1.0)
+
+Catalog file (CSV, header row required; empty optional cells take the defaults;
+CSV has no currency):
+
+    sku,label,name,price,url,min_score,priority
+    EW-1001,eyewear,Round acetate frames,89.0,https://shop.example/ew-1001,,
 """
 from __future__ import annotations
 
@@ -70,24 +78,68 @@ def default_catalog_path() -> Path:
     return Path(str(resources.files("face2hbe.client") / "catalog.yaml"))
 
 
-def load_catalog(path: str | Path | None = None, labels: list[str] | None = None) -> Catalog:
-    """Read and validate a catalog file (the bundled example when `path` is None)."""
-    import yaml
+REQUIRED_FIELDS = ("sku", "label", "name", "price")
 
+
+def load_catalog(path: str | Path | None = None, labels: list[str] | None = None) -> Catalog:
+    """Read and validate a catalog file (the bundled example when `path` is None).
+
+    `.csv` files are read as CSV (columns sku,label,name,price,url,min_score,priority),
+    every other suffix as YAML.
+    """
     path = Path(path) if path else default_catalog_path()
     try:
-        doc = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read catalog ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if path.suffix.lower() == ".csv":
+        rows, currency = _read_csv(path, text), ""
+    else:
+        rows, currency = _read_yaml(path, text)
+    return Catalog(_validate(path, rows, labels), currency)
+
+
+def _read_yaml(path: Path, text: str) -> tuple[list, str]:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("products"), list):
         raise CatalogError(f"{path}: expected a mapping with a 'products' list")
+    return doc["products"], str(doc.get("currency") or "")
+
+
+def _read_csv(path: Path, text: str) -> list[dict]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise CatalogError(f"{path}: empty CSV (expected a header row: sku,label,name,price,url,min_score,priority)")
+    reader.fieldnames = header
+    rows = []
+    try:
+        for line_no, row in enumerate(reader, start=2):
+            if None in row:
+                raise CatalogError(f"{path}: line {line_no} has more cells than the header")
+            # Empty optional cells take the defaults; missing required ones are reported below.
+            rows.append({k: v.strip() for k, v in row.items() if v is not None and v.strip() != ""})
+    except csv.Error as exc:
+        raise CatalogError(f"{path}: not valid CSV ({exc})") from None
+    return rows
+
+
+def _validate(path: Path, rows: list, labels: list[str] | None) -> tuple[Product, ...]:
     products, seen = [], set()
-    for i, row in enumerate(doc["products"], start=1):
+    for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise CatalogError(f"{path}: product #{i} is not a mapping")
-        missing = [k for k in ("sku", "label", "name", "price") if k not in row]
+        missing = [k for k in REQUIRED_FIELDS if k not in row]
         if missing:
             raise CatalogError(f"{path}: product #{i} lacks {', '.join(missing)}")
         unknown = set(row) - {f for f in Product.__dataclass_fields__}
@@ -112,4 +164,4 @@ def load_catalog(path: str | Path | None = None, labels: list[str] | None = None
             )
         except (TypeError, ValueError) as exc:
             raise CatalogError(f"{path}: product {row['sku']!r}: {exc}") from None
-    return Catalog(tuple(products), str(doc.get("currency", "")))
+    return tuple(products)

@@ -1,11 +1,16 @@
-"""Face detection with face_recognition (dlib HOG or CNN) on a downscaled copy.
+"""Face detection with face_recognition's detectors (dlib HOG or CNN) on a downscaled copy.
 
 HOG time grows with pixels, so big photos are shrunk to `max_side` before
 detection and the boxes are mapped back to full-resolution coordinates.
+
+The detectors are dlib's, exactly as face_recognition.face_locations calls
+them (same boxes, tested), but loaded alone: `import face_recognition` also
+loads its landmark and embedding models (~3 s per worker process, unused here).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -27,19 +32,35 @@ class DetectorSettings:
             raise ValueError("upsample must be >= 0, max_side >= 32 and min_face >= 1")
 
 
+@lru_cache(maxsize=None)
+def load_detector(model: str = "hog"):
+    """dlib's detector for `model`, loaded once per process (face_recognition's model files)."""
+    import dlib  # imported here: heavy, and only detection needs it
+
+    if model == "cnn":
+        import face_recognition_models
+
+        return dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+    return dlib.get_frontal_face_detector()
+
+
+def face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[int, int, int, int]]:
+    """(top, right, bottom, left) boxes, as face_recognition.face_locations returns them."""
+    height, width = image.shape[:2]
+    found = load_detector(model)(image, upsample)
+    rects = [d.rect for d in found] if model == "cnn" else list(found)
+    return [(max(r.top(), 0), min(r.right(), width), min(r.bottom(), height), max(r.left(), 0)) for r in rects]
+
+
 def detect_faces(image: np.ndarray, settings: DetectorSettings = DetectorSettings()) -> list[Box]:
     """Boxes of the faces in an RGB uint8 image, largest first."""
-    import face_recognition  # imported here: loads dlib models (~100 MB)
-
     height, width = image.shape[:2]
     scale = min(1.0, settings.max_side / max(height, width))
     small = image
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    found = face_recognition.face_locations(
-        np.ascontiguousarray(small), number_of_times_to_upsample=settings.upsample, model=settings.model
-    )
+    found = face_locations(np.ascontiguousarray(small), settings.upsample, settings.model)
     boxes = []
     for top, right, bottom, left in found:
         box = Box(

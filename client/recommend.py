@@ -4,6 +4,7 @@
     with Recommender("127.0.0.1:8001") as rec:
         result = rec.recommend("photo.jpg")          # ImageResult
         summary = rec.run(["photos/"], "out.jsonl")  # a whole batch, resumable
+        rec.run(["photos/"], "out.jsonl", annotate="annotated/")  # + pictures with boxes
 
 Detection runs in worker processes while inference requests are in flight, so
 the detector and the server stay busy at the same time.
@@ -15,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from face2hbe.errors import BadImageError, CatalogError, Face2hbeError, Inferenc
 from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, Box, crop_face, load_rgb
 
 from .catalog import Catalog, load_catalog
-from .detect import DetectorSettings, detect_faces
+from .detect import DetectorSettings, detect_faces, load_detector
 from .inference import AsyncScorer, ClientSettings
 from .results import FaceResult, ImageResult, JsonlWriter, ProfileResult, aggregate_profile, image_result_from_record, summarise_image
 
@@ -62,10 +63,13 @@ class RunSummary:
     recommendations: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
+    error_reasons: Counter = field(default_factory=Counter)  # (kind, message) -> images
     seconds: float = 0.0
     profiles: list[ProfileResult] = field(default_factory=list)
     not_processed: int = 0  # left for a rerun after a server outage
     outage: str | None = None
+    annotated: int = 0  # annotated pictures written (--annotate)
+    annotate_failed: int = 0
 
     @property
     def faces_per_second(self) -> float:
@@ -107,8 +111,8 @@ def prepare_image(path: str, detector: DetectorSettings, limits: Limits) -> Prep
     return Prepared(path, width, height, kept, crops, faces_total=len(boxes))
 
 
-def _warm_worker() -> None:
-    import face_recognition  # noqa: F401  (loads dlib's models once per worker)
+def _warm_worker(model: str = "hog") -> None:
+    load_detector(model)  # once per worker, while the parent connects to the server
 
 
 class Recommender:
@@ -131,9 +135,16 @@ class Recommender:
         self.detector = detector
         self.limits = limits
         self.skus_per_face = skus_per_face
-        self.workers = workers or max(1, (os.cpu_count() or 2))
+        # One core left to the event loop and a local server: on 2 cores one detection worker
+        # gives more end-to-end faces/s than two (docs/client.md).
+        self.workers = workers or max(1, (os.cpu_count() or 2) - 1)
         self._loop = None
         self._scorer: AsyncScorer | None = None
+
+    @property
+    def model_info(self):
+        """Labels, thresholds and max batch size read from the server (None before the first image)."""
+        return self._scorer.info if self._scorer is not None else None
 
     # --- single images (synchronous API) ------------------------------------------
 
@@ -199,76 +210,127 @@ class Recommender:
 
     # --- batches ------------------------------------------------------------------
 
-    def run(self, paths, output: str | Path, resume: bool = False, progress: bool = True, on_result=None) -> RunSummary:
-        """Process every image under `paths`, writing one JSONL record per image as it finishes."""
-        return asyncio.run(self._run(find_inputs(paths), Path(output), resume, progress, on_result))
+    def run(self, paths, output: str | Path, resume: bool = False, progress: bool = True, on_result=None,
+            annotate: str | Path | None = None) -> RunSummary:
+        """Process every image under `paths`, writing one JSONL record per image as it finishes.
 
-    async def _run(self, items, output: Path, resume: bool, progress: bool, on_result) -> RunSummary:
-        from tqdm import tqdm
+        With `annotate`, an annotated JPEG copy of each photo goes to that folder
+        (see face2hbe.client.annotate) before its record is written, so a resumed
+        run never skips a photo whose picture is missing.
+        """
+        return asyncio.run(self._run(find_inputs(paths), Path(output), resume, progress, on_result, annotate))
 
+    def _pictures(self, annotate, summary: RunSummary):
+        """An async `picture(result, profile)` that writes annotated copies in a thread (no-op without a folder)."""
+        from .annotate import annotate as annotate_image, remove_stale_temporaries
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="annotate") if annotate else None
+        if annotate and Path(annotate).is_dir():
+            remove_stale_temporaries(annotate)  # pictures cut by a killed run
+
+        async def picture(result: ImageResult, profile: str | None) -> None:
+            if pool is None:
+                return
+            currency = self.catalog.currency if self.catalog else ""
+            try:
+                written = await asyncio.get_running_loop().run_in_executor(
+                    pool, annotate_image, result, annotate, profile, currency, self.limits.max_pixels, self.limits.max_file_bytes
+                )
+            except Exception as exc:  # a picture is a by-product: its failure must not lose the record
+                log.warning("%s: annotated copy not written (%s)", result.path, exc)
+                summary.annotate_failed += 1
+                return
+            summary.annotated += written is not None
+
+        return picture, pool
+
+    async def _run(self, items, output: Path, resume: bool, progress: bool, on_result, annotate=None) -> RunSummary:
         summary = RunSummary()
         started = time.perf_counter()
-        by_profile: dict[str, list[ImageResult]] = defaultdict(list)
-        scorer = await self._connect()
-        try:
-            with JsonlWriter(output, resume=resume) as writer:
-                todo = []
-                for path, profile in items:
-                    record = writer.done.get(str(path))
-                    if record is not None:
-                        summary.skipped += 1
-                        if profile:
-                            by_profile[profile].append(image_result_from_record(record))
-                    else:
-                        todo.append((path, profile))
-                bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="recommend")
-                loop = asyncio.get_running_loop()
-                with ProcessPoolExecutor(self.workers, initializer=_warm_worker) as pool:
-                    window = self.workers * 2 + scorer.settings.max_in_flight
-                    pending: set[asyncio.Task] = set()
-                    queue = iter(todo)
-                    stop = False
-
-                    async def handle(path: Path, profile: str | None):
-                        prepared = await loop.run_in_executor(pool, prepare_image, str(path), self.detector, self.limits)
-                        try:
-                            return profile, await self._score(prepared, profile, scorer)
-                        except InferenceError as exc:  # the server rejected this request; the run goes on
-                            error = {"kind": "inference_error", "message": str(exc)}
-                            return profile, ImageResult(str(path), profile, prepared.width, prepared.height, error=error)
-
-                    while True:
-                        while not stop and len(pending) < window:
-                            nxt = next(queue, None)
-                            if nxt is None:
-                                break
-                            pending.add(asyncio.ensure_future(handle(*nxt)))
-                        if not pending:
-                            break
-                        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                        for task in done:
-                            try:
-                                profile, result = task.result()
-                            except ServerUnavailableError as exc:
-                                summary.outage = str(exc)
-                                stop = True  # no new work; in-flight images finish or fail too
-                                continue
-                            writer.write(result)
-                            self._count(summary, result)
-                            if profile:
-                                by_profile[profile].append(result)
-                            if on_result:
-                                on_result(result)
-                            bar.update(1)
-                            bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
-                bar.close()
-                summary.not_processed = len(todo) - summary.images
-        finally:
-            await scorer.close()
+        loop = asyncio.get_running_loop()
+        # Workers start (and load the detector) before gRPC opens its threads: with the
+        # fork start method all workers fork at the first submit, and forking a process
+        # with live gRPC threads is unsafe. Their start-up overlaps the connection.
+        with ProcessPoolExecutor(self.workers, initializer=_warm_worker, initargs=(self.detector.model,)) as pool:
+            warm = loop.run_in_executor(pool, int)
+            scorer = await self._connect()
+            picture, draw_pool = self._pictures(annotate, summary)
+            try:
+                await warm
+                await self._batch(items, output, resume, progress, on_result, annotate, summary, started, pool, scorer, picture)
+            finally:
+                await scorer.close()
+                if draw_pool is not None:
+                    draw_pool.shutdown(wait=True)
         summary.seconds = time.perf_counter() - started
+        return summary
+
+    async def _batch(self, items, output, resume, progress, on_result, annotate, summary, started, pool, scorer, picture) -> None:
+        from tqdm import tqdm
+
+        from .annotate import annotated_path
+
+        loop = asyncio.get_running_loop()
+        by_profile: dict[str, list[ImageResult]] = defaultdict(list)
+        with JsonlWriter(output, resume=resume) as writer:
+            todo, redraw = [], []
+            for path, profile in items:
+                record = writer.done.get(str(path))
+                if record is None:
+                    todo.append((path, profile))
+                    continue
+                summary.skipped += 1
+                previous = image_result_from_record(record)
+                if profile:
+                    by_profile[profile].append(previous)
+                if annotate and not annotated_path(annotate, path, profile).exists():
+                    redraw.append(picture(previous, profile))  # resumed into a new --annotate folder
+            await asyncio.gather(*redraw)
+
+            async def handle(path: Path, profile: str | None):
+                prepared = await loop.run_in_executor(pool, prepare_image, str(path), self.detector, self.limits)
+                try:
+                    result = await self._score(prepared, profile, scorer)
+                except InferenceError as exc:  # the server rejected this request; the run goes on
+                    error = {"kind": "inference_error", "message": str(exc)}
+                    result = ImageResult(str(path), profile, prepared.width, prepared.height, error=error)
+                await picture(result, profile)  # before the record: a resumed run skips only finished images
+                return profile, result
+
+            bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="recommend")
+            # Enough images under way to keep every detection worker and the in-flight bound busy.
+            window = self.workers * 2 + scorer.settings.max_in_flight
+            pending: set[asyncio.Future] = set()
+            queue = iter(todo)
+            stop = False
+            while True:
+                while not stop and len(pending) < window:
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        break
+                    pending.add(asyncio.ensure_future(handle(*nxt)))
+                if not pending:
+                    break
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    try:
+                        profile, result = task.result()
+                    except ServerUnavailableError as exc:
+                        summary.outage = str(exc)
+                        stop = True  # no new work; in-flight images finish or fail too
+                        continue
+                    writer.write(result)
+                    self._count(summary, result)
+                    if profile:
+                        by_profile[profile].append(result)
+                    if on_result:
+                        on_result(result)
+                    bar.update(1)
+                    bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
+            bar.close()
+            summary.not_processed = len(todo) - summary.images
         labels = scorer.info.labels
         summary.profiles = [aggregate_profile(p, r, labels, self.catalog) for p, r in by_profile.items()]
-        return summary
 
     @staticmethod
     def _count(summary: RunSummary, result: ImageResult) -> None:
@@ -276,8 +338,9 @@ class Recommender:
         summary.faces += len(result.faces)
         if result.error:
             summary.errors[result.error["kind"]] += 1
+            summary.error_reasons[(result.error["kind"], result.error.get("message", ""))] += 1
             log.error("%s: %s", result.path, result.error["message"])
-        elif result.top_label:
+        elif result.recommendation:  # a top label with no product counts under its reason instead
             summary.recommendations[result.top_label] += 1
         if result.reason:
             summary.reasons[result.reason] += 1

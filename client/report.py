@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 MAX_IMAGE_ROWS = 50  # larger runs show only the summary; the JSONL has everything
+MAX_REASON_ROWS = 10  # most frequent error reasons listed under their kind
 
 
 def _sku_text(sku: dict | None, currency: str) -> str:
@@ -51,6 +52,12 @@ def print_report(output: Path, summary, catalog, console=None) -> None:
         table.add_row(f"no recommendation: {reason}", str(n))
     for kind, n in sorted(summary.errors.items()):
         table.add_row(f"errors: {kind}", str(n))
+    for (kind, message), n in summary.error_reasons.most_common(MAX_REASON_ROWS):
+        table.add_row(f"  {kind}: {message}", str(n))
+    if summary.annotated or summary.annotate_failed:
+        table.add_row("annotated pictures written", str(summary.annotated))
+    if summary.annotate_failed:
+        table.add_row("annotated pictures failed", str(summary.annotate_failed))
     table.add_row("faces/s (end to end)", f"{summary.faces_per_second:.1f}")
     table.add_row("results", str(output))
     console.print(table)

@@ -30,6 +30,7 @@ class ServerSettings:
     grpc_port: int = contract.GRPC_PORT
     metrics_port: int = contract.METRICS_PORT
     model_name: str = contract.MODEL_NAME
+    model_folder: str | None = None  # repository folder to serve under model_name (None = model_name), e.g. face2hbe_int8
     version: str = contract.MODEL_VERSION
     threads_per_instance: int | None = None  # onnxruntime intra-op threads; None = onnxruntime's default
     instance_count: int | None = None  # None = config.pbtxt's instance_group count
@@ -112,7 +113,7 @@ class EmbeddedServer:
         from face2hbe.export.repository import labels_and_thresholds, validate_model_dir
 
         self.settings = settings
-        model_dir = Path(settings.repository) / settings.model_name
+        model_dir = Path(settings.repository) / (settings.model_folder or settings.model_name)
         if not model_dir.is_dir():
             raise ModelRepositoryError(f"{model_dir}: model folder not found in repository {settings.repository}")
         self.config, self.onnx_path = validate_model_dir(model_dir, settings.version)
@@ -184,8 +185,8 @@ class EmbeddedServer:
             raise
         self._triton = triton
         log.info(
-            "serving %s v%s on %s: http %d, grpc %d, metrics %d (%d instance(s))",
-            s.model_name, s.version, s.host, s.http_port, s.grpc_port, s.metrics_port, len(sessions),
+            "serving %s v%s from %s on %s: http %d, grpc %d, metrics %d (%d instance(s))",
+            s.model_name, s.version, self.onnx_path, s.host, s.http_port, s.grpc_port, s.metrics_port, len(sessions),
         )
         return self
 

@@ -6,7 +6,7 @@ import pytest
 
 from face2hbe.cli import cli, main
 
-SUBCOMMANDS = ["train", "export", "evaluate", "serve", "recommend"]
+SUBCOMMANDS = ["train", "export", "evaluate", "serve", "recommend", "loadtest", "bench"]
 
 
 def test_top_level_help(capsys):

@@ -11,6 +11,7 @@ from . import contract
 from .errors import Face2hbeError
 
 DEFAULT_REPOSITORY = "model_repository"
+DEFAULT_QUEUE_DELAY_US = 500  # measured on the embedded server, see docs/serving.md
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -71,17 +72,52 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "int8", "tensorrt"]), default="onnx",
+              help="onnx: RUN_DIR -> <repository>/face2hbe (without RUN_DIR: only rewrite its config.pbtxt, keeping thresholds). "
+                   "int8: <repository>/face2hbe -> face2hbe_int8 (CPU, static INT8). tensorrt: -> face2hbe_trt (FP16 plan; needs a GPU).")
 @click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Triton model repository to write into.")
 @click.option("--max-batch-size", default=contract.MAX_BATCH_SIZE, type=click.IntRange(1), help="Triton max_batch_size.")
-@click.option("--queue-delay-us", default=2000, type=click.IntRange(0), help="Dynamic batcher max_queue_delay_microseconds.")
-def export(run_dir, repository, max_batch_size, queue_delay_us):
-    """Export a training run to ONNX (preprocessing inside) in a Triton model repository."""
-    from .export.build import export_repository
-    from .export.repository import BatchingSettings
+@click.option("--queue-delay-us", default=DEFAULT_QUEUE_DELAY_US, type=click.IntRange(0), help="Dynamic batcher max_queue_delay_microseconds (chosen by measurement, docs/serving.md).")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu",
+              help="Instances of the fp32 model: gpu (KIND_GPU + TensorRT FP16 accelerator) or cpu (KIND_CPU). INT8 is always CPU.")
+@click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"),
+              help="int8: CelebA folder for calibration (images 1-300) and the fp32-vs-int8 check (7001-8000); absent: calibrate on the sample photos' faces.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="int8: markdown file whose INT8 section receives the measured table (e.g. docs/serving.md).")
+def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, celeba, report):
+    """Export to the Triton model repository: ONNX (preprocessing inside), its INT8 CPU variant, or a TensorRT plan."""
+    from .export.repository import BatchingSettings, rewrite_config
 
     batching = BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
-                                preferred_batch_sizes=[b for b in (8, 16, 32) if b <= max_batch_size] or [max_batch_size])
+                                preferred_batch_sizes=[b for b in (8, 16, 32) if b <= max_batch_size] or [max_batch_size],
+                                instance_kind="KIND_CPU" if device == "cpu" else "KIND_GPU")
+    if fmt == "int8":
+        import importlib.util
+
+        from .export.quantize import export_int8, write_report
+
+        samples = Path(importlib.util.find_spec("face2hbe.client").origin).parent / "samples"  # bundled photos
+        model_dir, result = export_int8(repository, celeba if celeba.is_dir() else None, samples, batching)
+        click.echo(f"wrote {model_dir} ({(model_dir / contract.MODEL_VERSION / 'model.onnx').stat().st_size / 1e6:.1f} MB)")
+        if result is not None:
+            click.echo(result.markdown())
+            if report:
+                write_report(result, report, f"face2hbe export --format int8 --repository {repository} --report {report}")
+                click.echo(f"INT8 report written to {report}")
+        else:
+            click.echo(f"{celeba} not found: calibrated on the sample photos' faces; accuracy not measured, no report written")
+        return
+    if fmt == "tensorrt":
+        from .export.tensorrt import export_tensorrt
+
+        click.echo(f"wrote {export_tensorrt(repository, batching)}")
+        return
+    if run_dir is None:
+        click.echo(f"rewrote {rewrite_config(Path(repository) / contract.MODEL_NAME, batching)}")
+        return
+    from .export.build import export_repository
+
     model_dir = export_repository(run_dir, repository, batching)
     click.echo(f"wrote {model_dir}")
 
@@ -138,11 +174,12 @@ def settings_from_options(repository, host, http_port, grpc_port, metrics_port, 
 
 @cli.command()
 @server_options
-def serve(**options):
+@click.option("--int8", is_flag=True, help="Serve the INT8 CPU model (<repository>/face2hbe_int8, from `export --format int8`) under the name face2hbe, so clients need no change.")
+def serve(int8, **options):
     """Run the embedded Triton server (nvidia-pytriton) on the model repository until Ctrl-C/SIGTERM."""
     from .serving.embedded import EmbeddedServer
 
-    server = EmbeddedServer(settings_from_options(**options))
+    server = EmbeddedServer(settings_from_options(**options, model_folder=f"{contract.MODEL_NAME}_int8" if int8 else None))
     click.echo(f"labels {server.labels}, thresholds {server.thresholds}")
     server.serve_forever()
     click.echo("server stopped")
@@ -157,7 +194,7 @@ def serve(**options):
 @click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", help="KServe v2 protocol to call the server with.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("results.jsonl"), help="JSONL file, one record per image, written as each image finishes.")
 @click.option("--resume", is_flag=True, help="Keep records already in --output and skip those images.")
-@click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog YAML (default: the bundled example).")
+@click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog: YAML, or CSV when the name ends in .csv (columns sku,label,name,price,url,min_score,priority; see docs/client.md). Default: the bundled example.")
 @click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", help="face_recognition model.")
 @click.option("--upsample", default=1, type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step).")
 @click.option("--max-side", default=800, type=click.IntRange(32), help="Detection runs on a copy no larger than this (boxes mapped back).")
@@ -165,13 +202,15 @@ def serve(**options):
 @click.option("--max-faces", default=20, type=click.IntRange(1), help="Score at most this many faces per image (largest first).")
 @click.option("--max-pixels", default=50_000_000, type=click.IntRange(1), help="Refuse images with more pixels (decompression-bomb guard).")
 @click.option("--max-file-mb", default=50.0, type=click.FloatRange(0.001), help="Refuse files larger than this.")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count).")
+@click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count - 1, at least 1).")
 @click.option("--in-flight", default=8, type=click.IntRange(1), help="Most inference requests in flight at once.")
 @click.option("--timeout", default=30.0, type=click.FloatRange(0.1), help="Per-request timeout in seconds.")
 @click.option("--retries", default=4, type=click.IntRange(0), help="Retries (exponential back-off) when the server is busy or down.")
 @click.option("--skus-per-face", default=3, type=click.IntRange(1), help="Products listed per face.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s.")
-def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, max_side, min_face, max_faces, max_pixels, max_file_mb, workers, in_flight, timeout, retries, skus_per_face, progress):
+@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Also write a JPEG copy of each photo to DIR (same names) with face boxes, labels, scores and products.")
+def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, max_side, min_face, max_faces, max_pixels, max_file_mb, workers, in_flight, timeout, retries, skus_per_face, progress, annotate):
     """Recommend products for the faces in PATHS (image files; a folder is one profile)."""
     from .client.detect import DetectorSettings
     from .client.inference import ClientSettings
@@ -186,10 +225,62 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
         workers=workers,
         client=ClientSettings(url=url, protocol=protocol, timeout_s=timeout, retries=retries, max_in_flight=in_flight),
     )
-    summary = rec.run(paths, output, resume=resume, progress=progress, on_result=None)
+    summary = rec.run(paths, output, resume=resume, progress=progress, on_result=None, annotate=annotate)
     print_report(output, summary, rec.catalog)
     if summary.outage:
         raise Face2hbeError(f"{summary.outage}; {summary.not_processed} image(s) not processed: rerun with --resume")
+
+
+# --- loadtest / bench --------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository for the embedded server started when no URL is given.")
+@click.option("--grpc-url", default=None, help="Existing server's gRPC host:port (loopback only). Default: start the embedded server on free ports.")
+@click.option("--http-url", default=None, help="Existing server's HTTP host:port (loopback only). Default: start the embedded server on free ports.")
+@click.option("--users", default=8, type=click.IntRange(1, 64), help="Concurrent Locust users (at most 64).")
+@click.option("--spawn-rate", default=4.0, type=click.FloatRange(0.1), help="Users started per second.")
+@click.option("--duration", default=30, type=click.IntRange(1, 600), help="Run time in seconds (at most 600).")
+@click.option("--batch-size", default=1, type=click.IntRange(1, contract.MAX_BATCH_SIZE), help="Faces per inference request.")
+@click.option("--grpc-weight", default=1, type=click.IntRange(0), help="Relative share of gRPC users (0 = none).")
+@click.option("--http-weight", default=1, type=click.IntRange(0), help="Relative share of HTTP users (0 = none).")
+@click.option("--think-time", default=0.0, type=click.FloatRange(0), help="Mean seconds each user waits between requests (0 = closed loop, back to back).")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("out/loadtest"), help="Folder for Locust's CSVs, report.html, locust.log and verdict.json.")
+@click.option("--slo-p95-ms", default=2000.0, type=click.FloatRange(0), help="SLO: 95th-percentile request latency at most this many ms.")
+@click.option("--slo-max-error-rate", default=0.01, type=click.FloatRange(0, 1), help="SLO: at most this fraction of requests may fail.")
+@click.option("--slo-min-rps", default=0.0, type=click.FloatRange(0), help="SLO: at least this many requests per second (0 = no floor).")
+def loadtest(repository, grpc_url, http_url, users, spawn_rate, duration, batch_size, grpc_weight, http_weight, think_time, output_dir, slo_p95_ms, slo_max_error_rate, slo_min_rps):
+    """Load-test the server with Locust (real face crops, gRPC + HTTP users) and judge the SLO; exit 1 when missed."""
+    from .loadtest.runner import SLO, LoadTestSettings, SLOMissedError, print_verdict, run_loadtest
+
+    verdict = run_loadtest(LoadTestSettings(
+        output_dir=output_dir, users=users, spawn_rate=spawn_rate, duration_s=duration, batch_size=batch_size,
+        grpc_weight=grpc_weight, http_weight=http_weight, think_time_s=think_time, repository=repository,
+        grpc_url=grpc_url, http_url=http_url, slo=SLO(p95_ms=slo_p95_ms, max_error_rate=slo_max_error_rate, min_rps=slo_min_rps),
+    ))
+    print_verdict(verdict)
+    click.echo(f"reports and verdict.json in {output_dir}")
+    if not verdict["passed"]:
+        missed = ", ".join(f"{c['name']} {c['measured']} (limit {c['limit']})" for c in verdict["checks"] if not c["ok"])
+        raise SLOMissedError(f"SLO missed: {missed}")
+
+
+@cli.command()
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository (the served model and any *int8* model folder).")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("docs/bench"), help="Folder for bench.json and bench.png.")
+@click.option("--quick", is_flag=True, help="Short rows and fewer repeats (about 5 minutes on 2 cores); every row is still measured.")
+@click.option("--seconds", default=None, type=click.FloatRange(0.5), help="Measured seconds per row (default 15, or 3 with --quick).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe" / "bench", help="Cache for the exported prototype ONNX models (random weights).")
+@click.option("--skip-prototype", is_flag=True, help="Leave out the 6-CNN prototype comparison (needs TensorFlow + tf2onnx on first run).")
+def bench(repository, output_dir, quick, seconds, cache_dir, skip_prototype):
+    """Benchmark on this machine: in-process ONNX Runtime vs Triton, batching, batch sizes, INT8, prototype."""
+    from .loadtest.bench import BenchSettings, run_bench
+
+    command = " ".join(["face2hbe bench", *(["--quick"] if quick else []), *([f"--seconds {seconds:g}"] if seconds else []),
+                        *(["--skip-prototype"] if skip_prototype else []), f"--repository {repository}", f"--output-dir {output_dir}"])
+    result = run_bench(BenchSettings(repository=repository, output_dir=output_dir, quick=quick, seconds=seconds,
+                                     cache_dir=cache_dir, prototype=not skip_prototype, command=command))
+    click.echo(f"bench.json and bench.png in {output_dir} ({result['wall_s']:.0f} s)")
 
 
 def main(argv=None) -> int:

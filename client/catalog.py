@@ -55,7 +55,9 @@ class Catalog:
         """Products for every label whose score passes its threshold, best first.
 
         Rank score = face score x product priority; a product also needs the
-        face score to reach its own `min_score`.
+        face score to reach its own `min_score`. Each passing label's best
+        product comes first (so a strong beard cannot crowd out the glasses),
+        then the rest by rank score.
         """
         ranked = []
         for label, score in label_scores.items():
@@ -65,8 +67,10 @@ class Catalog:
                 if score >= p.min_score:
                     ranked.append({**p.as_dict(), "rank_score": round(score * p.priority, 6)})
         ranked.sort(key=lambda r: (-r["rank_score"], r["sku"]))
-        return ranked[:limit]
-
+        seen_labels: set[str] = set()
+        leaders = [r for r in ranked if r["label"] not in seen_labels and not seen_labels.add(r["label"])]
+        rest = [r for r in ranked if r not in leaders]
+        return (leaders + rest)[:limit]
 
     def best_for(self, label: str, score: float) -> dict | None:
         """The top-ranked product of one label for a face scoring `score` (None if none qualifies)."""

@@ -32,7 +32,10 @@ def test_rank_uses_threshold_priority_and_min_score(catalog):
     assert {r["label"] for r in ranked} == {"eyewear", "hat"}  # beard below threshold
     assert "HT-3003" not in {r["sku"] for r in ranked}  # fedora needs 0.7
     assert ranked[0]["sku"] == "EW-1002"  # 0.9 x 1.1
-    assert [r["rank_score"] for r in ranked] == sorted((r["rank_score"] for r in ranked), reverse=True)
+    leaders, rest = ranked[:2], ranked[2:]  # one per passing label first, then the rest
+    assert {r["label"] for r in leaders} == {"eyewear", "hat"}
+    for part in (leaders, rest):
+        assert [r["rank_score"] for r in part] == sorted((r["rank_score"] for r in part), reverse=True)
 
 
 def test_image_rule(catalog):
@@ -80,3 +83,8 @@ def test_resume_keeps_final_records_and_drops_retryable(tmp_path):
     w.close()
     paths = [json.loads(l)["path"] for l in out.read_text().splitlines()]
     assert sorted(paths) == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_every_passing_label_gets_a_product_before_seconds(catalog):
+    ranked = catalog.rank({"eyewear": 0.55, "beard": 0.95, "hat": 0.1}, THRESHOLDS, limit=3)
+    assert [r["label"] for r in ranked] == ["beard", "eyewear", "beard"]

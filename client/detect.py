@@ -21,7 +21,10 @@ from face2hbe.imaging import Box
 @dataclass(frozen=True)
 class DetectorSettings:
     model: str = "hog"  # "hog" (CPU, fast) or "cnn" (dlib's CNN, slow without CUDA)
-    upsample: int = 1  # times dlib up-samples the image first: finds smaller faces, costs 4x per step
+    upsample: int = 0  # times dlib up-samples the image first: finds smaller faces, costs 4x per step
+    # When `upsample` finds no face, look again with this many up-samplings (small or
+    # low-resolution faces) instead of paying 4x on every photo; <= upsample disables it.
+    retry_upsample: int = 1
     max_side: int = 800  # detection runs on a copy no larger than this
     min_face: int = 20  # boxes smaller than this (in full-resolution pixels) are dropped
 
@@ -60,7 +63,10 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings = DetectorSetting
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    found = face_locations(np.ascontiguousarray(small), settings.upsample, settings.model)
+    small = np.ascontiguousarray(small)
+    found = face_locations(small, settings.upsample, settings.model)
+    if not found and settings.retry_upsample > settings.upsample:
+        found = face_locations(small, settings.retry_upsample, settings.model)
     boxes = []
     for top, right, bottom, left in found:
         box = Box(

@@ -108,7 +108,8 @@ def run_e2e_bench(
     instances: int | None = None,
     in_flight: int = 8,
     max_side: int = 800,
-    upsample: int = 1,
+    upsample: int = 0,
+    retry_upsample: int = 1,
     repeats: int = 1,
     lfw_dir: str | Path = DEFAULT_LFW,
 ) -> dict:
@@ -131,7 +132,7 @@ def run_e2e_bench(
         )).start()
         url = f"127.0.0.1:{server.settings.grpc_port}"
     settings = ClientSettings(url=url, protocol="grpc", max_in_flight=in_flight)
-    detector = DetectorSettings(max_side=max_side, upsample=upsample)
+    detector = DetectorSettings(max_side=max_side, upsample=upsample, retry_upsample=retry_upsample)
     try:
         with tempfile.TemporaryDirectory(prefix="face2hbe-e2e-") as tmp:
             folder, source = photo_folder(Path(tmp) / "photos", photos, Path(lfw_dir))
@@ -165,7 +166,7 @@ def run_e2e_bench(
         "e2e_seconds": [round(r["seconds"], 2) for r in e2e_runs],
         "e2e_first_result_s": round(statistics.median(first), 2) if first else None,
         "settings": {"workers": workers, "threads": threads, "instances": instances, "in_flight": in_flight,
-                     "max_side": max_side, "upsample": upsample, "repeats": repeats, "own_server": server is not None},
+                     "max_side": max_side, "upsample": upsample, "retry_upsample": retry_upsample, "repeats": repeats, "own_server": server is not None},
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -182,13 +183,14 @@ def main(argv=None) -> int:
     parser.add_argument("--instances", type=int, default=None, help="Model instances on the embedded server.")
     parser.add_argument("--in-flight", type=int, default=8, help="Most inference requests in flight (both phases).")
     parser.add_argument("--max-side", type=int, default=800, help="Detection copy's largest side.")
-    parser.add_argument("--upsample", type=int, default=1, help="Detector up-sampling steps.")
+    parser.add_argument("--upsample", type=int, default=0, help="Detector up-sampling steps.")
+    parser.add_argument("--retry-upsample", type=int, default=1, help="Up-sampling steps for a second look when none found.")
     parser.add_argument("--repeats", type=int, default=1, help="Alternate the two phases this many times (medians).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
     result = run_e2e_bench(photos=args.photos, url=args.url, repository=args.repository, workers=args.workers,
                            threads=args.threads, instances=args.instances, in_flight=args.in_flight,
-                           max_side=args.max_side, upsample=args.upsample, repeats=args.repeats)
+                           max_side=args.max_side, upsample=args.upsample, retry_upsample=args.retry_upsample, repeats=args.repeats)
     print(f"{result['faces']} faces in {result['photos']} photos ({result['source']})")
     print(f"model-only  {result['model_only_faces_per_s']:8.2f} faces/s")
     print(f"end-to-end  {result['e2e_faces_per_s']:8.2f} faces/s  ({result['ratio']:.0%} of model-only)")

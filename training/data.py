@@ -192,7 +192,7 @@ def measure_aligned_framing(paths: list[Path], sample: int = 200) -> dict:
     from face2hbe.client.detect import DetectorSettings, detect_faces
     from face2hbe.imaging import load_rgb
 
-    settings = DetectorSettings(upsample=1, min_face=8)
+    settings = DetectorSettings(upsample=1, retry_upsample=0, min_face=8)
     fractions = []
     for path in paths[:: max(1, len(paths) // sample)][:sample]:
         image = load_rgb(path)
@@ -219,15 +219,15 @@ def build_crops(dataset: LabeledSet, cache_dir: Path | None = None, size: int = 
     from face2hbe.client.detect import DetectorSettings, detect_faces, nearest_to_center
     from face2hbe.imaging import crop_face, load_rgb
 
+    settings = DetectorSettings()
     key = hashlib.sha1(
-        json.dumps([dataset.name, size, [str(p) for p in dataset.paths], _framing_version()]).encode()
+        json.dumps([dataset.name, size, [str(p) for p in dataset.paths], _framing_version(), repr(settings)]).encode()
     ).hexdigest()[:16]
     cache = Path(cache_dir) / f"crops-{dataset.name}-{key}.npz" if cache_dir else None
     if cache and cache.is_file():
         data = np.load(cache)
         return data["crops"], data["kept"]
     framing = measure_aligned_framing(dataset.paths) if dataset.aligned else None
-    settings = DetectorSettings()
     crops, kept = [], []
     for i, path in enumerate(tqdm(dataset.paths, desc=f"cropping {dataset.name}", disable=not progress, unit="img")):
         image = load_rgb(path)

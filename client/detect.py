@@ -27,6 +27,10 @@ class DetectorSettings:
     retry_upsample: int = 1
     max_side: int = 800  # detection runs on a copy no larger than this
     min_face: int = 20  # boxes smaller than this (in full-resolution pixels) are dropped
+    # HOG detections scoring below this are dropped: real faces score ~0.4-3, while the weak
+    # hits (badges, patterns) that HOG's default threshold of 0 lets through score ~0-0.15.
+    # Measured on 250 LFW photos: 1 labelled face of 250 scored below 0.2. Ignored for "cnn".
+    min_score: float = 0.2
 
     def __post_init__(self):
         if self.model not in ("hog", "cnn"):
@@ -47,12 +51,20 @@ def load_detector(model: str = "hog"):
     return dlib.get_frontal_face_detector()
 
 
-def face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[int, int, int, int]]:
-    """(top, right, bottom, left) boxes, as face_recognition.face_locations returns them."""
+def scored_face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[tuple[int, int, int, int], float]]:
+    """((top, right, bottom, left), score) pairs; boxes as face_recognition.face_locations returns them."""
     height, width = image.shape[:2]
-    found = load_detector(model)(image, upsample)
-    rects = [d.rect for d in found] if model == "cnn" else list(found)
-    return [(max(r.top(), 0), min(r.right(), width), min(r.bottom(), height), max(r.left(), 0)) for r in rects]
+    if model == "cnn":
+        found = [(d.rect, d.confidence) for d in load_detector(model)(image, upsample)]
+    else:
+        rects, scores, _ = load_detector(model).run(image, upsample, 0.0)
+        found = list(zip(rects, scores))
+    return [((max(r.top(), 0), min(r.right(), width), min(r.bottom(), height), max(r.left(), 0)), float(score)) for r, score in found]
+
+
+def face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[int, int, int, int]]:
+    """(top, right, bottom, left) boxes, exactly as face_recognition.face_locations returns them."""
+    return [box for box, _ in scored_face_locations(image, upsample, model)]
 
 
 def detect_faces(image: np.ndarray, settings: DetectorSettings = DetectorSettings()) -> list[Box]:
@@ -64,9 +76,14 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings = DetectorSetting
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     small = np.ascontiguousarray(small)
-    found = face_locations(small, settings.upsample, settings.model)
+
+    def detect(upsample: int):
+        found = scored_face_locations(small, upsample, settings.model)
+        return [box for box, score in found if settings.model == "cnn" or score >= settings.min_score]
+
+    found = detect(settings.upsample)
     if not found and settings.retry_upsample > settings.upsample:
-        found = face_locations(small, settings.retry_upsample, settings.model)
+        found = detect(settings.retry_upsample)
     boxes = []
     for top, right, bottom, left in found:
         box = Box(

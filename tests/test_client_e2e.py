@@ -13,7 +13,7 @@ from face2hbe.client.catalog import load_catalog
 from face2hbe.client.detect import DetectorSettings, detect_faces, face_locations
 from face2hbe.imaging import load_rgb
 
-from conftest import REPOSITORY, free_port
+from conftest import REPOSITORY, SAMPLES, free_port
 
 
 def _rows(lfw_dir, n, **where):
@@ -181,3 +181,11 @@ def test_small_faces_found_by_the_retry_pass(celeba_dir):
     once = sum(bool(detect_faces(img, DetectorSettings(upsample=0, retry_upsample=0, min_face=8))) for img in images)
     with_retry = sum(bool(detect_faces(img, DetectorSettings(min_face=8))) for img in images)
     assert once <= 2 and with_retry >= 8, (once, with_retry)
+
+
+def test_weak_hog_hits_are_dropped():
+    """The astronaut portrait has one face; HOG's default threshold also fires (score ~0.1) on her suit's patch."""
+    image = load_rgb(SAMPLES / "astronaut_eileen_collins.jpg")
+    assert len(detect_faces(image, DetectorSettings(min_score=0.0))) == 2
+    (face,) = detect_faces(image)
+    assert face.top < 200  # the face, not the patch at y ~ 330-420

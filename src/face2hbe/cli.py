@@ -198,6 +198,7 @@ def serve(int8, **options):
 @click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", help="face_recognition model.")
 @click.option("--upsample", default=0, type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step).")
 @click.option("--retry-upsample", default=1, type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never).")
+@click.option("--min-score", default=0.2, type=float, help="Drop HOG detections scoring below this (weak hits on badges and patterns); ignored for cnn.")
 @click.option("--max-side", default=800, type=click.IntRange(32), help="Detection runs on a copy no larger than this (boxes mapped back).")
 @click.option("--min-face", default=20, type=click.IntRange(1), help="Ignore faces smaller than this many pixels.")
 @click.option("--max-faces", default=20, type=click.IntRange(1), help="Score at most this many faces per image (largest first).")
@@ -211,7 +212,7 @@ def serve(int8, **options):
 @click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s.")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Also write a JPEG copy of each photo to DIR (same names) with face boxes, labels, scores and products.")
-def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, retry_upsample, max_side, min_face, max_faces, max_pixels, max_file_mb, workers, in_flight, timeout, retries, skus_per_face, progress, annotate):
+def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, workers, in_flight, timeout, retries, skus_per_face, progress, annotate):
     """Recommend products for the faces in PATHS (image files; a folder is one profile)."""
     from .client.detect import DetectorSettings
     from .client.inference import ClientSettings
@@ -220,7 +221,7 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
 
     rec = Recommender(
         catalog=catalog,
-        detector=DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, max_side=max_side, min_face=min_face),
+        detector=DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, min_score=min_score, max_side=max_side, min_face=min_face),
         limits=Limits(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces),
         skus_per_face=skus_per_face,
         workers=workers,

@@ -81,3 +81,48 @@ def test_pretrained_recipe_freezes_then_fine_tunes_block5():
     assert float(opt.learning_rate) == pytest.approx(5e-5) and float(opt.momentum) == pytest.approx(0.9)
     trainable = {layer.name for layer in model.layers[1].layers if layer.weights and layer.trainable}
     assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
+
+
+def test_warm_start_loads_an_earlier_run_and_refuses_other_targets(tmp_path):
+    """--init-weights: a run's weights carry over; a run with other targets is a typed error."""
+    import json
+
+    import keras
+
+    from face2hbe.errors import DataError
+    from face2hbe.training.model import build_model
+    from face2hbe.training.train import load_init_weights
+
+    keras.utils.set_random_seed(1)
+    names = [*contract.LABELS, "celeba_Smiling"]
+    earlier = build_model(len(names), weights=None, batchnorm=True)
+    path = tmp_path / "best.weights.h5"
+    earlier.save_weights(path)
+    (tmp_path / "training.json").write_text(json.dumps({"target_names": names}))
+
+    keras.utils.set_random_seed(2)
+    model = build_model(len(names), weights=None, batchnorm=True)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    assert not np.allclose(np.asarray(model(x)), np.asarray(earlier(x)))
+    load_init_weights(model, path, names)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(earlier(x)), atol=1e-6)
+
+    with pytest.raises(DataError, match="targets"):
+        load_init_weights(build_model(3, weights=None, batchnorm=True), path, list(contract.LABELS))
+    with pytest.raises(DataError, match="not found"):
+        load_init_weights(model, tmp_path / "missing.weights.h5", names)
+
+
+def test_quality_augmentation_keeps_shape_and_range_and_changes_some_images():
+    import tensorflow as tf
+
+    from face2hbe.training.train import _degrade
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 64, 64, 3)).astype(np.float32)
+    out = np.stack([np.asarray(_degrade(tf.constant(im), seed=i)) for i, im in enumerate(images)])
+    assert out.shape == images.shape and out.dtype == np.float32
+    assert out.min() >= -1e-3 and out.max() <= 255 + 1e-3
+    changed = [not np.allclose(a, b) for a, b in zip(out, images)]
+    # About a third JPEG, a quarter blurred: some but not all of 40 images change.
+    assert 5 <= sum(changed) <= 35, sum(changed)

@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     progress: bool = True
+    init_weights: Path | None = None  # warm start: a previous run's best.weights.h5 or model.keras, same targets
 
     @property
     def from_scratch(self) -> bool:
@@ -116,7 +117,7 @@ def prepare_splits(config: TrainConfig) -> tuple[list[str], dict[str, Split]]:
 
 
 def _augmenter(seed: int):
-    """Augmentations a face pipeline meets: flips, small shifts/zooms/rotations, colour."""
+    """Augmentations a face pipeline meets: flips, small shifts/zooms/rotations, colour (per batch)."""
     import keras
     from keras import layers
 
@@ -133,6 +134,30 @@ def _augmenter(seed: int):
     )
 
 
+def _degrade(image, seed: int):
+    """Per-image quality loss the client meets on real photos: JPEG artefacts and soft focus.
+
+    A third of the images are re-encoded at JPEG quality 30-95; a quarter are
+    blurred by shrinking to 50-90 % and scaling back (small faces in big photos
+    reach the network up-sampled, so they look like this).
+    """
+    import tensorflow as tf
+
+    size = tf.shape(image)[:2]
+    u = tf.random.uniform([4], seed=seed)
+    image = tf.cond(
+        u[0] < 1 / 3,
+        lambda: tf.cast(tf.image.adjust_jpeg_quality(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), tf.cast(30 + 65 * u[1], tf.int32)), tf.float32),
+        lambda: image,
+    )
+    small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * (0.5 + 0.4 * u[3]), tf.int32), 8)
+    return tf.cond(
+        u[2] < 0.25,
+        lambda: tf.image.resize(tf.image.resize(image, small, antialias=True), size),
+        lambda: image,
+    )
+
+
 def _dataset(x: np.ndarray, y: np.ndarray, batch: int, train: bool, seed: int, augment: bool):
     import tensorflow as tf
 
@@ -141,6 +166,8 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, train: bool, seed: int, a
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if train:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            ds = ds.map(lambda a, b: (_degrade(a, seed), b), num_parallel_calls=2)
     ds = ds.batch(batch)
     if train and augment:
         aug = _augmenter(seed)
@@ -209,6 +236,8 @@ def train(config: TrainConfig) -> dict:
 
     weights = resolve_weights(config.weights)
     model = build_model(len(names), weights=weights, batchnorm=config.use_batchnorm)
+    if config.init_weights:
+        load_init_weights(model, config.init_weights, names)
     loss = make_loss(_positive_weights(train_split.targets))
     plan = [size for size, epochs in config.schedule for _ in range(epochs)]
     state_file, ckpt, best_ckpt = out / "state.json", out / "last.weights.h5", out / "best.weights.h5"
@@ -262,6 +291,28 @@ def train(config: TrainConfig) -> dict:
     return summary
 
 
+def load_init_weights(model, path: Path, names: list[str]) -> None:
+    """Warm start from an earlier run (new data, same network and targets).
+
+    Typed errors instead of Keras' shape tracebacks when the run does not fit.
+    """
+    path = Path(path)
+    run_dir = path.parent
+    summary = run_dir / "training.json"
+    if not path.is_file():
+        raise DataError(f"{path}: initial weights not found (use a run's best.weights.h5 or model.keras)")
+    if summary.is_file():
+        earlier = json.loads(summary.read_text()).get("target_names")
+        if earlier and earlier != names:
+            raise DataError(f"{path}: trained on {len(earlier)} targets {earlier[:5]}..., this run has {len(names)} {names[:5]}...; "
+                            "use the same data kinds and --attributes setting")
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        raise DataError(f"{path}: does not fit this network ({str(error).splitlines()[0]})") from error
+    log.info("warm start from %s", path)
+
+
 def _compile_for_epoch(model, config: TrainConfig, epoch: int, total: int, loss, set_trainable):
     """(Re)compile with the optimizer and trainable layers this epoch's recipe asks for."""
     import keras
@@ -300,7 +351,8 @@ def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, o
         "threshold_rule": metrics.THRESHOLD_RULE,
         "validation": metrics.per_label_metrics(val_split.targets[:, :k], val_scores, LABELS, thresholds),
         "test": metrics.per_label_metrics(test_split.targets[:, :k], test_scores, LABELS, thresholds),
-        "config": {**asdict(config), "output": str(config.output), "cache_dir": str(config.cache_dir)},
+        "config": {**asdict(config), "output": str(config.output), "cache_dir": str(config.cache_dir),
+                   "init_weights": str(config.init_weights) if config.init_weights else None},
         "history": state["history"],
         "best_epoch": state.get("best_epoch"),
     }

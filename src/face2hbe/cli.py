@@ -49,9 +49,11 @@ def cli(verbose: bool) -> None:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each data set (smoke tests).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for decoded training crops.")
 @click.option("--patience", default=4, type=click.IntRange(1), help="Early stop after this many epochs without validation AUC gain.")
-@click.option("--augment/--no-augment", default=True, help="Flips, shifts, zooms, rotations, brightness and contrast.")
+@click.option("--augment/--no-augment", default=True, help="Flips, shifts, zooms, rotations, brightness, contrast, JPEG quality and blur.")
+@click.option("--init-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Warm start from an earlier run's best.weights.h5 or model.keras (same network and targets), e.g. to add data.")
 @click.option("--seed", default=0, type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
-def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, attributes, limit, cache_dir, patience, augment, seed):
+def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, attributes, limit, cache_dir, patience, augment, init_weights, seed):
     """Train the shared VGG16 + three-sigmoid model and report per-label ROC AUC."""
     from .training.train import TrainConfig, parse_schedule, train as run_training
 
@@ -59,7 +61,7 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
         data=list(data), output=output, weights=weights, batchnorm=batchnorm,
         schedule=parse_schedule(schedule) if schedule else [(image_size, epochs)], head_epochs=head_epochs,
         batch_size=batch_size, learning_rate=learning_rate, attributes=attributes, limit=limit,
-        cache_dir=cache_dir, patience=patience, seed=seed, augment=augment,
+        cache_dir=cache_dir, patience=patience, seed=seed, augment=augment, init_weights=init_weights,
     )
     summary = run_training(config)
     for split in ("validation", "test"):

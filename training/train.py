@@ -192,10 +192,10 @@ def predict(model, crops: np.ndarray, size: int, batch: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def mean_label_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+def label_aucs(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """ROC AUC of each contract label that has both classes in `targets`."""
     rows = metrics.per_label_metrics(targets[:, : len(LABELS)], scores[:, : len(LABELS)], LABELS)
-    aucs = [r["roc_auc"] for r in rows.values() if "roc_auc" in r]
-    return float(np.mean(aucs)) if aucs else float("nan")
+    return {label: float(r["roc_auc"]) for label, r in rows.items() if "roc_auc" in r}
 
 
 def _positive_weights(targets: np.ndarray) -> np.ndarray:
@@ -260,12 +260,14 @@ def train(config: TrainConfig) -> dict:
             verbose=1 if config.progress else 0,
         )
         del x_train
-        val_auc = mean_label_auc(val_split.targets, predict(model, val_split.crops, size)) if len(val_split.crops) else float("nan")
+        per_label = label_aucs(val_split.targets, predict(model, val_split.crops, size)) if len(val_split.crops) else {}
+        val_auc = float(np.mean(list(per_label.values()))) if per_label else float("nan")
         record = {
             "epoch": epoch + 1,
             "size": size,
             "loss": float(history.history["loss"][-1]),
             "val_mean_auc": val_auc,
+            "val_auc": {label: round(v, 4) for label, v in per_label.items()},
             "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
             "seconds": round(time.time() - started, 1),
         }

@@ -126,3 +126,41 @@ def test_quality_augmentation_keeps_shape_and_range_and_changes_some_images():
     changed = [not np.allclose(a, b) for a, b in zip(out, images)]
     # About a third JPEG, a quarter blurred: some but not all of 40 images change.
     assert 5 <= sum(changed) <= 35, sum(changed)
+
+
+def test_warm_start_from_the_served_onnx_reproduces_it(celeba_dir, tmp_path):
+    """--init-weights model.onnx: the folded convs and re-estimated BN give the served scores back."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from face2hbe.errors import DataError
+    from face2hbe.training.model import build_model, preprocess
+    from face2hbe.training.onnx_weights import _graph_weights, load_onnx_weights
+
+    from conftest import REPOSITORY
+
+    onnx_path = REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"
+    convs, denses = _graph_weights(onnx_path)
+    targets = denses[-1][1].shape[0]
+    paths = sorted((celeba_dir / "images").iterdir())[:24]
+    crops = np.stack([np.asarray(Image.open(p).convert("RGB").resize((150, 150))) for p in paths])
+    size = 64
+    model = build_model(targets, weights=None, batchnorm=True)
+    load_onnx_weights(model, onnx_path, np.asarray(preprocess(crops[:16], size)))
+
+    served = ort.InferenceSession(str(onnx_path)).run(None, {contract.INPUT_NAME: crops})[0]
+    recovered = np.asarray(model(preprocess(crops, size), training=False))[:, : len(contract.LABELS)]
+    np.testing.assert_allclose(recovered, served, atol=1e-4)
+    bn = model.layers[1].get_layer("block3_bn2")
+    gamma, beta, mean, var = bn.get_weights()
+    assert not np.allclose(var, 1.0) and np.allclose(gamma, np.sqrt(var + bn.epsilon), rtol=1e-5)
+
+    with pytest.raises(DataError, match="weights here"):
+        load_onnx_weights(build_model(targets + 1, weights=None, batchnorm=True), onnx_path, np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(DataError, match="batch-norm"):
+        load_onnx_weights(build_model(targets, weights=None, batchnorm=False), onnx_path, np.zeros((1, 32, 32, 3), np.float32))
+    with pytest.raises(DataError, match="not found"):
+        load_onnx_weights(model, tmp_path / "missing.onnx", np.zeros((1, 32, 32, 3), np.float32))
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="not a readable ONNX model"):
+        load_onnx_weights(model, tmp_path / "bad.onnx", np.zeros((1, 32, 32, 3), np.float32))

@@ -236,10 +236,12 @@ def train(config: TrainConfig) -> dict:
 
     weights = resolve_weights(config.weights)
     model = build_model(len(names), weights=weights, batchnorm=config.use_batchnorm)
-    if config.init_weights:
+    plan = [size for size, epochs in config.schedule for _ in range(epochs)]
+    if config.init_weights and Path(config.init_weights).suffix == ".onnx":
+        _warm_start_from_onnx(model, Path(config.init_weights), train_split.crops, plan[0], config.seed)
+    elif config.init_weights:
         load_init_weights(model, config.init_weights, names)
     loss = make_loss(_positive_weights(train_split.targets))
-    plan = [size for size, epochs in config.schedule for _ in range(epochs)]
     state_file, ckpt, best_ckpt = out / "state.json", out / "last.weights.h5", out / "best.weights.h5"
     state = {"epochs_done": 0, "best_auc": -1.0, "best_size": plan[-1], "history": []}
     if state_file.is_file() and ckpt.is_file():
@@ -313,6 +315,15 @@ def load_init_weights(model, path: Path, names: list[str]) -> None:
     except ValueError as error:
         raise DataError(f"{path}: does not fit this network ({str(error).splitlines()[0]})") from error
     log.info("warm start from %s", path)
+
+
+def _warm_start_from_onnx(model, path: Path, crops: np.ndarray, size: int, seed: int, samples: int = 1024) -> None:
+    """Start from a served model (model_repository/face2hbe/1/model.onnx): its BN statistics come from training crops."""
+    from .model import to_vgg_input
+    from .onnx_weights import load_onnx_weights
+
+    pick = np.random.default_rng(seed).permutation(len(crops))[:samples]
+    load_onnx_weights(model, path, np.asarray(to_vgg_input(_resized(crops[np.sort(pick)], size))))
 
 
 def _compile_for_epoch(model, config: TrainConfig, epoch: int, total: int, loss, set_trainable):

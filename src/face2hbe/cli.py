@@ -51,7 +51,8 @@ def cli(verbose: bool) -> None:
 @click.option("--patience", default=4, type=click.IntRange(1), help="Early stop after this many epochs without validation AUC gain.")
 @click.option("--augment/--no-augment", default=True, help="Flips, shifts, zooms, rotations, brightness, contrast, JPEG quality and blur.")
 @click.option("--init-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Warm start from an earlier run's best.weights.h5 or model.keras (same network and targets), e.g. to add data.")
+              help="Warm start from an earlier run's best.weights.h5 or model.keras, or from a served model.onnx "
+                   "(same network and targets), e.g. to add data.")
 @click.option("--seed", default=0, type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
 def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, attributes, limit, cache_dir, patience, augment, init_weights, seed):
     """Train the shared VGG16 + three-sigmoid model and report per-label ROC AUC."""

@@ -29,7 +29,7 @@ def export_repository(run_dir: str | Path, repository: str | Path, batching: Bat
     model, summary = load_training_run(run_dir)
     model_dir = Path(repository) / contract.MODEL_NAME
     onnx_path = model_dir / contract.MODEL_VERSION / ONNX_FILE
-    export_onnx(model, int(summary["working_size"]), onnx_path)
+    export_onnx(model, int(summary["working_size"]), onnx_path, mirror_average=bool(summary.get("mirror_average", False)))
     write_config(build_config(summary["thresholds"], batching), model_dir)
     validate_model_dir(model_dir)
     return model_dir

@@ -2,7 +2,8 @@
 
 The exported graph takes the contract's raw input (uint8 RGB [-1,150,150,3]),
 resizes to the network's working size, converts to BGR, subtracts the ImageNet
-mean, runs the network and returns the contract's labels' sigmoid scores.
+mean, runs the network (optionally on each face and its mirror, averaged) and
+returns the contract's labels' sigmoid scores.
 """
 from __future__ import annotations
 
@@ -13,19 +14,24 @@ from face2hbe.contract import INPUT_NAME, INPUT_SHAPE, LABELS, OUTPUT_NAME
 OPSET = 17
 
 
-def export_onnx(model, working_size: int, output_path: str | Path, opset: int = OPSET) -> Path:
-    """Write `model` (a Keras model on preprocessed floats) as ONNX on raw uint8."""
+def export_onnx(model, working_size: int, output_path: str | Path, opset: int = OPSET, mirror_average: bool = False) -> Path:
+    """Write `model` (a Keras model on preprocessed floats) as ONNX on raw uint8.
+
+    `mirror_average`: the graph scores each face and its mirror and returns the mean
+    (the training run chose its thresholds on such scores).
+    """
     import tensorflow as tf
     import tf2onnx
 
-    from face2hbe.training.model import preprocess
+    from face2hbe.training.model import mirror_averaged, preprocess
 
     # Keras 3 models need an explicit signature for tf2onnx.
     signature = (tf.TensorSpec((None, *INPUT_SHAPE), tf.uint8, name=INPUT_NAME),)
 
     @tf.function(input_signature=signature)
     def serve(image):
-        scores = model(preprocess(image, working_size), training=False)
+        x = preprocess(image, working_size)
+        scores = mirror_averaged(model, x) if mirror_average else model(x, training=False)
         return tf.identity(scores[:, : len(LABELS)], name=OUTPUT_NAME)
 
     output_path = Path(output_path)

@@ -36,3 +36,27 @@ def test_onnx_matches_keras(tmp_path, crops, working_size):
     assert got.shape == (len(crops), len(contract.LABELS)) and got.dtype == np.float32
     assert np.max(np.abs(got - expected)) <= 1e-4
     assert np.ptp(got) > 0  # not a constant output: the comparison means something
+
+
+def test_mirror_averaged_export_scores_each_face_and_its_mirror(tmp_path, crops):
+    import keras
+    import onnxruntime as ort
+
+    from face2hbe.export.onnx_export import export_onnx
+    from face2hbe.training.model import build_model, preprocess
+
+    keras.utils.set_random_seed(2)
+    model = build_model(num_outputs=5, weights=None, batchnorm=True)
+    onnx_path = export_onnx(model, 64, tmp_path / "model.onnx", mirror_average=True)
+
+    def keras_scores(images):
+        return np.asarray(model(preprocess(images, 64), training=False))[:, : len(contract.LABELS)]
+
+    plain, mirrored = keras_scores(crops), keras_scores(crops[:, :, ::-1])
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops})
+    assert np.max(np.abs(got - (plain + mirrored) / 2)) <= 1e-4
+    assert np.max(np.abs(plain - mirrored)) > 1e-3  # the mirror changes the scores: the average is tested
+    # Each face is scored with its own mirror, not with another face of the batch.
+    (first,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[:1]})
+    assert np.max(np.abs(first - got[:1])) <= 1e-5

@@ -25,6 +25,33 @@ def test_cli_smoke_training_writes_loadable_model(celeba_dir, tmp_path):
     model = keras.models.load_model(out / "model.keras", compile=False)
     scores = np.asarray(model(np.zeros((2, 32, 32, 3), np.float32)))
     assert scores.shape == (2, len(contract.LABELS))
+    assert summary["mirror_average"] is False
+
+
+def test_rerun_with_mirror_average_re_evaluates_and_exports_it(celeba_dir, tmp_path):
+    import onnxruntime as ort
+
+    from face2hbe.cli import main
+    from face2hbe.export.build import export_repository
+
+    out = tmp_path / "run"
+    args = ["train", "--data", f"celeba:{celeba_dir}", "--output", str(out), "--weights", "none",
+            "--image-size", "32", "--epochs", "1", "--limit", "24", "--batch-size", "8",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    assert json.loads((out / "training.json").read_text())["mirror_average"] is False
+    weights_before = (out / "best.weights.h5").read_bytes()
+    assert main([*args, "--mirror-average"]) == 0  # finished run: no more epochs, new evaluation
+    mirrored = json.loads((out / "training.json").read_text())
+    assert (out / "best.weights.h5").read_bytes() == weights_before
+    assert mirrored["mirror_average"] is True and len(mirrored["history"]) == 1
+
+    model_dir = export_repository(out, tmp_path / "repository")
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).integers(0, 256, (1, *contract.INPUT_SHAPE), dtype=np.uint8)
+    (both,) = session.run(None, {contract.INPUT_NAME: image})
+    (mirror,) = session.run(None, {contract.INPUT_NAME: image[:, :, ::-1].copy()})
+    assert np.max(np.abs(both - mirror)) <= 1e-5  # a mirror-averaged graph cannot tell a face from its mirror
 
 
 def test_masked_loss_ignores_unknown_labels():

@@ -41,6 +41,19 @@ def to_vgg_input(x):
     return x - tf.constant(VGG_BGR_MEAN, dtype=tf.float32)
 
 
+def mirror_averaged(model, x):
+    """Scores averaged over each image and its left-right mirror (test-time augmentation).
+
+    One network call on the doubled batch, so the exported graph holds the
+    weights once; the cost is twice the backbone compute per face.
+    """
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    scores = model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False)
+    return (scores[:n] + scores[n:]) / 2
+
+
 def resolve_weights(weights: str) -> str | None:
     """`imagenet` (Keras downloads it), `none`, or a local .h5 file."""
     if weights is None or str(weights).lower() == "none":

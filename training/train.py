@@ -49,6 +49,7 @@ class TrainConfig:
     augment: bool = True
     progress: bool = True
     init_weights: Path | None = None  # warm start: a previous run's best.weights.h5 or model.keras, same targets
+    mirror_average: bool = False  # final scores (thresholds, metrics, export) average each face and its mirror
 
     @property
     def from_scratch(self) -> bool:
@@ -184,11 +185,14 @@ def _resized(crops: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.float32)
 
 
-def predict(model, crops: np.ndarray, size: int, batch: int = 64) -> np.ndarray:
+def predict(model, crops: np.ndarray, size: int, batch: int = 64, mirror_average: bool = False) -> np.ndarray:
     """Scores for uint8 crops through the same preprocessing the served graph applies."""
-    from .model import preprocess
+    from .model import mirror_averaged, preprocess
 
-    out = [np.asarray(model(preprocess(crops[i : i + batch], size), training=False)) for i in range(0, len(crops), batch)]
+    def scores(x):
+        return mirror_averaged(model, x) if mirror_average else model(x, training=False)
+
+    out = [np.asarray(scores(preprocess(crops[i : i + batch], size))) for i in range(0, len(crops), batch)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
@@ -351,13 +355,15 @@ def _compile_for_epoch(model, config: TrainConfig, epoch: int, total: int, loss,
 def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, out: Path, config: TrainConfig, state: dict) -> dict:
     """Thresholds on validation, metrics on validation and test, files in `out`."""
     k = len(LABELS)
-    val_scores = predict(model, val_split.crops, size)[:, :k] if len(val_split.crops) else np.zeros((0, k))
-    test_scores = predict(model, test_split.crops, size)[:, :k] if len(test_split.crops) else np.zeros((0, k))
+    mirror = config.mirror_average
+    val_scores = predict(model, val_split.crops, size, mirror_average=mirror)[:, :k] if len(val_split.crops) else np.zeros((0, k))
+    test_scores = predict(model, test_split.crops, size, mirror_average=mirror)[:, :k] if len(test_split.crops) else np.zeros((0, k))
     thresholds = metrics.choose_thresholds(val_split.targets[:, :k], val_scores, LABELS)
     summary = {
         "labels": list(LABELS),
         "target_names": names,
         "working_size": int(size),
+        "mirror_average": bool(mirror),
         "weights": str(config.weights),
         "batchnorm": config.use_batchnorm,
         "thresholds": thresholds,

@@ -53,8 +53,11 @@ def cli(verbose: bool) -> None:
 @click.option("--init-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Warm start from an earlier run's best.weights.h5 or model.keras, or from a served model.onnx "
                    "(same network and targets), e.g. to add data.")
+@click.option("--mirror-average/--no-mirror-average", default=False,
+              help="Score each face and its mirror and average (test-time augmentation): thresholds, metrics and the "
+                   "exported graph use it; twice the backbone compute per face. Rerun a finished run with it to re-evaluate.")
 @click.option("--seed", default=0, type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
-def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, attributes, limit, cache_dir, patience, augment, init_weights, seed):
+def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, attributes, limit, cache_dir, patience, augment, init_weights, mirror_average, seed):
     """Train the shared VGG16 + three-sigmoid model and report per-label ROC AUC."""
     from .training.train import TrainConfig, parse_schedule, train as run_training
 
@@ -63,6 +66,7 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
         schedule=parse_schedule(schedule) if schedule else [(image_size, epochs)], head_epochs=head_epochs,
         batch_size=batch_size, learning_rate=learning_rate, attributes=attributes, limit=limit,
         cache_dir=cache_dir, patience=patience, seed=seed, augment=augment, init_weights=init_weights,
+        mirror_average=mirror_average,
     )
     summary = run_training(config)
     for split in ("validation", "test"):

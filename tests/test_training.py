@@ -63,6 +63,31 @@ def test_rerun_with_mirror_average_re_evaluates_and_exports_it(celeba_dir, tmp_p
     np.testing.assert_allclose(both, (plain + flipped) / 2, atol=2e-5)
 
 
+def test_constant_rate_run_keeps_every_epoch_for_averaging(celeba_dir, tmp_path):
+    from face2hbe.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"celeba:{celeba_dir}", "--output", str(out), "--weights", "none",
+                 "--image-size", "32", "--epochs", "2", "--limit", "24", "--batch-size", "8", "--patience", "2",
+                 "--learning-rate", "3e-4", "--lr-schedule", "constant", "--keep-epoch-weights",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    history = json.loads((out / "training.json").read_text())["history"]
+    assert [round(h["lr"], 8) for h in history] == [3e-4, 3e-4]  # cosine would give 3e-4 then 1.5e-4
+    first, second, last = (_h5_arrays(out / f"{name}.weights.h5") for name in ("epoch-01", "epoch-02", "last"))
+    assert first.keys() == second.keys() == last.keys()
+    assert any(not np.array_equal(first[key], second[key]) for key in first)
+    assert all(np.array_equal(second[key], last[key]) for key in second)
+
+
+def _h5_arrays(path) -> dict:
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
 def test_masked_loss_ignores_unknown_labels():
     from keras import ops
 

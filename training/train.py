@@ -50,6 +50,8 @@ class TrainConfig:
     progress: bool = True
     init_weights: Path | None = None  # warm start: a previous run's best.weights.h5 or model.keras, same targets
     mirror_average: bool = False  # final scores (thresholds, metrics, export) average each face and its mirror
+    lr_schedule: str = "cosine"  # from scratch: "cosine" over the planned epochs or "constant" (for weight averaging)
+    keep_epoch_weights: bool = False  # also keep epoch-NN.weights.h5 after every epoch (inputs for checkpoint averaging)
 
     @property
     def from_scratch(self) -> bool:
@@ -280,6 +282,8 @@ def train(config: TrainConfig) -> dict:
         state["history"].append(record)
         log.info("epoch %d/%d: %s", epoch + 1, len(plan), record)
         model.save_weights(ckpt)
+        if config.keep_epoch_weights:
+            model.save_weights(out / f"epoch-{epoch + 1:02d}.weights.h5")
         if not (val_auc <= state["best_auc"]):  # NaN (no validation data) counts as better
             state.update(best_auc=val_auc if val_auc == val_auc else state["best_auc"], best_size=size, best_epoch=epoch + 1)
             model.save_weights(best_ckpt)
@@ -345,8 +349,12 @@ def _compile_for_epoch(model, config: TrainConfig, epoch: int, total: int, loss,
     else:
         set_trainable(model, "")
         base = config.learning_rate or 1e-3
-        # Cosine decay over the planned epochs, first epoch at full rate.
-        lr = base * 0.5 * (1 + math.cos(math.pi * epoch / max(total, 1)))
+        # Cosine decay over the planned epochs, first epoch at full rate; constant keeps every epoch at the
+        # same rate so that averaging their weights samples one basin evenly (stochastic weight averaging).
+        if config.lr_schedule == "constant":
+            lr = base
+        else:
+            lr = base * 0.5 * (1 + math.cos(math.pi * epoch / max(total, 1)))
         optimizer = keras.optimizers.AdamW(lr, weight_decay=1e-4)
     model.compile(optimizer=optimizer, loss=loss)
     return optimizer

@@ -45,6 +45,9 @@ def cli(verbose: bool) -> None:
 @click.option("--head-epochs", default=2, type=click.IntRange(0), help="Pretrained recipe: epochs with the base frozen before fine-tuning block5.")
 @click.option("--batch-size", default=32, type=click.IntRange(1), help="Training batch size.")
 @click.option("--learning-rate", type=float, default=None, help="Override the recipe's rate (pretrained: Adam 1e-3 then SGD 5e-5; scratch: AdamW 1e-3 cosine).")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+              help="From scratch: cosine decay over the planned epochs, or a constant rate (for checkpoint averaging).")
+@click.option("--keep-epoch-weights", is_flag=True, help="Also keep epoch-NN.weights.h5 after every epoch (inputs for tools/average_checkpoints.py).")
 @click.option("--attributes/--no-attributes", default=False, help="Multi-task: also learn every CelebA attribute the data sets carry.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each data set (smoke tests).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for decoded training crops.")
@@ -57,7 +60,7 @@ def cli(verbose: bool) -> None:
               help="Score each face and its mirror and average (test-time augmentation): thresholds, metrics and the "
                    "exported graph use it; twice the backbone compute per face. Rerun a finished run with it to re-evaluate.")
 @click.option("--seed", default=0, type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
-def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, attributes, limit, cache_dir, patience, augment, init_weights, mirror_average, seed):
+def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, lr_schedule, keep_epoch_weights, attributes, limit, cache_dir, patience, augment, init_weights, mirror_average, seed):
     """Train the shared VGG16 + three-sigmoid model and report per-label ROC AUC."""
     from .training.train import TrainConfig, parse_schedule, train as run_training
 
@@ -66,7 +69,7 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
         schedule=parse_schedule(schedule) if schedule else [(image_size, epochs)], head_epochs=head_epochs,
         batch_size=batch_size, learning_rate=learning_rate, attributes=attributes, limit=limit,
         cache_dir=cache_dir, patience=patience, seed=seed, augment=augment, init_weights=init_weights,
-        mirror_average=mirror_average,
+        mirror_average=mirror_average, lr_schedule=lr_schedule, keep_epoch_weights=keep_epoch_weights,
     )
     summary = run_training(config)
     for split in ("validation", "test"):

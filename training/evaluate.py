@@ -51,6 +51,7 @@ def evaluate(config: EvalConfig) -> dict:
         dataset = dataset.subset(split_by_group(dataset.groups, seed=config.seed)[SPLITS[config.split]])
     crops, kept = build_crops(dataset, config.cache_dir, progress=config.progress)
     targets = dataset.targets[kept][:, : len(LABELS)]
+    groups = np.asarray(dataset.groups)[kept]  # LFW: the person; CelebA: the image
     scores, info = asyncio.run(_score_all(crops, config.url, config.protocol))
     thresholds = {label: info.thresholds[label] for label in LABELS}
     result = {
@@ -59,13 +60,14 @@ def evaluate(config: EvalConfig) -> dict:
         "images": len(dataset),
         "faces_found": int(len(kept)),
         "thresholds": thresholds,
+        "ci95_resamples": "identities" if len(set(groups.tolist())) < len(groups) else "images",
         "metrics": metrics.per_label_metrics(targets, scores, LABELS, thresholds),
     }
     for j, label in enumerate(LABELS):
         known = targets[:, j] >= 0
         t = (targets[known, j] >= 0.5).astype(int)
         if 0 < t.sum() < len(t):
-            lo, hi = metrics.auc_confidence_interval(t, scores[known, j])
+            lo, hi = metrics.auc_confidence_interval(t, scores[known, j], groups=groups[known])
             result["metrics"][label]["roc_auc_ci95"] = [lo, hi]
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,16 +42,26 @@ def per_label_metrics(y_true: np.ndarray, y_score: np.ndarray, names, thresholds
     return out
 
 
-def auc_confidence_interval(y_true, y_score, n_boot: int = 500, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the ROC AUC."""
+def auc_confidence_interval(y_true, y_score, groups=None, n_boot: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the ROC AUC.
+
+    With `groups` (e.g. the person in each photo) whole groups are resampled: photos of one
+    person are not independent draws, and resampling them one by one makes the interval too narrow.
+    """
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(seed)
     t = np.asarray(y_true)
     s = np.asarray(y_score)
+    if groups is None:
+        members = [np.array([i]) for i in range(len(t))]
+    else:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
     aucs = []
     for _ in range(n_boot):
-        i = rng.integers(0, len(t), len(t))
+        i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         if 0 < t[i].sum() < len(i):
             aucs.append(roc_auc_score(t[i], s[i]))
     lo, hi = np.percentile(aucs, [2.5, 97.5]) if aucs else (float("nan"), float("nan"))

@@ -12,6 +12,9 @@ from pathlib import Path
 from face2hbe.contract import INPUT_NAME, INPUT_SHAPE, LABELS, OUTPUT_NAME
 
 OPSET = 17
+# Recorded in the ONNX metadata, so a served model says how it was built (warm starts and tests read it).
+WORKING_SIZE_KEY = "face2hbe.working_size"
+MIRROR_AVERAGE_KEY = "face2hbe.mirror_average"
 
 
 def export_onnx(model, working_size: int, output_path: str | Path, opset: int = OPSET, mirror_average: bool = False) -> Path:
@@ -41,6 +44,8 @@ def export_onnx(model, working_size: int, output_path: str | Path, opset: int = 
     _set_batch_dim(onnx_model)
     import onnx
 
+    onnx.helper.set_model_props(onnx_model, {WORKING_SIZE_KEY: str(int(working_size)), MIRROR_AVERAGE_KEY: str(bool(mirror_average)).lower()})
+
     onnx.checker.check_model(onnx_model)
     onnx.save(onnx_model, output_path)
     return output_path
@@ -62,6 +67,19 @@ def _set_batch_dim(onnx_model) -> None:
     for value in [*onnx_model.graph.input, *onnx_model.graph.output]:
         dim = value.type.tensor_type.shape.dim[0]
         dim.dim_param = "batch"
+
+
+def onnx_build_info(path: str | Path) -> dict:
+    """working_size (int) and mirror_average (bool) from the graph's metadata; {} for graphs exported before it."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    info = {}
+    if WORKING_SIZE_KEY in props:
+        info["working_size"] = int(props[WORKING_SIZE_KEY])
+    if MIRROR_AVERAGE_KEY in props:
+        info["mirror_average"] = props[MIRROR_AVERAGE_KEY] == "true"
+    return info
 
 
 def onnx_io(path: str | Path) -> dict:

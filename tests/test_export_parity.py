@@ -23,7 +23,7 @@ def test_onnx_matches_keras(tmp_path, crops, working_size):
     import keras
     import onnxruntime as ort
 
-    from face2hbe.export.onnx_export import export_onnx
+    from face2hbe.export.onnx_export import export_onnx, onnx_build_info
     from face2hbe.training.model import build_model, preprocess
 
     keras.utils.set_random_seed(1)
@@ -36,13 +36,14 @@ def test_onnx_matches_keras(tmp_path, crops, working_size):
     assert got.shape == (len(crops), len(contract.LABELS)) and got.dtype == np.float32
     assert np.max(np.abs(got - expected)) <= 1e-4
     assert np.ptp(got) > 0  # not a constant output: the comparison means something
+    assert onnx_build_info(onnx_path) == {"working_size": working_size, "mirror_average": False}
 
 
 def test_mirror_averaged_export_scores_each_face_and_its_mirror(tmp_path, crops):
     import keras
     import onnxruntime as ort
 
-    from face2hbe.export.onnx_export import export_onnx
+    from face2hbe.export.onnx_export import export_onnx, onnx_build_info
     from face2hbe.training.model import build_model, preprocess
 
     keras.utils.set_random_seed(2)
@@ -57,6 +58,7 @@ def test_mirror_averaged_export_scores_each_face_and_its_mirror(tmp_path, crops)
     (got,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops})
     assert np.max(np.abs(got - (plain + mirrored) / 2)) <= 1e-4
     assert np.max(np.abs(plain - mirrored)) > 1e-3  # the mirror changes the scores: the average is tested
+    assert onnx_build_info(onnx_path) == {"working_size": 64, "mirror_average": True}
     # Each face is scored with its own mirror, not with another face of the batch.
     (first,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[:1]})
     assert np.max(np.abs(first - got[:1])) <= 1e-5

@@ -195,6 +195,7 @@ def test_warm_start_from_the_served_onnx_reproduces_it(celeba_dir, tmp_path):
     from PIL import Image
 
     from face2hbe.errors import DataError
+    from face2hbe.export.onnx_export import onnx_build_info
     from face2hbe.training.model import build_model, mirror_averaged, preprocess
     from face2hbe.training.onnx_weights import _graph_weights, load_onnx_weights
 
@@ -205,7 +206,8 @@ def test_warm_start_from_the_served_onnx_reproduces_it(celeba_dir, tmp_path):
     targets = denses[-1][1].shape[0]
     paths = sorted((celeba_dir / "images").iterdir())[:24]
     crops = np.stack([np.asarray(Image.open(p).convert("RGB").resize((150, 150))) for p in paths])
-    size = 64
+    info = onnx_build_info(onnx_path)
+    size = info["working_size"]  # the served graph records how it was built
     model = build_model(targets, weights=None, batchnorm=True)
     load_onnx_weights(model, onnx_path, np.asarray(preprocess(crops[:16], size)))
 
@@ -213,6 +215,7 @@ def test_warm_start_from_the_served_onnx_reproduces_it(celeba_dir, tmp_path):
     served = session.run(None, {contract.INPUT_NAME: crops})[0]
     # A mirror-averaged export (--mirror-average) scores a face and its mirror alike.
     mirrored_graph = np.allclose(served, session.run(None, {contract.INPUT_NAME: crops[:, :, ::-1].copy()})[0], atol=1e-5)
+    assert mirrored_graph == info["mirror_average"]
     x = preprocess(crops, size)
     recovered = np.asarray(mirror_averaged(model, x) if mirrored_graph else model(x, training=False))[:, : len(contract.LABELS)]
     np.testing.assert_allclose(recovered, served, atol=1e-4)

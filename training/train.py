@@ -327,9 +327,14 @@ def load_init_weights(model, path: Path, names: list[str]) -> None:
 
 def _warm_start_from_onnx(model, path: Path, crops: np.ndarray, size: int, seed: int, samples: int = 1024) -> None:
     """Start from a served model (model_repository/face2hbe/1/model.onnx): its BN statistics come from training crops."""
+    from face2hbe.export.onnx_export import onnx_build_info
+
     from .model import to_vgg_input
     from .onnx_weights import load_onnx_weights
 
+    built_at = onnx_build_info(path).get("working_size")
+    if built_at and built_at != size:  # allowed (a larger-size stage), but worth seeing in the log
+        log.info("%s was trained at %d px; this run starts at %d px", path, built_at, size)
     pick = np.random.default_rng(seed).permutation(len(crops))[:samples]
     load_onnx_weights(model, path, np.asarray(to_vgg_input(_resized(crops[np.sort(pick)], size))))
 

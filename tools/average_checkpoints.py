@@ -1,12 +1,14 @@
 """Average checkpoints of a face2hbe training run into one weights file (see training/averaging.py).
 
-How the served stage-3 model was made (docs/model.md); its start was the stage-2 model, served
-before commit 7a44c45:
+How the served stage-5 model was made (docs/model.md, docs/training.md): stage 4 started from the
+stage-3 model, served from commit 7a44c45 until stage 5 replaced it:
 
-    git show 361fab9:model_repository/face2hbe/1/model.onnx > runs/stage2.onnx
-    python tools/average_checkpoints.py --data celeba:../shared/data/celeba --data lfw:../shared/data/lfw \
-        --attributes --cache-dir runs/cache --output runs/stage3_avg/best.weights.h5 \
-        runs/stage2.onnx runs/stage3/e1.weights.h5 runs/stage3/last.weights.h5
+    git show 7a44c45:model_repository/face2hbe/1/model.onnx > runs/stage3.onnx
+    DATA="--data celeba:../shared/data/celeba --data lfw:../shared/data/lfw --attributes --cache-dir runs/cache"
+    python tools/average_checkpoints.py $DATA --output runs/stage4_avg/best.weights.h5 \
+        runs/stage4/epoch-01.weights.h5 runs/stage4/epoch-02.weights.h5 runs/stage4/epoch-03.weights.h5
+    python tools/average_checkpoints.py $DATA --size 96 --output runs/stage5_final/best.weights.h5 \
+        runs/stage5/epoch-03.weights.h5 runs/stage5/epoch-04.weights.h5
 
 A checkpoint is a run's *.weights.h5 or a served model.onnx (warm-start loader,
 BN statistics from training crops). Prints the validation ROC AUC of every

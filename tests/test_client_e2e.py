@@ -165,11 +165,11 @@ def test_csv_catalog_errors_name_file_and_row(tmp_path):
         load_catalog(bad)
 
 
-def test_e2e_bench_reports_both_rates(grpc_url):
+def test_e2e_bench_reports_both_rates(grpc_url, lfw_dir):
     """The end-to-end benchmark's function on a few photos against the live server (figures: docs/client.md)."""
     from face2hbe.loadtest.e2e_bench import run_e2e_bench
 
-    result = run_e2e_bench(photos=6, url=grpc_url, workers=1)
+    result = run_e2e_bench(photos=6, url=grpc_url, workers=1, lfw_dir=lfw_dir)  # skips without LFW, like its siblings
     assert result["photos"] == 6 and result["faces"] >= 5 and result["errors"] == 0
     assert result["model_only_faces_per_s"] > 0 and result["e2e_faces_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["e2e_faces_per_s"] / result["model_only_faces_per_s"], rel=0.01)

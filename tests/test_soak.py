@@ -77,14 +77,19 @@ def soak(grpc_url: str, pid: int, users: int, seconds: float, warmup: float) -> 
                     result.failures.append(error)
         client.close()
 
-    # Warm-up first: onnxruntime's arena grows to the largest batch it has seen, and the
-    # dynamic batcher merges concurrent requests up to max_batch_size.
-    client = grpcclient.InferenceServerClient(grpc_url)
-    for n in (1, 8, contract.MAX_BATCH_SIZE):
-        inp = grpcclient.InferInput(contract.INPUT_NAME, [n, *contract.INPUT_SHAPE], contract.INPUT_DTYPE)
-        inp.set_data_from_numpy(np.zeros((n, *contract.INPUT_SHAPE), np.uint8))
-        client.infer(contract.MODEL_NAME, [inp], client_timeout=60)
-    client.close()
+    # Warm-up first: onnxruntime's arena grows to the largest batch it has seen, the dynamic
+    # batcher merges concurrent requests up to max_batch_size, and the Python backend's shared
+    # memory grows with the requests in flight; so every user sends every size at once, twice.
+    def warm(_):
+        client = grpcclient.InferenceServerClient(grpc_url)
+        for n in (*BATCH_SIZES, contract.MAX_BATCH_SIZE) * 2:
+            inp = grpcclient.InferInput(contract.INPUT_NAME, [n, *contract.INPUT_SHAPE], contract.INPUT_DTYPE)
+            inp.set_data_from_numpy(np.zeros((n, *contract.INPUT_SHAPE), np.uint8))
+            client.infer(contract.MODEL_NAME, [inp], client_timeout=60)
+        client.close()
+
+    with ThreadPoolExecutor(users) as pool:
+        list(pool.map(warm, range(users)))
     started = time.perf_counter()
     with ThreadPoolExecutor(users) as pool:
         futures = [pool.submit(user, seed) for seed in range(users)]

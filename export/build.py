@@ -6,9 +6,10 @@ from pathlib import Path
 
 from face2hbe import contract
 from face2hbe.errors import ModelRepositoryError
+from face2hbe.repository import ONNX_FILE, validate_model_dir
 
 from .onnx_export import export_onnx
-from .repository import ONNX_FILE, BatchingSettings, build_config, validate_model_dir, write_config
+from .repository import BatchingSettings, build_config, write_config
 
 
 def load_training_run(run_dir: str | Path):

@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from face2hbe.contract import INPUT_NAME, INPUT_SHAPE, LABELS, OUTPUT_NAME
+from face2hbe.repository import MIRROR_AVERAGE_KEY, WORKING_SIZE_KEY
 
 OPSET = 17
-# Recorded in the ONNX metadata, so a served model says how it was built (warm starts and tests read it).
-WORKING_SIZE_KEY = "face2hbe.working_size"
-MIRROR_AVERAGE_KEY = "face2hbe.mirror_average"
 
 
 def export_onnx(model, working_size: int, output_path: str | Path, opset: int = OPSET, mirror_average: bool = False) -> Path:
@@ -67,35 +65,3 @@ def _set_batch_dim(onnx_model) -> None:
     for value in [*onnx_model.graph.input, *onnx_model.graph.output]:
         dim = value.type.tensor_type.shape.dim[0]
         dim.dim_param = "batch"
-
-
-def onnx_build_info(path: str | Path) -> dict:
-    """working_size (int) and mirror_average (bool) from the graph's metadata; {} for graphs exported before it."""
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    info = {}
-    if WORKING_SIZE_KEY in props:
-        info["working_size"] = int(props[WORKING_SIZE_KEY])
-    if MIRROR_AVERAGE_KEY in props:
-        info["mirror_average"] = props[MIRROR_AVERAGE_KEY] == "true"
-    return info
-
-
-def onnx_io(path: str | Path) -> dict:
-    """Names, element types and shapes of the ONNX graph's inputs and outputs."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-
-    def describe(values):
-        return {
-            v.name: (
-                onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                [d.dim_value if d.dim_value else -1 for d in v.type.tensor_type.shape.dim],
-            )
-            for v in values
-        }
-
-    initializers = {i.name for i in graph.initializer}
-    return {"inputs": describe([v for v in graph.input if v.name not in initializers]), "outputs": describe(graph.output)}

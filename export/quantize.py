@@ -19,12 +19,14 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import DataError
+from face2hbe.imaging import IMAGE_SUFFIXES
+from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config, validate_model_dir
 
-from .repository import ONNX_FILE, BatchingSettings, cpu_batching, labels_and_thresholds, read_config, rewrite_config, validate_model_dir
+from .repository import BatchingSettings, cpu_batching, rewrite_config
 
 log = logging.getLogger(__name__)
 
-INT8_MODEL_NAME = f"{contract.MODEL_NAME}_int8"
+INT8_MODEL_NAME = contract.INT8_MODEL_NAME
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]  # never the uint8 preprocessing nodes
 CALIBRATION_IMAGES = 300  # CelebA images 1..300 (disjoint from the evaluation range)
 EVAL_RANGE = (7001, 8000)  # CelebA images used for the fp32-vs-int8 comparison (1-based, inclusive)
@@ -49,18 +51,12 @@ def celeba_crops(celeba_dir: Path, first: int, last: int) -> tuple[np.ndarray, n
 
 def sample_crops(samples_dir: Path) -> np.ndarray:
     """Fallback calibration set: faces the client's detector finds in the bundled sample photos."""
-    from face2hbe.client.detect import detect_faces
-    from face2hbe.imaging import crop_face, load_rgb
+    from face2hbe.detection import photo_face_crops
 
-    crops = []
-    for path in sorted(samples_dir.iterdir()):
-        if path.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
-            continue
-        image = load_rgb(path)
-        crops += [crop_face(image, box) for box in detect_faces(image)]
-    if not crops:
+    crops = photo_face_crops(sorted(p for p in Path(samples_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    if not len(crops):
         raise DataError(f"{samples_dir}: no faces found for INT8 calibration")
-    return np.stack(crops)
+    return crops
 
 
 def calibration_crops(celeba_dir: Path | None, samples_dir: Path, count: int = CALIBRATION_IMAGES) -> tuple[np.ndarray, str]:
@@ -133,7 +129,7 @@ def faces_per_second(sessions: dict, crops: np.ndarray, batch: int = 32, rounds:
     """Faces/s at `batch` for each session, interleaved round by round (fair under a shared CPU), median."""
     x = crops[:batch] if len(crops) >= batch else np.resize(crops, (batch, *crops.shape[1:]))
     times = {name: [] for name in sessions}
-    for name, s in sessions.items():
+    for s in sessions.values():
         s.run(None, {contract.INPUT_NAME: x})  # warm-up
     for _ in range(rounds):
         for name, s in sessions.items():

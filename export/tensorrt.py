@@ -11,8 +11,9 @@ from pathlib import Path
 
 from face2hbe import contract
 from face2hbe.errors import Face2hbeError, ModelRepositoryError
+from face2hbe.repository import labels_and_thresholds, read_config, validate_model_dir
 
-from .repository import BatchingSettings, build_config, labels_and_thresholds, read_config, validate_model_dir, write_config
+from .repository import BatchingSettings, build_config, write_config
 
 TRT_MODEL_NAME = f"{contract.MODEL_NAME}_trt"
 PLAN_FILE = "model.plan"

@@ -14,6 +14,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import DataError
+from face2hbe.paths import portable
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "client" / "samples"
@@ -37,31 +38,22 @@ def celeba_crops(count: int, root: Path | None = None) -> np.ndarray | None:
 
 def sample_photo_crops(samples: Path = SAMPLES) -> np.ndarray:
     """Every face the client's detector finds in the bundled sample photos."""
-    from face2hbe.client.detect import detect_faces
-    from face2hbe.errors import BadImageError
-    from face2hbe.imaging import crop_face, load_rgb
+    from face2hbe.detection import photo_face_crops
+    from face2hbe.imaging import IMAGE_SUFFIXES
 
-    crops = []
-    for path in sorted(samples.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
-            continue
-        try:
-            image = load_rgb(path)
-        except BadImageError:
-            continue
-        crops.extend(crop_face(image, box) for box in detect_faces(image))
-    if not crops:
+    crops = photo_face_crops(sorted(p for p in samples.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    if not len(crops):
         raise DataError(f"{samples}: no face found in the sample photos")
-    return np.stack(crops)
+    return crops
 
 
 def load_crops(count: int = 32) -> tuple[np.ndarray, str]:
     """(crops uint8 [N,150,150,3], a one-line description of where they came from)."""
     crops = celeba_crops(count)
-    source = f"{len(crops) if crops is not None else 0} CelebA crops from {shared_data_dir() / 'celeba'}"
+    source = f"{len(crops) if crops is not None else 0} CelebA crops from {portable(shared_data_dir() / 'celeba')}"
     if crops is None:
         crops = sample_photo_crops()
-        source = f"{len(crops)} faces detected in {SAMPLES}"
+        source = f"{len(crops)} faces detected in {portable(SAMPLES)}"
     if crops.shape[1:] != contract.INPUT_SHAPE or crops.dtype != np.uint8:
         raise DataError(f"crops have shape {crops.shape} {crops.dtype}, expected uint8 [N,{contract.INPUT_SIZE},{contract.INPUT_SIZE},3]")
     return crops, source

@@ -21,7 +21,6 @@ import asyncio
 import csv
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -29,16 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from face2hbe.net import free_port
+from face2hbe.paths import portable
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
 DEFAULT_LFW = Path(os.environ.get("FACE2HBE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "lfw"
 SAMPLES = ROOT / "client" / "samples"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def photo_folder(target: Path, count: int, lfw_dir: Path = DEFAULT_LFW) -> tuple[Path, str]:
@@ -52,11 +50,11 @@ def photo_folder(target: Path, count: int, lfw_dir: Path = DEFAULT_LFW) -> tuple
     if labels.is_file():
         with labels.open(newline="") as f:
             paths = [lfw_dir / row["path"] for _, row in zip(range(count), csv.DictReader(f))]
-        source = f"LFW ({lfw_dir})"
+        source = f"LFW ({portable(lfw_dir)})"
     else:
         samples = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
         paths = [samples[i % len(samples)] for i in range(count)]
-        source = f"bundled samples ({SAMPLES}), repeated"
+        source = f"bundled samples ({portable(SAMPLES)}), repeated"
     for i, path in enumerate(paths):
         (target / f"{i:05d}_{path.name}").symlink_to(path.resolve())
     return target, source
@@ -64,14 +62,14 @@ def photo_folder(target: Path, count: int, lfw_dir: Path = DEFAULT_LFW) -> tuple
 
 def _crops_by_image(output: Path) -> list[np.ndarray]:
     """The crops the end-to-end run scored, one array per photo with faces (memory only)."""
-    from face2hbe.imaging import Box, crop_face, load_rgb
+    from face2hbe.detection import face_crops
+    from face2hbe.imaging import Box, load_rgb
 
     groups = []
     for line in output.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if record.get("faces"):
-            image = load_rgb(record["path"])
-            groups.append(np.stack([crop_face(image, Box(*f["box"])) for f in record["faces"]]))
+            groups.append(face_crops(load_rgb(record["path"]), [Box(*f["box"]) for f in record["faces"]]))
     return groups
 
 
@@ -91,7 +89,7 @@ def _end_to_end(url: str, settings, folder: Path, output: Path, workers: int, de
 
     stamps: list[float] = []
     started = time.perf_counter()
-    summary = Recommender(url=url, detector=detector, workers=workers, client=settings).run(
+    summary = Recommender(detector=detector, workers=workers, client=settings).run(
         [folder], output, progress=False, on_result=lambda r: stamps.append(time.perf_counter())
     )
     total = time.perf_counter() - started
@@ -106,10 +104,10 @@ def run_e2e_bench(
     workers: int = 1,
     threads: int | None = None,
     instances: int | None = None,
-    in_flight: int = 8,
-    max_side: int = 800,
-    upsample: int = 0,
-    retry_upsample: int = 1,
+    in_flight: int | None = None,  # None: the client's own defaults (ClientSettings, DetectorSettings)
+    max_side: int | None = None,
+    upsample: int | None = None,
+    retry_upsample: int | None = None,
     repeats: int = 1,
     lfw_dir: str | Path = DEFAULT_LFW,
 ) -> dict:
@@ -118,8 +116,8 @@ def run_e2e_bench(
     With `url` the server there is used (threads/instances then do not apply);
     otherwise an embedded server on free loopback ports serves `repository`.
     """
-    from face2hbe.client.detect import DetectorSettings
     from face2hbe.client.inference import ClientSettings
+    from face2hbe.detection import DetectorSettings
 
     load_before = os.getloadavg()
     server = None
@@ -127,12 +125,13 @@ def run_e2e_bench(
         from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
         server = EmbeddedServer(ServerSettings(
-            Path(repository), http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+            Path(repository), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
             threads_per_instance=threads, instance_count=instances,
         )).start()
         url = f"127.0.0.1:{server.settings.grpc_port}"
-    settings = ClientSettings(url=url, protocol="grpc", max_in_flight=in_flight)
-    detector = DetectorSettings(max_side=max_side, upsample=upsample, retry_upsample=retry_upsample)
+    given = lambda **values: {k: v for k, v in values.items() if v is not None}  # noqa: E731
+    settings = ClientSettings(url=url, protocol="grpc", **given(max_in_flight=in_flight))
+    detector = DetectorSettings(**given(max_side=max_side, upsample=upsample, retry_upsample=retry_upsample))
     try:
         with tempfile.TemporaryDirectory(prefix="face2hbe-e2e-") as tmp:
             folder, source = photo_folder(Path(tmp) / "photos", photos, Path(lfw_dir))
@@ -165,8 +164,8 @@ def run_e2e_bench(
         "model_only_seconds": [round(s, 2) for s in model_runs],
         "e2e_seconds": [round(r["seconds"], 2) for r in e2e_runs],
         "e2e_first_result_s": round(statistics.median(first), 2) if first else None,
-        "settings": {"workers": workers, "threads": threads, "instances": instances, "in_flight": in_flight,
-                     "max_side": max_side, "upsample": upsample, "retry_upsample": retry_upsample, "repeats": repeats, "own_server": server is not None},
+        "settings": {"workers": workers, "threads": threads, "instances": instances, "in_flight": settings.max_in_flight,
+                     "max_side": detector.max_side, "upsample": detector.upsample, "retry_upsample": detector.retry_upsample, "repeats": repeats, "own_server": server is not None},
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -174,6 +173,10 @@ def run_e2e_bench(
 
 
 def main(argv=None) -> int:
+    from face2hbe.client.inference import ClientSettings
+    from face2hbe.detection import DetectorSettings
+
+    client, detector = ClientSettings(), DetectorSettings()
     parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.e2e_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=200, help="Real photos to process (LFW; samples without it).")
     parser.add_argument("--url", default=None, help="Use the gRPC server at host:port instead of starting one.")
@@ -181,10 +184,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="Detection worker processes.")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads on the embedded server.")
     parser.add_argument("--instances", type=int, default=None, help="Model instances on the embedded server.")
-    parser.add_argument("--in-flight", type=int, default=8, help="Most inference requests in flight (both phases).")
-    parser.add_argument("--max-side", type=int, default=800, help="Detection copy's largest side.")
-    parser.add_argument("--upsample", type=int, default=0, help="Detector up-sampling steps.")
-    parser.add_argument("--retry-upsample", type=int, default=1, help="Up-sampling steps for a second look when none found.")
+    parser.add_argument("--in-flight", type=int, default=client.max_in_flight, help="Most inference requests in flight (both phases).")
+    parser.add_argument("--max-side", type=int, default=detector.max_side, help="Detection copy's largest side.")
+    parser.add_argument("--upsample", type=int, default=detector.upsample, help="Detector up-sampling steps.")
+    parser.add_argument("--retry-upsample", type=int, default=detector.retry_upsample, help="Up-sampling steps for a second look when none found.")
     parser.add_argument("--repeats", type=int, default=1, help="Alternate the two phases this many times (medians).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)

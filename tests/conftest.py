@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from face2hbe.net import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FACE2HBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -13,10 +14,6 @@ REPOSITORY = ROOT / "model_repository"
 SAMPLES = ROOT / "client" / "samples"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def node() -> str:
 
 def _run(node: str, grpc_url: str, batch: np.ndarray, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--batch", str(len(batch)), *extra],
+        [node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.MODEL_NAME, "--batch", str(len(batch)), *extra],
         input=batch.tobytes(), capture_output=True, timeout=60,
     )
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from face2hbe.client import Recommender
 from face2hbe.client.catalog import load_catalog
-from face2hbe.client.detect import DetectorSettings, detect_faces, face_locations
+from face2hbe.detection import DetectorSettings, detect_faces, face_locations
 from face2hbe.imaging import load_rgb
 
 from conftest import REPOSITORY, SAMPLES, free_port
@@ -87,7 +87,8 @@ def strict_server(tmp_path_factory):
     """The same model served with an eyewear threshold no score can reach (1.01)."""
     import json
 
-    from face2hbe.export.repository import read_config, write_config
+    from face2hbe.export.repository import write_config
+    from face2hbe.repository import read_config
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
     repo = tmp_path_factory.mktemp("strict_repository")

@@ -10,12 +10,10 @@ from face2hbe.export.repository import (
     BatchingSettings,
     build_config,
     cpu_batching,
-    labels_and_thresholds,
-    read_config,
     rewrite_config,
-    validate_model_dir,
     write_config,
 )
+from face2hbe.repository import labels_and_thresholds, read_config, validate_model_dir
 
 from conftest import REPOSITORY
 
@@ -33,7 +31,7 @@ def _check_common(config, name: str) -> None:
     assert config.output[0].label_filename == "labels.txt"
     warm = {w.batch_size: w for w in config.model_warmup}
     assert set(WARMUP_BATCH_SIZES) <= set(warm)
-    for size, w in warm.items():
+    for w in warm.values():
         sample = w.inputs[contract.INPUT_NAME]
         assert sample.data_type == pb.TYPE_UINT8 and list(sample.dims) == list(contract.INPUT_SHAPE)
         assert sample.zero_data or sample.random_data

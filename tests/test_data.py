@@ -60,7 +60,8 @@ def test_split_is_stable_when_data_grows():
 
 
 def test_thresholds_round_trip_into_model_config(tmp_path):
-    from face2hbe.export.repository import build_config, labels_and_thresholds, read_config, write_config
+    from face2hbe.export.repository import build_config, write_config
+    from face2hbe.repository import labels_and_thresholds, read_config
 
     thresholds = {"eyewear": 0.31, "beard": 0.42, "hat": 0.27}
     write_config(build_config(thresholds), tmp_path / contract.MODEL_NAME)

@@ -23,7 +23,8 @@ def test_onnx_matches_keras(tmp_path, crops, working_size):
     import keras
     import onnxruntime as ort
 
-    from face2hbe.export.onnx_export import export_onnx, onnx_build_info
+    from face2hbe.export.onnx_export import export_onnx
+    from face2hbe.repository import onnx_build_info
     from face2hbe.training.model import build_model, preprocess
 
     keras.utils.set_random_seed(1)
@@ -43,7 +44,8 @@ def test_mirror_averaged_export_scores_each_face_and_its_mirror(tmp_path, crops)
     import keras
     import onnxruntime as ort
 
-    from face2hbe.export.onnx_export import export_onnx, onnx_build_info
+    from face2hbe.export.onnx_export import export_onnx
+    from face2hbe.repository import onnx_build_info
     from face2hbe.training.model import build_model, preprocess
 
     keras.utils.set_random_seed(2)

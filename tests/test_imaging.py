@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from face2hbe.errors import BadImageError
-from face2hbe.imaging import Box, crop_face, crop_box, load_rgb
+from face2hbe.imaging import Box, crop_box, crop_face, load_rgb
 
 
 def _save(tmp_path, name, image, **kw):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from face2hbe import contract
-from face2hbe.export.onnx_export import onnx_io
+from face2hbe.repository import onnx_io
 
 from conftest import REPOSITORY, SAMPLES
 

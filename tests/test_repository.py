@@ -7,8 +7,7 @@ import pytest
 
 from face2hbe import contract
 from face2hbe.errors import ModelRepositoryError
-from face2hbe.export.onnx_export import onnx_io
-from face2hbe.export.repository import CONFIG_FILE, labels_and_thresholds, read_config, validate_model_dir
+from face2hbe.repository import CONFIG_FILE, labels_and_thresholds, onnx_io, read_config, validate_model_dir
 
 from conftest import REPOSITORY
 

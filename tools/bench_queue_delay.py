@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,12 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from face2hbe import contract
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from face2hbe.net import free_port
 
 
 def _client_loop(url: str, batch: np.ndarray, stop: threading.Event, latencies: list[float]) -> None:
@@ -42,7 +36,7 @@ def _client_loop(url: str, batch: np.ndarray, stop: threading.Event, latencies: 
 def measure(repository: Path, delay_us: int, clients: int, seconds: float, faces: int) -> dict:
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
-    settings = ServerSettings(repository, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+    settings = ServerSettings(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                               max_queue_delay_us=delay_us)
     batch = np.random.default_rng(0).integers(0, 256, (faces, *contract.INPUT_SHAPE), dtype=np.uint8)
     with EmbeddedServer(settings):

@@ -16,9 +16,9 @@ import numpy as np
 
 from face2hbe.contract import INPUT_SIZE, LABELS
 from face2hbe.errors import DataError
+from face2hbe.imaging import IMAGE_SUFFIXES
 
 UNKNOWN = -1.0
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -189,7 +189,7 @@ def measure_aligned_framing(paths: list[Path], sample: int = 200) -> dict:
     box measured on a sample gives the framing for all of them. CelebA's small
     crops need one up-sampling for HOG to find the face.
     """
-    from face2hbe.client.detect import DetectorSettings, detect_faces
+    from face2hbe.detection import DetectorSettings, detect_faces
     from face2hbe.imaging import load_rgb
 
     settings = DetectorSettings(upsample=1, retry_upsample=0, min_face=8)
@@ -216,7 +216,7 @@ def build_crops(dataset: LabeledSet, cache_dir: Path | None = None, size: int = 
     """
     from tqdm import tqdm
 
-    from face2hbe.client.detect import DetectorSettings, detect_faces, nearest_to_center
+    from face2hbe.detection import DetectorSettings, detect_faces, nearest_to_center
     from face2hbe.imaging import crop_face, load_rgb
 
     settings = DetectorSettings()

@@ -327,7 +327,7 @@ def load_init_weights(model, path: Path, names: list[str]) -> None:
 
 def _warm_start_from_onnx(model, path: Path, crops: np.ndarray, size: int, seed: int, samples: int = 1024) -> None:
     """Start from a served model (model_repository/face2hbe/1/model.onnx): its BN statistics come from training crops."""
-    from face2hbe.export.onnx_export import onnx_build_info
+    from face2hbe.repository import onnx_build_info
 
     from .model import to_vgg_input
     from .onnx_weights import load_onnx_weights

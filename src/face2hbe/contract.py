@@ -7,6 +7,7 @@ from __future__ import annotations
 
 MODEL_NAME = "face2hbe"
 MODEL_VERSION = "1"
+INT8_MODEL_NAME = f"{MODEL_NAME}_int8"  # the INT8 CPU variant's repository folder (served as MODEL_NAME by `serve --int8`)
 
 # Input: RGB face crops, channels last, raw pixels (preprocessing lives in the graph).
 INPUT_NAME = "image"
@@ -37,4 +38,15 @@ PARAM_LABELS = "labels"
 PARAM_THRESHOLDS = "thresholds"
 DEFAULT_THRESHOLD = 0.5
 
-NUMPY_DTYPES = {"UINT8": "uint8", "FP32": "float32"}
+# Every other spelling of a datatype derives from its KServe v2 name above.
+_NUMPY_NAMES = {"UINT8": "uint8", "FP32": "float32", "BYTES": "object"}
+
+
+def numpy_dtype(datatype: str) -> str:
+    """numpy's name for a KServe v2 datatype ("UINT8" -> "uint8"); ONNX graphs report the same names."""
+    return _NUMPY_NAMES[datatype]
+
+
+def config_type(datatype: str) -> str:
+    """The Triton model-config enum name for a KServe v2 datatype ("UINT8" -> "TYPE_UINT8")."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"

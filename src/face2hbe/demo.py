@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
 from importlib import resources
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from face2hbe.net import free_port
 
 
 def sample_photos_dir() -> Path:

@@ -15,7 +15,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from face2hbe.imaging import Box
+from .imaging import Box, crop_face
+
+EQUAL_SIZE = 0.9  # faces whose side is at least this share of the largest face's count as equally large
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,13 @@ def face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> 
     return [box for box, _ in scored_face_locations(image, upsample, model)]
 
 
-def detect_faces(image: np.ndarray, settings: DetectorSettings = DetectorSettings()) -> list[Box]:
-    """Boxes of the faces in an RGB uint8 image, largest first."""
+def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) -> list[Box]:
+    """Boxes of the faces in an RGB uint8 image, largest first.
+
+    Faces within 10 % of the largest one's size count as equally large and come nearest the
+    image centre first, so a bystander of the same size is not "the" face by detector order.
+    """
+    settings = settings or DetectorSettings()
     height, width = image.shape[:2]
     scale = min(1.0, settings.max_side / max(height, width))
     small = image
@@ -95,12 +102,48 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings = DetectorSetting
         if min(box.width, box.height) >= settings.min_face:
             boxes.append(box)
     boxes.sort(key=lambda b: b.width * b.height, reverse=True)
+    if boxes:
+        lead_side = EQUAL_SIZE * (boxes[0].width * boxes[0].height) ** 0.5
+        lead = [b for b in boxes if (b.width * b.height) ** 0.5 >= lead_side]
+        boxes = sorted(lead, key=lambda b: _centre_distance(b, height, width)) + boxes[len(lead):]
     return boxes
+
+
+def _centre_distance(box: Box, height: int, width: int) -> float:
+    return ((box.top + box.bottom) / 2 - height / 2.0) ** 2 + ((box.left + box.right) / 2 - width / 2.0) ** 2
+
+
+def face_crops(image: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """The model's input for `boxes`: their framed crops stacked, uint8 [N,150,150,3] (N may be 0)."""
+    from .contract import INPUT_SHAPE
+
+    if not boxes:
+        return np.zeros((0, *INPUT_SHAPE), np.uint8)
+    return np.stack([crop_face(image, box) for box in boxes])
+
+
+def detect_and_crop(image: np.ndarray, settings: DetectorSettings | None = None, max_faces: int | None = None):
+    """(kept boxes, their crops, faces found): the largest `max_faces` faces of `image`, ready to score."""
+    boxes = detect_faces(image, settings)
+    kept = boxes[:max_faces] if max_faces else boxes
+    return kept, face_crops(image, kept), len(boxes)
 
 
 def nearest_to_center(boxes: list[Box], height: int, width: int) -> Box | None:
     """The box whose centre is nearest the image centre (LFW's labelled person)."""
-    if not boxes:
-        return None
-    cy, cx = height / 2.0, width / 2.0
-    return min(boxes, key=lambda b: ((b.top + b.bottom) / 2 - cy) ** 2 + ((b.left + b.right) / 2 - cx) ** 2)
+    return min(boxes, key=lambda b: _centre_distance(b, height, width)) if boxes else None
+
+
+def photo_face_crops(paths) -> np.ndarray:
+    """Crops of every face found in the readable photos among `paths` (skipping unreadable ones), in memory."""
+    from .errors import BadImageError
+    from .imaging import load_rgb
+
+    crops = []
+    for path in paths:
+        try:
+            image = load_rgb(path)
+        except BadImageError:
+            continue
+        crops.append(face_crops(image, detect_faces(image)))
+    return np.concatenate(crops) if crops else face_crops(np.zeros((1, 1, 3), np.uint8), [])

@@ -1,5 +1,8 @@
 """Evaluate the served model on a labeled set through the client's path.
 
+It sits on top of the stages, like the CLI: training's data adapters and metrics,
+the client's KServe scorer.
+
 Photos go through the same steps as in production: face detection, the
 shared crop, a KServe v2 request to the server; aligned crops (CelebA) use
 their measured framing. Thresholds are the ones the server publishes.
@@ -14,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from face2hbe.contract import LABELS
-
-from . import metrics
-from .data import build_crops, split_by_group
-from .train import load_sets
+from face2hbe.paths import portable_spec
+from face2hbe.training import metrics
+from face2hbe.training.data import build_crops, split_by_group
+from face2hbe.training.train import load_sets
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -55,7 +58,7 @@ def evaluate(config: EvalConfig) -> dict:
     scores, info = asyncio.run(_score_all(crops, config.url, config.protocol))
     thresholds = {label: info.thresholds[label] for label in LABELS}
     result = {
-        "data": config.data,
+        "data": portable_spec(config.data),
         "split": config.split,
         "images": len(dataset),
         "faces_found": int(len(kept)),

@@ -1,0 +1,136 @@
+"""Reading a Triton model repository: config.pbtxt, labels, thresholds and the ONNX graph's interface.
+
+Every stage reads the repository (the server loads it, the client reads the served
+config, training warm-starts from a served graph); only export writes it.
+config.pbtxt is parsed with Triton's own ModelConfig proto (shipped by tritonclient)
+and protobuf's text format, never with regexes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import contract
+from .errors import ModelRepositoryError
+
+LABELS_FILE = "labels.txt"
+CONFIG_FILE = "config.pbtxt"
+ONNX_FILE = "model.onnx"
+
+# Recorded in the ONNX metadata, so a served model says how it was built (warm starts and tests read it).
+WORKING_SIZE_KEY = "face2hbe.working_size"
+MIRROR_AVERAGE_KEY = "face2hbe.mirror_average"
+
+
+def model_config_pb2():
+    """Triton's model_config_pb2 module (from tritonclient), imported on first use."""
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def config_type(datatype: str) -> int:
+    """The ModelConfig enum value of a KServe v2 datatype name ("UINT8" -> TYPE_UINT8)."""
+    return getattr(model_config_pb2(), contract.config_type(datatype))
+
+
+def read_config(model_dir: str | Path):
+    """Parse `model_dir/config.pbtxt` into Triton's ModelConfig, or raise ModelRepositoryError."""
+    from google.protobuf import text_format
+
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelRepositoryError(f"{path}: missing model configuration")
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2().ModelConfig())
+    except text_format.ParseError as exc:
+        raise ModelRepositoryError(f"{path}: not a valid Triton model config ({exc})") from None
+
+
+def config_from_json(config: dict):
+    """A served model config as KServe returns it (JSON) -> Triton's ModelConfig message."""
+    from google.protobuf import json_format
+
+    return json_format.ParseDict(config, model_config_pb2().ModelConfig(), ignore_unknown_fields=True)
+
+
+def labels_and_thresholds(config) -> tuple[list[str], dict[str, float]]:
+    """Label order and per-label thresholds from a ModelConfig's parameters."""
+    params = config.parameters
+    if contract.PARAM_LABELS in params:
+        labels = [s.strip() for s in params[contract.PARAM_LABELS].string_value.split(",") if s.strip()]
+    else:
+        labels = list(contract.LABELS)
+    thresholds = {label: contract.DEFAULT_THRESHOLD for label in labels}
+    if contract.PARAM_THRESHOLDS in params:
+        try:
+            thresholds.update({k: float(v) for k, v in json.loads(params[contract.PARAM_THRESHOLDS].string_value).items()})
+        except (ValueError, AttributeError) as exc:
+            raise ModelRepositoryError(f"model parameter {contract.PARAM_THRESHOLDS!r} is not a JSON object of numbers ({exc})") from None
+    return labels, thresholds
+
+
+def onnx_io(path: str | Path) -> dict:
+    """Names, numpy element types and shapes (-1 for dynamic) of the ONNX graph's inputs and outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values):
+        return {
+            v.name: (
+                onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                [d.dim_value if d.dim_value else -1 for d in v.type.tensor_type.shape.dim],
+            )
+            for v in values
+        }
+
+    initializers = {i.name for i in graph.initializer}
+    return {"inputs": describe([v for v in graph.input if v.name not in initializers]), "outputs": describe(graph.output)}
+
+
+def onnx_build_info(path: str | Path) -> dict:
+    """working_size (int) and mirror_average (bool) from the graph's metadata; {} for graphs exported before it."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    info = {}
+    if WORKING_SIZE_KEY in props:
+        info["working_size"] = int(props[WORKING_SIZE_KEY])
+    if MIRROR_AVERAGE_KEY in props:
+        info["mirror_average"] = props[MIRROR_AVERAGE_KEY] == "true"
+    return info
+
+
+def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERSION):
+    """Check a model directory against the contract and its ONNX graph; return (config, onnx path).
+
+    Raises ModelRepositoryError naming the first problem found.
+    """
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    onnx_path = model_dir / version / ONNX_FILE
+    if not onnx_path.is_file():
+        raise ModelRepositoryError(f"{onnx_path}: missing model file")
+    if config.name and config.name != model_dir.name:
+        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: name {config.name!r} differs from folder {model_dir.name!r}")
+    expected_in = (contract.INPUT_NAME, config_type(contract.INPUT_DTYPE), list(contract.INPUT_SHAPE))
+    expected_out = (contract.OUTPUT_NAME, config_type(contract.OUTPUT_DTYPE), list(contract.OUTPUT_SHAPE))
+    got_in = [(t.name, t.data_type, list(t.dims)) for t in config.input]
+    got_out = [(t.name, t.data_type, list(t.dims)) for t in config.output]
+    if got_in != [expected_in]:
+        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: input {got_in} differs from contract {[expected_in]}")
+    if got_out != [expected_out]:
+        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: output {got_out} differs from contract {[expected_out]}")
+    try:
+        io = onnx_io(onnx_path)
+    except Exception as exc:  # onnx raises several unrelated types for a bad file
+        raise ModelRepositoryError(f"{onnx_path}: cannot read ONNX graph ({exc})") from None
+    want_in = {contract.INPUT_NAME: (contract.numpy_dtype(contract.INPUT_DTYPE), [-1, *contract.INPUT_SHAPE])}
+    want_out = {contract.OUTPUT_NAME: (contract.numpy_dtype(contract.OUTPUT_DTYPE), [-1, *contract.OUTPUT_SHAPE])}
+    if io["inputs"] != want_in or io["outputs"] != want_out:
+        raise ModelRepositoryError(f"{onnx_path}: graph io {io} differs from contract inputs {want_in}, outputs {want_out}")
+    labels, _ = labels_and_thresholds(config)
+    if labels != list(contract.LABELS):
+        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: labels {labels} differ from contract {list(contract.LABELS)}")
+    return config, onnx_path

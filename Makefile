@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest options for CI-sized runs (slow tests are marked and skipped by default).
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: install demo test test-all serve kserve-node int8 audit clean
+.PHONY: install demo lint test test-all serve kserve-node int8 audit clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,15 @@ $(NODE_CLIENT): tools/kserve-node/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then (cd tools/kserve-node && npm ci --no-audit --no-fund --loglevel=error) || echo "npm ci failed: the Node.js client test will be skipped"; \
 	else echo "npm not found: the Node.js client test will be skipped"; fi
 
-## test: the CI suite (needs ../shared/data for the real-photo tests; they skip without it).
-test: $(STAMP) $(NODE_CLIENT)
+## lint: pyflakes, import order and bugbear (ruff; rules in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+## test: lint, then the CI suite (needs ../shared/data for the real-photo tests; they skip without it).
+test: $(STAMP) $(NODE_CLIENT) lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(NODE_CLIENT) lint
 	$(VENV)/bin/pytest -m "not gpu"
 
 serve: $(STAMP)

@@ -1,24 +1,35 @@
 """Async KServe v2 client for the face2hbe model (tritonclient, gRPC or HTTP).
 
-Labels and thresholds are read from the served model's config parameters;
-requests are bounded in flight and retried with back-off when the server is
-busy or briefly down.
+Labels, thresholds and the model version are read from the server once the model
+is ready. Requests are bounded in flight; failures are judged by their status
+code, never by their text:
+
+- transient (retried with jittered exponential back-off, tenacity): the server is
+  unreachable or restarting (gRPC UNAVAILABLE, HTTP 502/503, connection refused),
+  busy (RESOURCE_EXHAUSTED, 429), slow (DEADLINE_EXCEEDED, 504, client timeout), or
+  the model is not loaded yet (NOT_FOUND, 404: the port opens before the model is);
+- any other answer of the server: InferenceError (that request failed, the run goes on);
+- anything else (a TypeError in our own code, say) is a bug and propagates.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass
 
 import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import InferenceError, ServerUnavailableError
+from face2hbe.net import host_port
+from face2hbe.repository import config_from_json, labels_and_thresholds
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URLS = {"grpc": f"{contract.DEFAULT_HOST}:{contract.GRPC_PORT}", "http": f"{contract.DEFAULT_HOST}:{contract.HTTP_PORT}"}
+
+TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.NOT_FOUND"}
+TRANSIENT_HTTP = {"404", "429", "502", "503", "504"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,8 @@ class ModelInfo:
     labels: list[str]
     thresholds: dict[str, float]
     max_batch_size: int
+    name: str = contract.MODEL_NAME
+    version: str = contract.MODEL_VERSION
 
 
 @dataclass(frozen=True)
@@ -33,35 +46,51 @@ class ClientSettings:
     url: str | None = None  # host:port; None = the protocol's default on 127.0.0.1
     protocol: str = "grpc"
     model_name: str = contract.MODEL_NAME
-    timeout_s: float = 30.0
-    retries: int = 4  # attempts after the first, for transient failures
-    backoff_s: float = 0.5  # first back-off; doubles each retry, with jitter
+    timeout_s: float = 30.0  # per request, end to end
+    retries: int = 8  # attempts after the first, for transient failures
+    backoff_s: float = 0.5  # first back-off; doubles each retry up to backoff_max_s, with jitter
+    backoff_max_s: float = 8.0
+    wait_ready_s: float = 60.0  # at start-up: how long to wait for the model to be ready
     max_in_flight: int = 8
 
     def __post_init__(self):
         if self.protocol not in DEFAULT_URLS:
             raise ValueError(f"protocol must be 'grpc' or 'http', not {self.protocol!r}")
+        host_port(self.url or DEFAULT_URLS[self.protocol])  # a bad address fails here, with its reason
 
     @property
     def address(self) -> str:
-        url = self.url or DEFAULT_URLS[self.protocol]
-        return url.split("://", 1)[-1]
+        return host_port(self.url or DEFAULT_URLS[self.protocol])
 
 
-def _is_transient(exc: Exception) -> bool:
-    """Unavailable, timed out, or overloaded: worth a retry."""
-    text = str(exc).lower()
-    return any(
-        key in text
-        for key in ("unavailable", "deadline", "timed out", "timeout", "connect", "refused", "reset", "exhausted", "503", "502", "overload", "queue")
-    )
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth retrying: decided by status code or exception type, never by message text."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        return str(exc.status()) in TRANSIENT_GRPC | TRANSIENT_HTTP
+    import aiohttp
+
+    return isinstance(exc, (asyncio.TimeoutError, ConnectionError, aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError))
+
+
+def is_server_failure(exc: BaseException) -> bool:
+    """An answer (or no answer) from the server, as opposed to a bug on our side."""
+    import aiohttp
+    from tritonclient.utils import InferenceServerException
+
+    return isinstance(exc, (InferenceServerException, asyncio.TimeoutError, OSError, aiohttp.ClientError))
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 class AsyncScorer:
     """Scores batches of 150x150 uint8 RGB crops on a Triton server."""
 
-    def __init__(self, settings: ClientSettings = ClientSettings()):
-        self.settings = settings
+    def __init__(self, settings: ClientSettings | None = None):
+        self.settings = settings or ClientSettings()
         self._client = None
         self._semaphore = None
         self.info: ModelInfo | None = None
@@ -74,7 +103,7 @@ class AsyncScorer:
         await self.close()
 
     async def connect(self) -> ModelInfo:
-        """Open the connection and read labels/thresholds from the served model config."""
+        """Open the connection, wait (bounded) for the model to be ready, read labels/thresholds/version."""
         s = self.settings
         if s.protocol == "grpc":
             import tritonclient.grpc.aio as triton
@@ -83,18 +112,66 @@ class AsyncScorer:
         else:
             import tritonclient.http.aio as triton
 
+            # aiohttp's total timeout per request; Triton's own `timeout=` is a server-side queue
+            # timeout in microseconds and is not what a client deadline means.
             self._client = triton.InferenceServerClient(s.address, conn_timeout=s.timeout_s)
         self._triton = triton
         self._semaphore = asyncio.Semaphore(s.max_in_flight)
+        await self._wait_ready()
         config = await self._with_retries(self._read_config, "read model config")
-        self.info = _model_info(config)
+        metadata = await self._with_retries(self._read_metadata, "read model metadata")
+        labels, thresholds = labels_and_thresholds(config)
+        versions = [str(v) for v in metadata.get("versions", [])] or [contract.MODEL_VERSION]
+        self.info = ModelInfo(labels=labels, thresholds=thresholds, max_batch_size=int(config.max_batch_size),
+                              name=s.model_name, version=max(versions, key=lambda v: (len(v), v)))
         return self.info
 
+    async def _wait_ready(self) -> None:
+        """Poll model readiness until it is ready or `wait_ready_s` have passed (a server still starting)."""
+        from tenacity import AsyncRetrying, RetryError, retry_if_exception, retry_if_result, stop_after_delay, wait_exponential_jitter
+
+        s = self.settings
+        last: list[str] = []
+
+        async def ready() -> bool:
+            try:
+                return await asyncio.wait_for(self._client.is_model_ready(s.model_name), timeout=min(s.timeout_s, 10.0))
+            except Exception as exc:
+                if not is_server_failure(exc):
+                    raise
+                last[:] = [one_line(exc)]
+                if not is_transient(exc):
+                    raise
+                return False
+
+        retrying = AsyncRetrying(
+            retry=retry_if_result(lambda ok: not ok) | retry_if_exception(is_transient),
+            stop=stop_after_delay(s.wait_ready_s), wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
+        )
+        try:
+            await retrying(ready)
+        except RetryError:
+            why = f": {last[0]}" if last else ""
+            raise ServerUnavailableError(
+                f"model {s.model_name!r} not ready at {s.address} ({s.protocol}) within {s.wait_ready_s:g} s{why}"
+            ) from None
+        except Exception as exc:
+            if not is_server_failure(exc):
+                raise
+            raise ServerUnavailableError(f"model {s.model_name!r} at {s.address} ({s.protocol}): {one_line(exc)}") from None
+
     async def _read_config(self):
-        if self.settings.protocol == "grpc":
-            response = await self._client.get_model_config(self.settings.model_name, as_json=True, client_timeout=self.settings.timeout_s)
-            return response["config"]
-        return await self._client.get_model_config(self.settings.model_name)
+        s = self.settings
+        if s.protocol == "grpc":
+            response = await self._client.get_model_config(s.model_name, as_json=True, client_timeout=s.timeout_s)
+            return config_from_json(response["config"])
+        return config_from_json(await self._client.get_model_config(s.model_name))
+
+    async def _read_metadata(self) -> dict:
+        s = self.settings
+        if s.protocol == "grpc":
+            return await self._client.get_model_metadata(s.model_name, as_json=True, client_timeout=s.timeout_s)
+        return await self._client.get_model_metadata(s.model_name)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -103,7 +180,7 @@ class AsyncScorer:
 
     async def score(self, crops: np.ndarray) -> np.ndarray:
         """Scores [N, labels] for crops [N,150,150,3] uint8, split into max-batch requests."""
-        if crops.ndim != 4 or crops.shape[1:] != contract.INPUT_SHAPE or crops.dtype != np.uint8:
+        if crops.ndim != 4 or crops.shape[1:] != contract.INPUT_SHAPE or crops.dtype != contract.numpy_dtype(contract.INPUT_DTYPE):
             raise InferenceError(f"crops must be uint8 [N,{','.join(map(str, contract.INPUT_SHAPE))}], got {crops.dtype} {list(crops.shape)}")
         if len(crops) == 0:
             return np.zeros((0, len(self.info.labels)), np.float32)
@@ -123,39 +200,35 @@ class AsyncScorer:
         if s.protocol == "grpc":
             result = await self._client.infer(s.model_name, inputs, outputs=outputs, client_timeout=s.timeout_s)
         else:
-            result = await self._client.infer(s.model_name, inputs, outputs=outputs, timeout=int(s.timeout_s))
+            result = await asyncio.wait_for(self._client.infer(s.model_name, inputs, outputs=outputs), timeout=s.timeout_s)
         return result.as_numpy(contract.OUTPUT_NAME)
 
     async def _with_retries(self, call, what: str):
+        """`call()`, retried on transient failures; InferenceError / ServerUnavailableError otherwise."""
+        from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
         s = self.settings
-        delay = s.backoff_s
-        for attempt in range(s.retries + 1):
-            try:
-                return await call()
-            except Exception as exc:  # tritonclient raises InferenceServerException and aiohttp/grpc errors
-                transient = _is_transient(exc)
-                if not transient:
-                    raise InferenceError(f"{what}: server error: {_one_line(exc)}") from None
-                if attempt == s.retries:
-                    raise ServerUnavailableError(
-                        f"{what}: server at {s.address} ({s.protocol}) unavailable after {s.retries + 1} attempts: {_one_line(exc)}"
-                    ) from None
-                log.warning("%s failed (%s); retry %d/%d in %.1fs", what, _one_line(exc), attempt + 1, s.retries, delay)
-                await asyncio.sleep(delay * (1 + random.random() * 0.25))
-                delay *= 2
 
+        def before_sleep(state) -> None:
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, one_line(state.outcome.exception()),
+                        state.attempt_number, s.retries, state.next_action.sleep)
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_transient), stop=stop_after_attempt(s.retries + 1),
+            wait=wait_exponential_jitter(multiplier=s.backoff_s, max=s.backoff_max_s, jitter=s.backoff_s / 4),
+            before_sleep=before_sleep,
+        )
+        async def attempt():  # tenacity awaits only coroutine functions, not lambdas returning coroutines
+            return await call()
 
-
-def _model_info(config: dict) -> ModelInfo:
-    """Labels/thresholds from the served config (JSON), parsed by the same code as config.pbtxt."""
-    from google.protobuf import json_format
-    from tritonclient.grpc import model_config_pb2
-
-    from face2hbe.export.repository import labels_and_thresholds
-
-    message = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
-    labels, thresholds = labels_and_thresholds(message)
-    return ModelInfo(labels=labels, thresholds=thresholds, max_batch_size=int(message.max_batch_size))
+        try:
+            return await retrying(attempt)
+        except RetryError as exc:
+            raise ServerUnavailableError(
+                f"{what}: server at {s.address} ({s.protocol}) unavailable after {s.retries + 1} attempts: "
+                f"{one_line(exc.last_attempt.exception())}"
+            ) from None
+        except Exception as exc:
+            if not is_server_failure(exc):
+                raise  # our own bug: crash loudly, never a per-image record
+            raise InferenceError(f"{what}: server error: {one_line(exc)}") from None

@@ -6,6 +6,12 @@
         summary = rec.run(["photos/"], "out.jsonl")  # a whole batch, resumable
         rec.run(["photos/"], "out.jsonl", annotate="annotated/")  # + pictures with boxes
 
+Inside a running event loop (Jupyter, FastAPI), await the same calls instead:
+
+    async with Recommender("127.0.0.1:8001") as rec:
+        result = await rec.arecommend("photo.jpg")
+        summary = await rec.arun(["photos/"], "out.jsonl")
+
 Detection runs in worker processes while inference requests are in flight, so
 the detector and the server stay busy at the same time.
 """
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
+import signal
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -22,17 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from face2hbe.errors import BadImageError, CatalogError, Face2hbeError, InferenceError, ServerUnavailableError
-from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, Box, crop_face, load_rgb
+from face2hbe.detection import DetectorSettings, detect_and_crop, load_detector
+from face2hbe.errors import BadImageError, CatalogError, InferenceError, ServerUnavailableError
+from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Box, load_rgb
 
 from .catalog import Catalog, load_catalog
-from .detect import DetectorSettings, detect_faces, load_detector
-from .inference import AsyncScorer, ClientSettings
+from .inference import AsyncScorer, ClientSettings, ModelInfo
 from .results import FaceResult, ImageResult, JsonlWriter, ProfileResult, aggregate_profile, image_result_from_record, summarise_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Test hook: "K:FILE" makes a batch run wait, after its K-th record, until FILE exists, so a
+# test can kill the server or the client at a point it controls instead of racing the machine.
+HOLD_ENV = "FACE2HBE_TEST_HOLD_AFTER"
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_faces: int = 20  # per image; the largest faces are kept
+    image_timeout_s: float = 60.0  # reading, decoding and detecting one image; past it the image gets an error record
 
 
 @dataclass
@@ -70,16 +81,22 @@ class RunSummary:
     outage: str | None = None
     annotated: int = 0  # annotated pictures written (--annotate)
     annotate_failed: int = 0
+    ignored_files: Counter = field(default_factory=Counter)  # files in folders that are not photos, by suffix
+
+    @property
+    def inference_errors(self) -> int:
+        return self.errors["inference_error"]
 
     @property
     def faces_per_second(self) -> float:
         return self.faces / self.seconds if self.seconds else 0.0
 
 
-def find_inputs(paths) -> list[tuple[Path, str | None]]:
+def find_inputs(paths, ignored: Counter | None = None) -> list[tuple[Path, str | None]]:
     """(image path, profile) pairs: a file stands alone, a folder is one profile (searched recursively).
 
-    Symlinked folders are not followed, so a directory loop cannot recurse forever.
+    Symlinked folders are not followed, so a directory loop cannot recurse forever. Files in
+    folders whose suffix is not a photo's are counted in `ignored` (by suffix), never dropped silently.
     """
     items = []
     for raw in paths:
@@ -88,31 +105,84 @@ def find_inputs(paths) -> list[tuple[Path, str | None]]:
             for root, dirs, files in os.walk(path, followlinks=False):
                 dirs.sort()
                 for name in sorted(files):
-                    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    suffix = Path(name).suffix.lower()
+                    if suffix in IMAGE_SUFFIXES:
                         items.append((Path(root) / name, str(path)))
+                    elif ignored is not None:
+                        ignored[suffix or "(no suffix)"] += 1
         else:
             items.append((path, None))  # missing or odd files get an error record, not a crash
     return items
 
 
+def prepare_array(image: np.ndarray, name: str, detector: DetectorSettings, limits: Limits) -> Prepared:
+    """Detect and crop the faces of one decoded RGB image; detector failures become part of the result."""
+    height, width = image.shape[:2]
+    try:
+        kept, crops, total = detect_and_crop(image, detector, limits.max_faces)
+    except RuntimeError as exc:  # dlib's error for images it cannot process
+        return Prepared(name, width, height, error={"kind": "detection_failed", "message": str(exc)})
+    return Prepared(name, width, height, kept, crops if len(kept) else None, faces_total=total)
+
+
 def prepare_image(path: str, detector: DetectorSettings, limits: Limits) -> Prepared:
-    """Load, detect and crop one image; errors become part of the result."""
+    """Load, detect and crop one image file; errors become part of the result."""
     try:
         image = load_rgb(path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
     except BadImageError as exc:
         return Prepared(path, error={"kind": "bad_image", "message": exc.reason})
-    height, width = image.shape[:2]
+    return prepare_array(image, path, detector, limits)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL to this worker when its parent dies, even by SIGKILL."""
     try:
-        boxes = detect_faces(image, detector)
-    except Exception as exc:  # dlib raises RuntimeError for images it cannot process
-        return Prepared(path, width, height, error={"kind": "detection_failed", "message": str(exc)})
-    kept = boxes[: limits.max_faces]
-    crops = np.stack([crop_face(image, b) for b in kept]) if kept else None
-    return Prepared(path, width, height, kept, crops, faces_total=len(boxes))
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own pipes still end idle workers
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def _warm_worker(model: str = "hog") -> None:
+def _worker_init(model: str) -> None:
+    _die_with_parent()
     load_detector(model)  # once per worker, while the parent connects to the server
+
+
+def detection_pool(workers: int, model: str) -> ProcessPoolExecutor:
+    """Detection worker processes that die with the client, even when it is SIGKILLed.
+
+    Started by spawn (fork + exec), never a bare fork: the client holds gRPC channels and
+    threads by then, and forking a process with live gRPC threads is unsafe. The client is
+    the workers' parent, and they ask the kernel for SIGKILL when it goes (PR_SET_PDEATHSIG).
+    Not forkserver: its server process lives as long as any of its children, and the
+    children wait for work on pipes they hold themselves, so nothing would ever end them.
+    """
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(model,))
+
+
+def score_image(prepared: Prepared, profile: str | None, scores: np.ndarray | None, info: ModelInfo, catalog: Catalog,
+                skus_per_face: int) -> ImageResult:
+    """One image's record from its detections and their scores: per-face labels and SKUs, the image's pick."""
+    result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None,
+                         model={"name": info.name, "version": info.version, "thresholds": dict(info.thresholds)})
+    if prepared.error:
+        result.error = prepared.error
+        return result
+    if prepared.faces_total > len(prepared.boxes):
+        result.faces_total = prepared.faces_total
+    if scores is not None:
+        for box, row in zip(prepared.boxes, scores):
+            label_scores = {label: round(float(s), 6) for label, s in zip(info.labels, row)}
+            passed = sorted((label for label in info.labels if label_scores[label] >= info.thresholds[label]), key=lambda label: -label_scores[label])
+            skus = catalog.rank(label_scores, info.thresholds, skus_per_face)
+            result.faces.append(FaceResult(box.as_list(), label_scores, passed, skus))
+    return summarise_image(result, catalog)
 
 
 class Recommender:
@@ -123,17 +193,19 @@ class Recommender:
         url: str | None = None,
         protocol: str = "grpc",
         catalog: Catalog | str | Path | None = None,
-        detector: DetectorSettings = DetectorSettings(),
-        limits: Limits = Limits(),
+        detector: DetectorSettings | None = None,
+        limits: Limits | None = None,
         skus_per_face: int = 3,
         workers: int | None = None,
         client: ClientSettings | None = None,
     ):
+        if client is not None and (url is not None or protocol != "grpc"):
+            raise ValueError("give the server either as url/protocol or as client=ClientSettings(...), not both")
         self.client_settings = client or ClientSettings(url=url, protocol=protocol)
         self._catalog_source = catalog
         self.catalog: Catalog | None = catalog if isinstance(catalog, Catalog) else None
-        self.detector = detector
-        self.limits = limits
+        self.detector = detector or DetectorSettings()
+        self.limits = limits or Limits()
         self.skus_per_face = skus_per_face
         # One core left to the event loop and a local server: on 2 cores one detection worker
         # gives more end-to-end faces/s than two (docs/client.md).
@@ -146,7 +218,7 @@ class Recommender:
         """Labels, thresholds and max batch size read from the server (None before the first image)."""
         return self._scorer.info if self._scorer is not None else None
 
-    # --- single images (synchronous API) ------------------------------------------
+    # --- single images ----------------------------------------------------------------
 
     def __enter__(self) -> "Recommender":
         return self
@@ -154,59 +226,70 @@ class Recommender:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    async def __aenter__(self) -> "Recommender":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
     def close(self) -> None:
+        """Close the synchronous API's connection and event loop."""
         if self._loop is not None:
             if self._scorer is not None:
                 self._loop.run_until_complete(self._scorer.close())
             self._loop.close()
             self._loop, self._scorer = None, None
 
+    async def aclose(self) -> None:
+        """Close the async API's connection."""
+        if self._scorer is not None and self._loop is None:
+            await self._scorer.close()
+            self._scorer = None
+
     def recommend(self, image: str | Path | np.ndarray, name: str = "<array>") -> ImageResult:
-        """Faces, scores and SKUs for one image (a path or an RGB uint8 array)."""
+        """Faces, scores and SKUs for one image (a path or an RGB uint8 array).
+
+        Runs its own event loop: inside a running loop (Jupyter, FastAPI) use `arecommend`.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("Recommender.recommend() cannot run inside a running event loop: await Recommender.arecommend()")
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            self._scorer = self._loop.run_until_complete(self._connect())
-        if isinstance(image, np.ndarray):
-            prepared = self._prepare_array(image, name)
-        else:
-            prepared = prepare_image(str(image), self.detector, self.limits)
-        return self._loop.run_until_complete(self._score(prepared, None))
+        return self._loop.run_until_complete(self.arecommend(image, name))
 
-    def _prepare_array(self, image: np.ndarray, name: str) -> Prepared:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise BadImageError(name, f"expected an RGB uint8 array [H,W,3], got {image.dtype} {list(image.shape)}")
-        boxes = detect_faces(image, self.detector)
-        kept = boxes[: self.limits.max_faces]
-        crops = np.stack([crop_face(image, b) for b in kept]) if kept else None
-        return Prepared(name, image.shape[1], image.shape[0], kept, crops, len(boxes))
+    async def arecommend(self, image: str | Path | np.ndarray, name: str = "<array>") -> ImageResult:
+        """Faces, scores and SKUs for one image, awaitable (detection runs in a thread)."""
+        if self._scorer is None:
+            self._scorer = await self._connect()
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise BadImageError(name, f"expected an RGB uint8 array [H,W,3], got {image.dtype} {list(image.shape)}")
+            prepared = await asyncio.to_thread(prepare_array, image, name, self.detector, self.limits)
+        else:
+            prepared = await asyncio.to_thread(prepare_image, str(image), self.detector, self.limits)
+        return await self._score(prepared, None, self._scorer)
 
     async def _connect(self) -> AsyncScorer:
         scorer = AsyncScorer(self.client_settings)
-        info = await scorer.connect()
-        if self.catalog is None:
-            self.catalog = load_catalog(self._catalog_source, labels=info.labels)
-        unknown = {p.label for p in self.catalog.products} - set(info.labels)
-        if unknown:
-            raise CatalogError(f"catalog labels {sorted(unknown)} are not served by the model (labels {info.labels})")
+        try:
+            info = await scorer.connect()
+            if self.catalog is None:
+                self.catalog = load_catalog(self._catalog_source, labels=info.labels)
+            unknown = {p.label for p in self.catalog.products} - set(info.labels)
+            if unknown:
+                raise CatalogError(f"catalog labels {sorted(unknown)} are not served by the model (labels {info.labels})")
+        except BaseException:
+            await scorer.close()
+            raise
         return scorer
 
-    async def _score(self, prepared: Prepared, profile: str | None, scorer: AsyncScorer | None = None) -> ImageResult:
-        scorer = scorer or self._scorer
-        result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None)
-        if prepared.error:
-            result.error = prepared.error
-            return result
-        if prepared.faces_total > len(prepared.boxes):
-            result.faces_total = prepared.faces_total
-        if prepared.crops is not None:
-            scores = await scorer.score(prepared.crops)
-            labels, thresholds = scorer.info.labels, scorer.info.thresholds
-            for box, row in zip(prepared.boxes, scores):
-                label_scores = {label: round(float(s), 6) for label, s in zip(labels, row)}
-                passed = sorted((l for l in labels if label_scores[l] >= thresholds[l]), key=lambda l: -label_scores[l])
-                skus = self.catalog.rank(label_scores, thresholds, self.skus_per_face)
-                result.faces.append(FaceResult(box.as_list(), label_scores, passed, skus))
-        return summarise_image(result, self.catalog)
+    async def _score(self, prepared: Prepared, profile: str | None, scorer: AsyncScorer) -> ImageResult:
+        scores = await scorer.score(prepared.crops) if prepared.crops is not None and not prepared.error else None
+        return score_image(prepared, profile, scores, scorer.info, self.catalog, self.skus_per_face)
 
     # --- batches ------------------------------------------------------------------
 
@@ -216,13 +299,22 @@ class Recommender:
 
         With `annotate`, an annotated JPEG copy of each photo goes to that folder
         (see face2hbe.client.annotate) before its record is written, so a resumed
-        run never skips a photo whose picture is missing.
+        run never skips a photo whose picture is missing. Inside a running event
+        loop, await `arun` with the same arguments.
         """
-        return asyncio.run(self._run(find_inputs(paths), Path(output), resume, progress, on_result, annotate))
+        return asyncio.run(self.arun(paths, output, resume, progress, on_result, annotate))
+
+    async def arun(self, paths, output: str | Path, resume: bool = False, progress: bool = True, on_result=None,
+                   annotate: str | Path | None = None) -> RunSummary:
+        """`run`, awaitable."""
+        summary = RunSummary()
+        items = find_inputs(paths, summary.ignored_files)
+        return await self._run(items, Path(output), resume, progress, on_result, annotate, summary)
 
     def _pictures(self, annotate, summary: RunSummary):
         """An async `picture(result, profile)` that writes annotated copies in a thread (no-op without a folder)."""
-        from .annotate import annotate as annotate_image, remove_stale_temporaries
+        from .annotate import annotate as annotate_image
+        from .annotate import remove_stale_temporaries
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="annotate") if annotate else None
         if annotate and Path(annotate).is_dir():
@@ -244,20 +336,18 @@ class Recommender:
 
         return picture, pool
 
-    async def _run(self, items, output: Path, resume: bool, progress: bool, on_result, annotate=None) -> RunSummary:
-        summary = RunSummary()
+    async def _run(self, items, output: Path, resume: bool, progress: bool, on_result, annotate, summary: RunSummary) -> RunSummary:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        # Workers start (and load the detector) before gRPC opens its threads: with the
-        # fork start method all workers fork at the first submit, and forking a process
-        # with live gRPC threads is unsafe. Their start-up overlaps the connection.
-        with ProcessPoolExecutor(self.workers, initializer=_warm_worker, initargs=(self.detector.model,)) as pool:
-            warm = loop.run_in_executor(pool, int)
+        # The output first: a results file this run cannot write fails the run before any work, and
+        # an older one is gone (or, with resume, compacted) before anything can go wrong.
+        with JsonlWriter(output, resume=resume) as writer, detection_pool(self.workers, self.detector.model) as pool:
+            warm = loop.run_in_executor(pool, int)  # workers load the detector while we connect
             scorer = await self._connect()
             picture, draw_pool = self._pictures(annotate, summary)
             try:
                 await warm
-                await self._batch(items, output, resume, progress, on_result, annotate, summary, started, pool, scorer, picture)
+                await self._batch(items, writer, annotate, progress, on_result, summary, started, pool, scorer, picture)
             finally:
                 await scorer.close()
                 if draw_pool is not None:
@@ -265,82 +355,107 @@ class Recommender:
         summary.seconds = time.perf_counter() - started
         return summary
 
-    async def _batch(self, items, output, resume, progress, on_result, annotate, summary, started, pool, scorer, picture) -> None:
+    async def _prepare(self, pool, path: Path) -> Prepared:
+        """prepare_image in a worker, with a deadline: an image that hangs gets an error record, the run goes on."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(pool, prepare_image, str(path), self.detector, self.limits),
+                                          self.limits.image_timeout_s)
+        except asyncio.TimeoutError:
+            return Prepared(str(path), error={"kind": "image_timeout", "message": f"not read and detected within {self.limits.image_timeout_s:g} s"})
+
+    async def _batch(self, items, writer: JsonlWriter, annotate, progress, on_result, summary, started, pool, scorer, picture) -> None:
         from tqdm import tqdm
 
         from .annotate import annotated_path
 
-        loop = asyncio.get_running_loop()
+        hold = _hold_point()
         by_profile: dict[str, list[ImageResult]] = defaultdict(list)
-        with JsonlWriter(output, resume=resume) as writer:
-            todo, redraw = [], []
-            for path, profile in items:
-                record = writer.done.get(str(path))
-                if record is None:
-                    todo.append((path, profile))
-                    continue
-                summary.skipped += 1
-                previous = image_result_from_record(record)
-                if profile:
-                    by_profile[profile].append(previous)
-                if annotate and not annotated_path(annotate, path, profile).exists():
-                    redraw.append(picture(previous, profile))  # resumed into a new --annotate folder
-            await asyncio.gather(*redraw)
+        todo, redraw = [], []
+        for path, profile in items:
+            record = writer.done.get(str(path))
+            if record is None:
+                todo.append((path, profile))
+                continue
+            summary.skipped += 1
+            previous = image_result_from_record(record)
+            if profile:
+                by_profile[profile].append(previous)
+            if annotate and not annotated_path(annotate, path, profile).exists():
+                redraw.append(picture(previous, profile))  # resumed into a new --annotate folder
+        await asyncio.gather(*redraw)
 
-            async def handle(path: Path, profile: str | None):
-                prepared = await loop.run_in_executor(pool, prepare_image, str(path), self.detector, self.limits)
-                try:
-                    result = await self._score(prepared, profile, scorer)
-                except InferenceError as exc:  # the server rejected this request; the run goes on
-                    error = {"kind": "inference_error", "message": str(exc)}
-                    result = ImageResult(str(path), profile, prepared.width, prepared.height, error=error)
-                await picture(result, profile)  # before the record: a resumed run skips only finished images
-                return profile, result
+        async def handle(path: Path, profile: str | None):
+            prepared = await self._prepare(pool, path)
+            try:
+                result = await self._score(prepared, profile, scorer)
+            except InferenceError as exc:  # the server rejected this request; the run goes on
+                error = {"kind": "inference_error", "message": str(exc)}
+                result = score_image(Prepared(str(path), prepared.width, prepared.height, error=error), profile, None,
+                                     scorer.info, self.catalog, self.skus_per_face)
+            await picture(result, profile)  # before the record: a resumed run skips only finished images
+            return profile, result
 
-            bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="recommend")
-            # Enough images under way to keep every detection worker and the in-flight bound busy.
-            window = self.workers * 2 + scorer.settings.max_in_flight
-            pending: set[asyncio.Future] = set()
-            queue = iter(todo)
-            stop = False
-            while True:
-                while not stop and len(pending) < window:
-                    nxt = next(queue, None)
-                    if nxt is None:
-                        break
-                    pending.add(asyncio.ensure_future(handle(*nxt)))
-                if not pending:
+        bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="recommend")
+        # Enough images under way to keep every detection worker and the in-flight bound busy.
+        window = self.workers * 2 + scorer.settings.max_in_flight
+        pending: set[asyncio.Future] = set()
+        queue = iter(todo)
+        stop = False
+        while True:
+            while not stop and len(pending) < window:
+                nxt = next(queue, None)
+                if nxt is None:
                     break
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    try:
-                        profile, result = task.result()
-                    except ServerUnavailableError as exc:
-                        summary.outage = str(exc)
-                        stop = True  # no new work; in-flight images finish or fail too
-                        continue
-                    writer.write(result)
-                    self._count(summary, result)
-                    if profile:
-                        by_profile[profile].append(result)
-                    if on_result:
-                        on_result(result)
-                    bar.update(1)
-                    bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
-            bar.close()
-            summary.not_processed = len(todo) - summary.images
+                pending.add(asyncio.ensure_future(handle(*nxt)))
+            if not pending:
+                break
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                try:
+                    profile, result = task.result()
+                except ServerUnavailableError as exc:
+                    summary.outage = str(exc)
+                    stop = True  # no new work; in-flight images finish or fail too
+                    continue
+                writer.write(result)
+                self._count(summary, result)
+                if profile:
+                    by_profile[profile].append(result)
+                if on_result:
+                    on_result(result)
+                if hold and summary.images == hold[0]:
+                    await _wait_for_file(hold[1])
+                bar.update(1)
+                bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
+        bar.close()
+        summary.not_processed = len(todo) - summary.images
         labels = scorer.info.labels
         summary.profiles = [aggregate_profile(p, r, labels, self.catalog) for p, r in by_profile.items()]
 
     @staticmethod
-    def _count(summary: RunSummary, result: ImageResult) -> None:
+    def _count(summary: RunSummary, result: ImageResult) -> None:  # noqa: D102
         summary.images += 1
         summary.faces += len(result.faces)
         if result.error:
             summary.errors[result.error["kind"]] += 1
             summary.error_reasons[(result.error["kind"], result.error.get("message", ""))] += 1
-            log.error("%s: %s", result.path, result.error["message"])
+            log.error("%r: %s", result.path, result.error["message"])  # repr: a newline in a name cannot forge a log line
         elif result.recommendation:  # a top label with no product counts under its reason instead
             summary.recommendations[result.top_label] += 1
         if result.reason:
             summary.reasons[result.reason] += 1
+
+
+def _hold_point() -> tuple[int, Path] | None:
+    value = os.environ.get(HOLD_ENV)
+    if not value:
+        return None
+    count, _, path = value.partition(":")
+    return int(count), Path(path)
+
+
+async def _wait_for_file(path: Path) -> None:
+    log.info("test hook: holding until %s exists", path)
+    while not path.exists():
+        await asyncio.sleep(0.05)

@@ -18,13 +18,14 @@ def print_report(output: Path, summary, catalog, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # Not a terminal (a pipe, a log file): wide enough that no name is cut; columns fold rather than truncate.
+    console = console or Console(width=None if Console().is_terminal else 200)
     currency = catalog.currency if catalog else ""
     records = [json.loads(line) for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(records) <= MAX_IMAGE_ROWS:
         table = Table(title="Images", show_lines=False)
         for column in ("image", "faces", "scores (eyewear/beard/hat...)", "top label", "recommendation or reason"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for r in records:
             scores = "; ".join("/".join(f"{v:.2f}" for v in f["scores"].values()) for f in r.get("faces", []))
             outcome = _sku_text(r.get("recommendation"), currency) or (r.get("error") or {}).get("message") or r.get("reason") or ""
@@ -40,9 +41,11 @@ def print_report(output: Path, summary, catalog, console=None) -> None:
                           p.top_label or "no items detected", _sku_text(p.recommendation, currency))
         console.print(table)
     table = Table(title="Summary")
-    table.add_column("what")
-    table.add_column("value")
+    table.add_column("what", overflow="fold")
+    table.add_column("value", overflow="fold")
     table.add_row("images processed", str(summary.images))
+    for suffix, n in sorted(getattr(summary, "ignored_files", {}).items()):
+        table.add_row(f"files skipped in folders (not a photo: {suffix})", str(n))
     if summary.skipped:
         table.add_row("already in output (resumed)", str(summary.skipped))
     table.add_row("faces scored", str(summary.faces))

@@ -1,17 +1,20 @@
 """Typed results (face, image, profile) and the incremental, resumable JSONL writer."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from face2hbe.errors import OutputError
+
 NO_FACE = "no face detected"
 NO_ITEMS = "no items detected"
 
 # Error kinds that a rerun may fix (server trouble); the rest are final for that file.
-RETRYABLE_ERRORS = {"server_unavailable", "inference_error"}
+RETRYABLE_ERRORS = {"inference_error", "image_timeout"}
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ImageResult:
     reason: str | None = None  # why nothing was recommended
     error: dict | None = None  # {"kind": ..., "message": ...}
     faces_total: int | None = None  # faces detected, when more were found than scored (max faces limit)
+    model: dict | None = None  # {"name", "version", "thresholds"}: the model this record was judged by
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -102,12 +106,17 @@ class JsonlWriter:
     def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
         self.done: dict[str, dict] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.path.exists():
-            self._load_and_compact()
-        elif self.path.exists():
-            self.path.unlink()
-        self._file = self.path.open("a", encoding="utf-8")
+        try:
+            if self.path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume and self.path.is_file():
+                self._load_and_compact()
+            elif self.path.is_file():
+                self.path.unlink()  # an older run's results must not look like this run's
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write results ({exc.strerror or exc})") from None
 
     def _load_and_compact(self) -> None:
         kept = []
@@ -126,12 +135,18 @@ class JsonlWriter:
         os.replace(tmp, self.path)
 
     def write(self, result: ImageResult) -> None:
-        self._file.write(result.to_json() + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(result.to_json() + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write results ({exc.strerror or exc}); rerun with --resume once fixed") from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # disk full on the final flush: write() has already said so
+            pass
 
     def __enter__(self):
         return self

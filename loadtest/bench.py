@@ -23,11 +23,6 @@ import json
 import logging
 import os
 import platform
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +32,8 @@ from typing import Callable
 import numpy as np
 
 from face2hbe import contract
-from face2hbe.errors import Face2hbeError, ServerUnavailableError
+from face2hbe.errors import Face2hbeError
+from face2hbe.serving.process import ServerProcess
 
 log = logging.getLogger(__name__)
 
@@ -158,76 +154,6 @@ def ort_calls(session, batches: list[np.ndarray]) -> list[Callable[[], object]]:
     return [lambda b=b: session.run(None, {name: b}) for b in batches]
 
 
-# --- the Triton server in its own process ------------------------------------------
-
-_SERVE = (
-    "import sys; from pathlib import Path; from face2hbe.serving.embedded import EmbeddedServer, ServerSettings; "
-    "EmbeddedServer(ServerSettings(Path(sys.argv[1]), http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), "
-    "metrics_port=int(sys.argv[4]), no_batching=sys.argv[5] == '1')).serve_forever()"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((contract.DEFAULT_HOST, 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`EmbeddedServer.serve_forever()` in a child process on free loopback ports."""
-
-    def __init__(self, repository: Path, no_batching: bool, start_timeout_s: float = 240.0):
-        self.repository, self.no_batching, self.start_timeout_s = Path(repository), no_batching, start_timeout_s
-        self.grpc_url = ""
-        self._proc = None
-        self._log = None
-
-    def __enter__(self) -> "ServerProcess":
-        import tritonclient.grpc as triton
-
-        http, grpc, metrics = _free_port(), _free_port(), _free_port()
-        self.grpc_url = f"{contract.DEFAULT_HOST}:{grpc}"
-        self._log = tempfile.TemporaryFile()
-        args = [sys.executable, "-c", _SERVE, str(self.repository), str(http), str(grpc), str(metrics), "1" if self.no_batching else "0"]
-        self._proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        client = triton.InferenceServerClient(self.grpc_url)
-        deadline = time.monotonic() + self.start_timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise ServerUnavailableError(f"benchmark server exited with code {self._proc.returncode}: {self._tail()}")
-                try:
-                    if client.is_model_ready(contract.MODEL_NAME):
-                        return self
-                except Exception:  # not listening yet
-                    pass
-                time.sleep(0.5)
-            raise ServerUnavailableError(f"benchmark server not ready within {self.start_timeout_s:.0f} s: {self._tail()}")
-        except BaseException:
-            self.__exit__()
-            raise
-        finally:
-            client.close()
-
-    def _tail(self) -> str:
-        self._log.seek(0)
-        lines = self._log.read().decode(errors="replace").strip().splitlines()
-        return lines[-1][:300] if lines else "no output"
-
-    def __exit__(self, *exc) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)  # serve_forever stops Triton cleanly on SIGTERM
-            try:
-                self._proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
 def grpc_calls(url: str, batches: list[np.ndarray]) -> tuple[list[Callable[[], object]], list]:
     """One tritonclient.grpc client per worker, each sending its own batch."""
     import tritonclient.grpc as triton
@@ -333,7 +259,7 @@ def run_bench(settings: BenchSettings) -> dict:
     # 1 + 2 + 3 over gRPC, dynamic batching on (config.pbtxt), then off.
     g2 = "2 dynamic batching"
     top = max(settings.concurrencies)
-    with ServerProcess(settings.repository, no_batching=False) as server:
+    with ServerProcess(settings.repository) as server:
         for c in settings.concurrencies:
             bench.add(_row(g1, f"Triton gRPC, {_n(c, 'client')}, batch {rb}", measure_grpc(server.grpc_url, batches(c, rb), secs, warm),
                            baseline=f"in-process, {_n(c, 'thread')}, batch {rb}", goal=TRITON_GOAL if c == top else None))
@@ -344,7 +270,7 @@ def run_bench(settings: BenchSettings) -> dict:
                 bench.add(Row(g3, name, bench.get(f"Triton gRPC, 1 client, batch {rb}").faces_per_s, note="same run as group 1, 1 client"))
                 continue
             bench.add(_row(g3, name, measure_grpc(server.grpc_url, batches(1, b), secs, warm), baseline=base))
-    with ServerProcess(settings.repository, no_batching=True) as server:
+    with ServerProcess(settings.repository, args=["--no-batching"]) as server:
         bench.add(_row(g2, f"batching off, {top} clients, batch {rb}", measure_grpc(server.grpc_url, batches(top, rb), secs, warm)))
     bench.add(Row(g2, f"batching on, {top} clients, batch {rb}", bench.get(f"Triton gRPC, {_n(top, 'client')}, batch {rb}").faces_per_s,
                   baseline=f"batching off, {top} clients, batch {rb}", note="same run as group 1"))
@@ -441,15 +367,16 @@ def write_outputs(result: dict, output_dir: Path) -> None:
 
 def plot(result: dict, path: Path) -> None:
     """Horizontal bars of faces/s per row, coloured by group, ratios written on the bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object-oriented API: no pyplot, no process-wide backend switch inside a library.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     rows = [r for r in result["rows"] if r["faces_per_s"] is not None]
     groups = list(dict.fromkeys(r["group"] for r in result["rows"]))
-    colours = {g: plt.cm.tab10(i) for i, g in enumerate(groups)}
-    fig, ax = plt.subplots(figsize=(10, 0.42 * len(rows) + 1.6))
+    colours = {g: colormaps["tab10"](i) for i, g in enumerate(groups)}
+    fig = Figure(figsize=(10, 0.42 * len(rows) + 1.6))
+    ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     ax.barh(y, [r["faces_per_s"] for r in rows], color=[colours[r["group"]] for r in rows])
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
@@ -459,12 +386,11 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel("faces/s (higher is better)")
     machine = result["machine"]
     ax.set_title(f"face2hbe bench{' --quick' if result['quick'] else ''}: {machine['cores']} cores, {machine['cpu']}", fontsize=9)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups]
+    handles = [Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups]
     ax.legend(handles, groups, fontsize=7, loc="lower right")
     ax.margins(x=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def print_table(result: dict) -> None:

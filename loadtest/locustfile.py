@@ -15,16 +15,19 @@ import time
 
 # Locust has monkey-patched the standard library by now; gRPC's own C-core
 # threads must also yield to gevent, before any channel exists.
+import gevent
 import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
 from locust import User, between, constant, events, task  # noqa: E402
+from locust.exception import StopUser  # noqa: E402
 
 from face2hbe import contract  # noqa: E402
 from face2hbe.loadtest.crops import batch_of, load_crops  # noqa: E402
 
 _CROPS = {}
+_SENT = {"requests": 0}
 
 
 @events.init_command_line_parser.add_listener
@@ -39,6 +42,7 @@ def _options(parser):
     group.add_argument("--think-time", type=float, default=0.0, help="Seconds each user waits between requests")
     group.add_argument("--crop-count", type=int, default=32, help="Real face crops held in memory and cycled through")
     group.add_argument("--timeout", type=float, default=30.0, help="Per-request timeout in seconds")
+    group.add_argument("--max-requests", type=int, default=0, help="Stop the run after this many requests (0 = run for -t)")
 
 
 @events.init.add_listener
@@ -103,6 +107,14 @@ class _TritonUser(User):
             exception=exception,
             context={},
         )
+        # Load by count: the run ends after N requests on any machine (-t stays as a cap).
+        limit = self.environment.parsed_options.max_requests
+        _SENT["requests"] += 1
+        if limit and _SENT["requests"] == limit:
+            # From its own greenlet: quit() stops every user, this one included, and would end mid-call here.
+            gevent.spawn(self.environment.runner.quit)
+        if limit and _SENT["requests"] >= limit:
+            raise StopUser()
 
 
 class GrpcUser(_TritonUser):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from face2hbe import contract
 from face2hbe.errors import Face2hbeError
+from face2hbe.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class LoadTestSettings:
     output_dir: Path
     users: int = 8
     spawn_rate: float = 4.0
-    duration_s: int = 30
+    duration_s: int = 30  # with max_requests: only a cap
+    max_requests: int = 0  # stop after this many requests (0 = run for duration_s)
     batch_size: int = 1
     grpc_weight: int = 1
     http_weight: int = 1
@@ -87,10 +89,6 @@ def require_loopback(url: str) -> None:
         raise LoadTestError(f"{url}: load tests target loopback addresses only (127.0.0.1, ::1, localhost)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((contract.DEFAULT_HOST, 0))
-        return s.getsockname()[1]
 
 
 def locust_command(settings: LoadTestSettings, grpc_url: str, http_url: str) -> list[str]:
@@ -104,6 +102,7 @@ def locust_command(settings: LoadTestSettings, grpc_url: str, http_url: str) -> 
         "--grpc-url", grpc_url, "--http-url", http_url, "--batch-size", str(settings.batch_size),
         "--grpc-weight", str(settings.grpc_weight), "--http-weight", str(settings.http_weight),
         "--think-time", str(settings.think_time_s), "--crop-count", str(settings.crop_count),
+        "--max-requests", str(settings.max_requests),
         *classes,
     ]
 
@@ -203,7 +202,7 @@ def run_loadtest(settings: LoadTestSettings) -> dict:
     verdict = judge(read_stats(out / f"{CSV_PREFIX}_stats.csv"), settings.slo, settings.batch_size)
     verdict["settings"] = {
         "users": settings.users, "spawn_rate": settings.spawn_rate, "duration_s": settings.duration_s,
-        "batch_size": settings.batch_size, "grpc_weight": settings.grpc_weight, "http_weight": settings.http_weight,
+        "max_requests": settings.max_requests, "batch_size": settings.batch_size, "grpc_weight": settings.grpc_weight, "http_weight": settings.http_weight,
         "think_time_s": settings.think_time_s, "target": target, "grpc_url": grpc_url, "http_url": http_url,
         "slo": asdict(settings.slo),
     }

@@ -8,16 +8,20 @@ reported at start-up.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import sysconfig
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from face2hbe import contract
-from face2hbe.errors import ModelRepositoryError
+from face2hbe.errors import Face2hbeError, ModelRepositoryError
+from face2hbe.repository import model_config_pb2
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +44,44 @@ class ServerSettings:
     ignored: list[str] = field(default_factory=list)
 
 
-def fix_python_stub_environment() -> None:
-    """Make Triton's Python-backend stub load this interpreter's libpython.
+class BackendDiedError(Face2hbeError):
+    """The server's model backend died while the server was up: it can no longer serve."""
 
-    Under pyenv (and other non-system Pythons) the stub otherwise picks the
-    system libpython and fails with "'_thread.RLock' object has no attribute
-    '_recursion_count'". The server process inherits this environment.
+
+# glibc keeps freed heap memory in its arenas: a refused 512 MB gRPC request (received in
+# many slices) left tritonserver 200-600 MB larger for good. Blocks of 64 KiB and more from
+# mmap go back to the OS as soon as they are freed (measured: no growth at all).
+SERVER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 10), "MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
+
+
+def stub_environment() -> dict[str, str]:
+    """Variables the tritonserver process needs on top of ours.
+
+    LD_LIBRARY_PATH: under pyenv (and other non-system Pythons) Triton's Python-backend stub
+    otherwise loads the system libpython and fails with "'_thread.RLock' object has no
+    attribute '_recursion_count'". Plus the allocator settings above.
     """
+    env = dict(SERVER_MALLOC_ENV)
     libdir = sysconfig.get_config_var("LIBDIR")
-    if not libdir:
-        return
     current = os.environ.get("LD_LIBRARY_PATH", "")
-    if libdir not in current.split(os.pathsep):
-        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, current) if p)
+    if libdir and libdir not in current.split(os.pathsep):
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, current) if p)
+    return env
+
+
+@contextlib.contextmanager
+def _scoped_environment(extra: dict[str, str]):
+    """os.environ plus `extra` while pytriton launches tritonserver (it copies os.environ), then as before."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def unsupported_fields(config) -> list[str]:
@@ -61,9 +90,7 @@ def unsupported_fields(config) -> list[str]:
     if config.platform and config.platform != "onnxruntime_onnx":
         ignored.append(f"platform {config.platform!r} (runs ONNX through onnxruntime)")
     kinds = {g.kind for g in config.instance_group}
-    from tritonclient.grpc import model_config_pb2 as pb
-
-    if pb.ModelInstanceGroup.KIND_GPU in kinds:
+    if model_config_pb2().ModelInstanceGroup.KIND_GPU in kinds:
         ignored.append("instance_group kind KIND_GPU (runs on the CPU)")
     if config.optimization.execution_accelerators.gpu_execution_accelerator:
         ignored.append("optimization.execution_accelerators (TensorRT/GPU accelerators)")
@@ -74,6 +101,53 @@ def unsupported_fields(config) -> list[str]:
     if config.dynamic_batching.default_queue_policy.ByteSize() or config.dynamic_batching.priority_levels:
         ignored.append("dynamic_batching queue policies / priorities")
     return ignored
+
+
+WORKSPACE_PREFIX = "face2hbe-serve-"
+
+
+def workspace_root() -> Path:
+    """Where server workspaces go: /tmp, not $TMPDIR, since pytriton's Unix sockets live there
+    (a socket path is limited to 108 bytes) and the path is published in the served config."""
+    return Path("/tmp") if os.access("/tmp", os.W_OK) else Path(tempfile.gettempdir())
+PID_FILE = "owner.pid"
+SHM_FILE = "shm.txt"  # the /dev/shm blocks this server's processes have mapped (raw request tensors)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(tmp_root: str | Path | None = None, shm_root: str | Path = "/dev/shm") -> list[str]:
+    """Delete what a crashed earlier server left behind: its workspace and its shared-memory blocks.
+
+    Each server's workspace (sockets, pytriton's logs) holds the owner's pid; a workspace
+    whose owner is dead is removed, with the shared-memory blocks (raw face crops of the
+    requests in flight) named after that pid. Returns what was removed.
+    """
+    removed = []
+    for workspace in Path(tmp_root or workspace_root()).glob(f"{WORKSPACE_PREFIX}*"):
+        try:
+            pid = int((workspace / PID_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or being created right now
+        if _pid_alive(pid):
+            continue
+        recorded = (workspace / SHM_FILE).read_text().split() if (workspace / SHM_FILE).is_file() else []
+        # pytriton's own (misspelt) prefix for Triton's region, and the request blocks recorded while serving.
+        for block in [*Path(shm_root).glob(f"pytrtion{pid}-*"), *(Path(shm_root) / Path(name).name for name in recorded)]:
+            if block.exists():
+                block.unlink(missing_ok=True)
+                removed.append(str(block))
+        shutil.rmtree(workspace, ignore_errors=True)
+        removed.append(str(workspace))
+    return removed
 
 
 def _make_infer_function(session):
@@ -90,6 +164,31 @@ def _make_infer_function(session):
         return {contract.OUTPUT_NAME: scores.astype(np.float32, copy=False)}
 
     return infer
+
+
+def publish_parameters(triton, model_name: str, params: dict[str, str]) -> None:
+    """Expose config.pbtxt's parameters (labels, thresholds) in the config Triton serves.
+
+    PyTriton's public ModelConfig has no `parameters`; its generated Triton config carries
+    `backend_parameters` as Triton `parameters`, so ours join them there. This is the one
+    place that touches pytriton internals; it fails loudly (and tests/test_server.py checks
+    the served parameters) if a pytriton release changes them.
+    """
+    try:
+        models = [m for m in triton._model_manager.models if m.model_name == model_name]
+        originals = [m._get_triton_model_config for m in models]
+    except AttributeError as exc:
+        raise ModelRepositoryError(f"this pytriton release changed its internals ({exc}): cannot publish labels/thresholds") from None
+    if not models:
+        raise ModelRepositoryError(f"pytriton has no bound model {model_name!r} to publish parameters for")
+    for model, original in zip(models, originals):
+
+        def with_parameters(original=original):
+            generated = original()
+            generated.backend_parameters.update(params)
+            return generated
+
+        model._get_triton_model_config = with_parameters
 
 
 def _onnx_session(onnx_path: Path, threads: int | None):
@@ -110,7 +209,7 @@ class EmbeddedServer:
     """
 
     def __init__(self, settings: ServerSettings):
-        from face2hbe.export.repository import labels_and_thresholds, validate_model_dir
+        from face2hbe.repository import labels_and_thresholds, validate_model_dir
 
         self.settings = settings
         model_dir = Path(settings.repository) / (settings.model_folder or settings.model_name)
@@ -120,11 +219,14 @@ class EmbeddedServer:
         self.labels, self.thresholds = labels_and_thresholds(self.config)
         self.ignored = unsupported_fields(self.config)
         self._triton = None
+        self._workspace: Path | None = None
+        self._stubs: set[int] = set()
+        self._shm_seen: set[str] = set()
 
     @property
     def access_token(self) -> str | None:
         """Token for Triton's protected endpoints (statistics, repository, ...), or None."""
-        return self._triton._security_config.access_token if self._triton else None
+        return self._triton.get_access_token() if self._triton else None
 
     def _model_config(self):
         from pytriton.model_config import DynamicBatcher, ModelConfig
@@ -148,8 +250,9 @@ class EmbeddedServer:
         from pytriton.model_config import Tensor
         from pytriton.triton import Triton, TritonConfig
 
-        fix_python_stub_environment()
         s = self.settings
+        for leftover in remove_leftovers():
+            log.info("removed leftover of a crashed earlier server: %s", leftover)
         for line in self.ignored:
             log.warning("embedded server ignores config.pbtxt field: %s", line)
         triton_config = TritonConfig(
@@ -162,12 +265,17 @@ class EmbeddedServer:
             log_verbose=s.log_verbose,
             exit_on_error=True,
             strict_readiness=True,
+            # Reused request objects keep the largest payload they ever held (a refused 512 MB request
+            # would stay resident): no reuse pool, so each request is freed when done.
+            grpc_infer_allocation_pool_size=0,
         )
         sessions = [_onnx_session(self.onnx_path, s.threads_per_instance) for _ in range(self._instance_count())]
         # One dry run per session so the first request does not pay onnxruntime's set-up.
         for session in sessions:
             session.run(None, {contract.INPUT_NAME: np.zeros((1, *contract.INPUT_SHAPE), np.uint8)})
-        triton = Triton(config=triton_config)
+        self._workspace = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=workspace_root()))
+        (self._workspace / PID_FILE).write_text(str(os.getpid()))
+        triton = Triton(config=triton_config, workspace=self._workspace / "pytriton")
         try:
             triton.bind(
                 model_name=s.model_name,
@@ -178,40 +286,84 @@ class EmbeddedServer:
                 config=self._model_config(),
                 strict=True,
             )
-            self._publish_parameters(triton)
-            triton.run()
+            publish_parameters(triton, s.model_name, {k: v.string_value for k, v in self.config.parameters.items()})
+            with _scoped_environment(stub_environment()):
+                triton.run()
         except Exception:
             triton.stop()
+            self._remove_workspace()
             raise
         self._triton = triton
+        self._stubs = self._stub_pids()
+        self.record_shared_memory()
         log.info(
             "serving %s v%s from %s on %s: http %d, grpc %d, metrics %d (%d instance(s))",
             s.model_name, s.version, self.onnx_path, s.host, s.http_port, s.grpc_port, s.metrics_port, len(sessions),
         )
         return self
 
-    def _publish_parameters(self, triton) -> None:
-        """Expose config.pbtxt's parameters (labels, thresholds) in the served model config.
+    def _server_process(self):
+        import psutil
 
-        PyTriton's ModelConfig has no `parameters` field; its generated config
-        carries `backend_parameters` as Triton `parameters`, so ours join them.
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.name() == "tritonserver":
+                    return child
+        return None
+
+    def _stub_pids(self) -> set[int]:
+        """PIDs of the Python-backend stub processes that run the model's instances."""
+        import psutil
+
+        server = self._server_process()
+        if server is None:
+            return set()
+        pids = set()
+        for child in server.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "triton_python_backend_stub" in child.name() or "triton_python_backend_stub" in " ".join(child.cmdline()[:1]):
+                    pids.add(child.pid)
+        return pids
+
+    def record_shared_memory(self) -> None:
+        """Note in the workspace every /dev/shm block our processes map, so a later start can remove them after a crash."""
+        if self._workspace is None:
+            return
+        names = set()
+        for pid in (os.getpid(), *self._stubs):
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            names.update(line.split()[-1] for line in maps.splitlines() if "/dev/shm/" in line)
+        new = names - self._shm_seen
+        if new:
+            self._shm_seen |= new
+            with (self._workspace / SHM_FILE).open("a") as f:
+                f.write("".join(f"{name}\n" for name in sorted(new)))
+
+    def check_health(self) -> None:
+        """Raise BackendDiedError unless tritonserver and every model stub it started are still running.
+
+        Triton's own /v2/health/ready keeps answering 200 after a stub dies while every
+        inference fails; this is the check that tells the truth.
         """
-        params = {k: v.string_value for k, v in self.config.parameters.items()}
-        models = [m for m in triton._model_manager.models if m.model_name == self.settings.model_name]
-        for model in models:
-            original = model._get_triton_model_config
-
-            def with_parameters(original=original):
-                generated = original()
-                generated.backend_parameters.update(params)
-                return generated
-
-            model._get_triton_model_config = with_parameters
+        if self._triton is None or not self._triton.is_alive():
+            raise BackendDiedError("the Triton server process died")
+        dead = self._stubs - self._stub_pids()
+        if dead:
+            raise BackendDiedError(f"model backend process(es) {sorted(dead)} died; every inference would fail")
 
     def stop(self) -> None:
         if self._triton is not None:
             self._triton.stop()
             self._triton = None
+        self._remove_workspace()
+
+    def _remove_workspace(self) -> None:
+        if self._workspace is not None:
+            shutil.rmtree(self._workspace, ignore_errors=True)
+            self._workspace = None
 
     def __enter__(self) -> "EmbeddedServer":
         return self.start()
@@ -219,15 +371,21 @@ class EmbeddedServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def serve_forever(self) -> None:
-        """Block until SIGINT/SIGTERM, then shut down cleanly."""
+    def serve_forever(self, check_every_s: float = 0.5) -> None:
+        """Block until SIGINT/SIGTERM, then shut down cleanly.
+
+        Raises BackendDiedError (after stopping what is left) within `check_every_s` of
+        tritonserver or a model stub dying, so that `face2hbe serve` exits non-zero and a
+        supervisor (systemd, Kubernetes, compose) restarts it instead of routing traffic
+        to a server that answers "ready" and fails every request.
+        """
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             with self:
-                while not stop.wait(0.5):
-                    if not self._triton.is_alive():
-                        raise RuntimeError("Triton server process died")
+                while not stop.wait(check_every_s):
+                    self.check_health()
+                    self.record_shared_memory()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

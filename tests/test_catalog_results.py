@@ -73,7 +73,7 @@ def test_resume_keeps_final_records_and_drops_retryable(tmp_path):
     out = tmp_path / "r.jsonl"
     with JsonlWriter(out) as w:
         w.write(ImageResult("a.jpg", reason=NO_FACE))
-        w.write(ImageResult("b.jpg", error={"kind": "server_unavailable", "message": "down"}))
+        w.write(ImageResult("b.jpg", error={"kind": "image_timeout", "message": "slow disk"}))
         w.write(ImageResult("c.jpg", error={"kind": "bad_image", "message": "empty file"}))
     with out.open("a") as f:
         f.write('{"path": "d.jpg", "fac')  # a line cut by a kill

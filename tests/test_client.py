@@ -8,7 +8,7 @@ import pytest
 
 from face2hbe import contract
 from face2hbe.client import Recommender
-from face2hbe.client.detect import DetectorSettings, detect_faces
+from face2hbe.detection import DetectorSettings, detect_faces
 from face2hbe.imaging import load_rgb
 
 from conftest import SAMPLES
@@ -86,3 +86,25 @@ def test_profile_folder_share_matches_hand_count(grpc_url, lfw_sample, tmp_path)
     for label in contract.LABELS:
         shown = sum(any(label in f["labels"] for f in r["faces"]) for r in with_faces)
         assert result.share[label] == pytest.approx(shown / len(with_faces))
+
+
+def test_async_api_works_inside_a_running_event_loop(grpc_url):
+    """Jupyter and FastAPI run an event loop already: the awaitable API works there, the sync one says what to use."""
+    import asyncio
+
+    async def in_a_loop():
+        async with Recommender(url=grpc_url) as rec:
+            result = await rec.arecommend(SAMPLES / "grace_hopper.jpg")
+            with pytest.raises(RuntimeError, match="arecommend"):
+                rec.recommend(SAMPLES / "grace_hopper.jpg")
+            return result
+
+    result = asyncio.run(in_a_loop())
+    assert len(result.faces) == 1 and result.model["name"] == "face2hbe"
+
+
+def test_server_given_twice_is_refused():
+    from face2hbe.client.inference import ClientSettings
+
+    with pytest.raises(ValueError, match="not both"):
+        Recommender(url="127.0.0.1:8001", client=ClientSettings())

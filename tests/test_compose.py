@@ -5,7 +5,9 @@ There is no Docker engine here: the file is checked as data with PyYAML.
 from __future__ import annotations
 
 import shlex
+import subprocess
 
+import numpy as np
 import pytest
 import yaml
 
@@ -67,7 +69,7 @@ def test_model_repository_mounted_read_only(triton):
 
 
 def test_engine_cache_is_writable_and_matches_config(triton):
-    from face2hbe.export.repository import read_config
+    from face2hbe.repository import read_config
 
     mounts = {target: ro for _, target, ro in _volumes(triton)}
     accelerators = read_config(REPOSITORY / contract.MODEL_NAME).optimization.execution_accelerators.gpu_execution_accelerator
@@ -104,10 +106,29 @@ def test_gpu_reservation(triton):
     assert gpu[0].get("count", 0) == "all" or int(gpu[0].get("count", 0)) >= 1 or gpu[0].get("device_ids")
 
 
-def test_healthcheck_hits_readiness(triton):
-    test = " ".join(triton["healthcheck"]["test"]) if isinstance(triton["healthcheck"]["test"], list) else triton["healthcheck"]["test"]
-    assert f"localhost:{contract.HTTP_PORT}/v2/health/ready" in test
-    assert "curl" in test
+def _healthcheck_shell(triton, http_url: str) -> str:
+    """The compose healthcheck as the shell inside the container runs it ($$ is compose's escape for $)."""
+    kind, command = triton["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    assert f"http://localhost:{contract.HTTP_PORT}/v2/models/{contract.MODEL_NAME}/infer" in command
+    return command.replace("$$", "$").replace(f"localhost:{contract.HTTP_PORT}", http_url)
+
+
+def test_healthcheck_is_a_real_inference_that_matches_the_contract(triton, http_url):
+    """The very command compose runs passes against a live server, and fails where nothing serves."""
+    import json
+    import re
+
+    from face2hbe.net import free_port
+
+    command = _healthcheck_shell(triton, http_url)
+    header = json.loads(re.search(r"H='(.*?)';", command).group(1))["inputs"][0]
+    assert header["name"] == contract.INPUT_NAME and header["datatype"] == contract.INPUT_DTYPE
+    assert header["shape"] == [1, *contract.INPUT_SHAPE]
+    assert header["parameters"]["binary_data_size"] == int(np.prod(contract.INPUT_SHAPE))
+    assert subprocess.run(["sh", "-c", command], capture_output=True, timeout=60).returncode == 0
+    dead = command.replace(http_url, f"127.0.0.1:{free_port()}")
+    assert subprocess.run(["sh", "-c", dead], capture_output=True, timeout=60).returncode != 0
 
 
 def test_loadtest_profile_runs_the_project_locustfile(compose):

@@ -16,63 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPOSITORY, ROOT, SAMPLES, SHARED_DATA, free_port
+from face2hbe.client.recommend import HOLD_ENV
+from face2hbe.serving.process import ServerProcess
+
+from conftest import REPOSITORY, SAMPLES, SHARED_DATA, free_port
 
 BATCH = 36
 
 
 def _env(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
-
-
-class ServerProcess:
-    """`face2hbe serve` in a separate process group on fixed free ports."""
-
-    def __init__(self, repository: Path, log: Path, ports=None):
-        self.repository, self.log = repository, log
-        self.ports = ports or (free_port(), free_port(), free_port())
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports[1]}"
-
-    def start(self) -> "ServerProcess":
-        http, grpc, metrics = self.ports
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(self.repository),
-                 "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_env(self.log.parent),
-            )
-        return self
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        import tritonclient.grpc as grpcclient
-
-        client = grpcclient.InferenceServerClient(self.grpc_url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if client.is_server_ready(client_timeout=2) and client.is_model_ready("face2hbe", client_timeout=2):
-                    return
-            except Exception:  # not listening yet
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"server not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (python, tritonserver, backend stubs): no clean shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        if self.proc is not None:
-            try:  # children reparented away from the leader may still be alive for a moment
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture
@@ -94,9 +47,25 @@ def photos(tmp_path) -> list[Path]:
     return links
 
 
-def _recommend(args, tmp_path, **popen):
+def _recommend(args, tmp_path, env=None, **popen):
     cmd = [sys.executable, "-m", "face2hbe.cli", "recommend", *map(str, args), "--no-progress"]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), **popen)
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**_env(tmp_path), **(env or {})}, **popen)
+
+
+def _hold(tmp_path, after: int) -> tuple[dict, Path]:
+    """The client waits after its `after`-th record until the returned file exists: the test's kill point."""
+    release = tmp_path / "release"
+    return {HOLD_ENV: f"{after}:{release}"}, release
+
+
+def _wait_for_records(out: Path, count: int, proc, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout  # a hang guard only: the client holds at `count` by itself
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and len(out.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"client ended or hung before {count} records:\n{proc.communicate()[1][-2000:] if proc.poll() is not None else ''}")
 
 
 def _last_line(text: str) -> str:
@@ -109,19 +78,16 @@ def _records(path: Path) -> list[dict]:
 
 
 def test_server_killed_mid_batch_then_resume_loses_nothing(tmp_path, photos):
-    server = ServerProcess(REPOSITORY, tmp_path / "server.log").start()
+    server = ServerProcess(REPOSITORY, tmp_path / "server.log", env=_env(tmp_path)).start()
     try:
         server.wait_ready()
         out = tmp_path / "results.jsonl"
         args = [photos[0].parent, "--url", server.grpc_url, "--output", out, "--workers", "1", "--retries", "2", "--timeout", "5"]
-        client = _recommend(args, tmp_path)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and client.poll() is None:
-            if out.exists() and len(out.read_text().splitlines()) >= 5:
-                break
-            time.sleep(0.05)
-        assert client.poll() is None, f"the batch ended before the kill:\n{client.communicate()[1][-2000:]}"
-        server.kill()  # mid-batch: no shutdown, in-flight requests die with it
+        env, release = _hold(tmp_path, 5)
+        client = _recommend(args, tmp_path, env=env)
+        _wait_for_records(out, 5, client)
+        server.kill()  # mid-batch: no shutdown; the client is held after 5 records, whatever this machine's speed
+        release.touch()
         stdout, stderr = client.communicate(timeout=180)
         first = _records(out)
 
@@ -207,9 +173,36 @@ def test_broken_repository_refuses_to_start_with_one_line(tmp_path):
 
 def test_server_down_at_start(tmp_path):
     port = free_port()  # nothing listens here
-    client = _recommend([SAMPLES / "grace_hopper.jpg", "--url", f"127.0.0.1:{port}", "--output", tmp_path / "out.jsonl", "--retries", "1"], tmp_path)
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"path": "from an older run"}\n')
+    client = _recommend([SAMPLES / "grace_hopper.jpg", "--url", f"127.0.0.1:{port}", "--output", out, "--wait-ready", "1"], tmp_path)
     stdout, stderr = client.communicate(timeout=120)
     assert client.returncode == 1, stderr
     line = _last_line(stderr)
-    assert line.startswith("error: ") and f"127.0.0.1:{port}" in line and "unavailable after 2 attempts" in line, line
+    assert line.startswith("error: ") and f"127.0.0.1:{port}" in line and "not ready" in line and "within 1 s" in line, line
     assert "Traceback" not in stderr
+    assert out.read_text() == "", "a failed run must not leave an older run's results looking current"
+
+
+def test_server_restarted_mid_run_loses_no_image(tmp_path, photos):
+    """The client waits for a restarting server (connection refused, then model not loaded yet): no error record, exit 0."""
+    server = ServerProcess(REPOSITORY, tmp_path / "server.log", env=_env(tmp_path)).start()
+    try:
+        server.wait_ready()
+        out = tmp_path / "results.jsonl"
+        env, release = _hold(tmp_path, 5)
+        # Retries are a hang guard here: enough back-off for a server restart on a slow machine.
+        client = _recommend([photos[0].parent, "--url", server.grpc_url, "--output", out, "--workers", "1", "--retries", "20"],
+                            tmp_path, env=env)
+        _wait_for_records(out, 5, client)
+        server.kill()
+        server.start()  # same ports; the client resumes while it is still loading the model
+        release.touch()
+        stdout, stderr = client.communicate(timeout=300)
+        assert client.returncode == 0, stderr[-2000:]
+    finally:
+        server.kill()
+    records = _records(out)
+    assert sorted(r["path"] for r in records) == sorted(str(p) for p in photos)
+    assert [r["error"] for r in records if r["error"]] == []
+    assert "retry 1/20" in stderr, "the client never saw the restart: the test did not test it"

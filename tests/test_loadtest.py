@@ -15,7 +15,7 @@ def _stats(out):
 def test_loadtest_grpc_and_http_users_meet_a_loose_slo(tmp_path, capsys):
     """The command starts its own server, runs both user kinds and writes the reports and a passing verdict."""
     out = tmp_path / "run"
-    code = main(["loadtest", "--duration", "4", "--users", "4", "--spawn-rate", "4", "--batch-size", "2",
+    code = main(["loadtest", "--requests", "40", "--duration", "600", "--users", "4", "--spawn-rate", "4", "--batch-size", "2",
                  "--output-dir", str(out), "--slo-p95-ms", "60000", "--slo-max-error-rate", "0"])
     assert code == 0, capsys.readouterr().err
     assert (out / "report.html").stat().st_size > 0
@@ -26,7 +26,7 @@ def test_loadtest_grpc_and_http_users_meet_a_loose_slo(tmp_path, capsys):
         assert int(row["Failure Count"]) == 0, f"{kind} requests failed"
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["passed"] is True
-    assert verdict["requests"] > 0 and verdict["failures"] == 0
+    assert verdict["requests"] >= 40 and verdict["failures"] == 0  # by count, not by the clock
     assert verdict["faces_per_s"] > 0
     assert "PASS" in capsys.readouterr().out
 
@@ -34,7 +34,7 @@ def test_loadtest_grpc_and_http_users_meet_a_loose_slo(tmp_path, capsys):
 def test_loadtest_missed_slo_exits_non_zero(tmp_path, grpc_url, http_url, capsys):
     """Against an already running server: an impossible p95 fails the run with one error line."""
     out = tmp_path / "run"
-    code = main(["loadtest", "--grpc-url", grpc_url, "--http-url", http_url, "--duration", "3", "--users", "2",
+    code = main(["loadtest", "--grpc-url", grpc_url, "--http-url", http_url, "--requests", "10", "--duration", "600", "--users", "2",
                  "--spawn-rate", "2", "--output-dir", str(out), "--slo-p95-ms", "0.001"])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -10,6 +10,7 @@ import sys
 import time
 
 from face2hbe.client.annotate import annotated_path
+from face2hbe.client.recommend import HOLD_ENV
 
 PHOTOS = 30
 
@@ -29,9 +30,11 @@ def test_resume_after_sigkill_gives_one_record_per_image(grpc_url, lfw_dir, tmp_
     command = [sys.executable, "-m", "face2hbe.cli", "recommend", str(folder), "--url", grpc_url, "--output", str(out),
                "--annotate", str(pictures), "--no-progress", "--workers", "1", "--in-flight", "1"]
 
-    # Its own session, so the kill reaches the detection workers too.
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
+    # Its own session, so the kill reaches the detection workers too. The client holds after its
+    # 3rd record (the test hook), so the kill lands mid-run on any machine; other images are in flight.
+    env = {**os.environ, HOLD_ENV: f"3:{tmp_path / 'never'}"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    deadline = time.monotonic() + 120  # hang guard
     try:
         while len(_records(out)) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)

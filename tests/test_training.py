@@ -195,7 +195,7 @@ def test_warm_start_from_the_served_onnx_reproduces_it(celeba_dir, tmp_path):
     from PIL import Image
 
     from face2hbe.errors import DataError
-    from face2hbe.export.onnx_export import onnx_build_info
+    from face2hbe.repository import onnx_build_info
     from face2hbe.training.model import build_model, mirror_averaged, preprocess
     from face2hbe.training.onnx_weights import _graph_weights, load_onnx_weights
 

@@ -9,9 +9,18 @@ import click
 
 from . import contract
 from .errors import Face2hbeError
+from .export.repository import BatchingSettings
+from .loadtest.runner import SLO, LoadTestSettings
 
 DEFAULT_REPOSITORY = "model_repository"
-DEFAULT_QUEUE_DELAY_US = 500  # measured on the embedded server, see docs/serving.md
+
+
+def _default(settings_class, name: str):
+    """A settings dataclass field's default: the CLI states no default of its own."""
+    import dataclasses
+
+    field = {f.name: f for f in dataclasses.fields(settings_class)}[name]
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -62,7 +71,8 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", default=0, type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
 def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, lr_schedule, keep_epoch_weights, attributes, limit, cache_dir, patience, augment, init_weights, mirror_average, seed):
     """Train the shared VGG16 + three-sigmoid model and report per-label ROC AUC."""
-    from .training.train import TrainConfig, parse_schedule, train as run_training
+    from .training.train import TrainConfig, parse_schedule
+    from .training.train import train as run_training
 
     config = TrainConfig(
         data=list(data), output=output, weights=weights, batchnorm=batchnorm,
@@ -88,7 +98,7 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
                    "int8: <repository>/face2hbe -> face2hbe_int8 (CPU, static INT8). tensorrt: -> face2hbe_trt (FP16 plan; needs a GPU).")
 @click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Triton model repository to write into.")
 @click.option("--max-batch-size", default=contract.MAX_BATCH_SIZE, type=click.IntRange(1), help="Triton max_batch_size.")
-@click.option("--queue-delay-us", default=DEFAULT_QUEUE_DELAY_US, type=click.IntRange(0), help="Dynamic batcher max_queue_delay_microseconds (chosen by measurement, docs/serving.md).")
+@click.option("--queue-delay-us", default=_default(BatchingSettings, "max_queue_delay_us"), type=click.IntRange(0), help="Dynamic batcher max_queue_delay_microseconds (chosen by measurement, docs/serving.md).")
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu",
               help="Instances of the fp32 model: gpu (KIND_GPU + TensorRT FP16 accelerator) or cpu (KIND_CPU). INT8 is always CPU.")
 @click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"),
@@ -97,10 +107,10 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
               help="int8: markdown file whose INT8 section receives the measured table (e.g. docs/serving.md).")
 def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, celeba, report):
     """Export to the Triton model repository: ONNX (preprocessing inside), its INT8 CPU variant, or a TensorRT plan."""
-    from .export.repository import BatchingSettings, rewrite_config
+    from .export.repository import rewrite_config
 
     batching = BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
-                                preferred_batch_sizes=[b for b in (8, 16, 32) if b <= max_batch_size] or [max_batch_size],
+                                preferred_batch_sizes=tuple(b for b in _default(BatchingSettings, "preferred_batch_sizes") if b <= max_batch_size) or (max_batch_size,),
                                 instance_kind="KIND_CPU" if device == "cpu" else "KIND_GPU")
     if fmt == "int8":
         import importlib.util
@@ -146,7 +156,8 @@ def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, cel
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
 def evaluate(data, output, url, protocol, split, seed, limit, cache_dir):
     """Per-label ROC AUC, PR AUC, accuracy and F1 of the served model on a labeled set (detect -> crop -> serve)."""
-    from .training.evaluate import EvalConfig, evaluate as run_evaluation
+    from .evaluate import EvalConfig
+    from .evaluate import evaluate as run_evaluation
 
     result = run_evaluation(EvalConfig(data=data, output=output, url=url, protocol=protocol, split=split, seed=seed, limit=limit, cache_dir=cache_dir))
     click.echo(f"{result['data']} ({result['split']}): {result['faces_found']} faces in {result['images']} images")
@@ -185,11 +196,13 @@ def settings_from_options(repository, host, http_port, grpc_port, metrics_port, 
 @cli.command()
 @server_options
 @click.option("--int8", is_flag=True, help="Serve the INT8 CPU model (<repository>/face2hbe_int8, from `export --format int8`) under the name face2hbe, so clients need no change.")
-def serve(int8, **options):
+@click.option("--no-batching", is_flag=True, help="Disable the dynamic batcher (benchmarks).")
+def serve(int8, no_batching, **options):
     """Run the embedded Triton server (nvidia-pytriton) on the model repository until Ctrl-C/SIGTERM."""
     from .serving.embedded import EmbeddedServer
 
-    server = EmbeddedServer(settings_from_options(**options, model_folder=f"{contract.MODEL_NAME}_int8" if int8 else None))
+    server = EmbeddedServer(settings_from_options(**options, model_folder=contract.INT8_MODEL_NAME if int8 else None,
+                                                  no_batching=no_batching))
     click.echo(f"labels {server.labels}, thresholds {server.thresholds}")
     server.serve_forever()
     click.echo("server stopped")
@@ -198,49 +211,72 @@ def serve(int8, **options):
 # --- recommend ---------------------------------------------------------------------
 
 
+def _recommend_options(f):
+    import inspect
+
+    from .client.inference import ClientSettings
+    from .client.recommend import Limits, Recommender
+    from .detection import DetectorSettings
+
+    D, L, C = (lambda n: _default(DetectorSettings, n)), (lambda n: _default(Limits, n)), (lambda n: _default(ClientSettings, n))
+    for option in reversed([
+        click.option("--url", default=None, help="Server address host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)."),
+        click.option("--protocol", type=click.Choice(["grpc", "http"]), default=C("protocol"), help="KServe v2 protocol to call the server with."),
+        click.option("--output", type=click.Path(path_type=Path), default=Path("results.jsonl"), help="JSONL file, one record per image, written as each image finishes."),
+        click.option("--resume", is_flag=True, help="Keep records already in --output and skip those images."),
+        click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog: YAML, or CSV when the name ends in .csv (columns sku,label,name,price,url,min_score,priority; see docs/client.md). Default: the bundled example."),
+        click.option("--detector", type=click.Choice(["hog", "cnn"]), default=D("model"), help="face_recognition model."),
+        click.option("--upsample", default=D("upsample"), type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step)."),
+        click.option("--retry-upsample", default=D("retry_upsample"), type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never)."),
+        click.option("--min-score", default=D("min_score"), type=float, help="Drop HOG detections scoring below this (weak hits on badges and patterns); ignored for cnn."),
+        click.option("--max-side", default=D("max_side"), type=click.IntRange(32), help="Detection runs on a copy no larger than this (boxes mapped back)."),
+        click.option("--min-face", default=D("min_face"), type=click.IntRange(1), help="Ignore faces smaller than this many pixels."),
+        click.option("--max-faces", default=L("max_faces"), type=click.IntRange(1), help="Score at most this many faces per image (largest first)."),
+        click.option("--max-pixels", default=L("max_pixels"), type=click.IntRange(1), help="Refuse images with more pixels (decompression-bomb guard)."),
+        click.option("--max-file-mb", default=L("max_file_bytes") / 1024 / 1024, type=click.FloatRange(0.001), help="Refuse files larger than this."),
+        click.option("--image-timeout", default=L("image_timeout_s"), type=click.FloatRange(0.1), help="Seconds to read and detect one image before it gets an error record."),
+        click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count - 1, at least 1)."),
+        click.option("--in-flight", default=C("max_in_flight"), type=click.IntRange(1), help="Most inference requests in flight at once."),
+        click.option("--timeout", default=C("timeout_s"), type=click.FloatRange(0.1), help="Per-request timeout in seconds."),
+        click.option("--retries", default=C("retries"), type=click.IntRange(0), help="Retries (jittered exponential back-off) when the server is busy, down or loading the model."),
+        click.option("--wait-ready", default=C("wait_ready_s"), type=click.FloatRange(0), help="Seconds to wait at start for the model to be ready (a server still starting)."),
+        click.option("--skus-per-face", default=inspect.signature(Recommender).parameters["skus_per_face"].default,
+                     type=click.IntRange(1), help="Products listed per face."),
+        click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s."),
+        click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+                     help="Also write a JPEG copy of each photo to DIR (same names) with face boxes, labels, scores and products."),
+    ]):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--url", default=None, help="Server address host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP).")
-@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", help="KServe v2 protocol to call the server with.")
-@click.option("--output", type=click.Path(path_type=Path), default=Path("results.jsonl"), help="JSONL file, one record per image, written as each image finishes.")
-@click.option("--resume", is_flag=True, help="Keep records already in --output and skip those images.")
-@click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog: YAML, or CSV when the name ends in .csv (columns sku,label,name,price,url,min_score,priority; see docs/client.md). Default: the bundled example.")
-@click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", help="face_recognition model.")
-@click.option("--upsample", default=0, type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step).")
-@click.option("--retry-upsample", default=1, type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never).")
-@click.option("--min-score", default=0.2, type=float, help="Drop HOG detections scoring below this (weak hits on badges and patterns); ignored for cnn.")
-@click.option("--max-side", default=800, type=click.IntRange(32), help="Detection runs on a copy no larger than this (boxes mapped back).")
-@click.option("--min-face", default=20, type=click.IntRange(1), help="Ignore faces smaller than this many pixels.")
-@click.option("--max-faces", default=20, type=click.IntRange(1), help="Score at most this many faces per image (largest first).")
-@click.option("--max-pixels", default=50_000_000, type=click.IntRange(1), help="Refuse images with more pixels (decompression-bomb guard).")
-@click.option("--max-file-mb", default=50.0, type=click.FloatRange(0.001), help="Refuse files larger than this.")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count - 1, at least 1).")
-@click.option("--in-flight", default=8, type=click.IntRange(1), help="Most inference requests in flight at once.")
-@click.option("--timeout", default=30.0, type=click.FloatRange(0.1), help="Per-request timeout in seconds.")
-@click.option("--retries", default=4, type=click.IntRange(0), help="Retries (exponential back-off) when the server is busy or down.")
-@click.option("--skus-per-face", default=3, type=click.IntRange(1), help="Products listed per face.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s.")
-@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-              help="Also write a JPEG copy of each photo to DIR (same names) with face boxes, labels, scores and products.")
-def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, workers, in_flight, timeout, retries, skus_per_face, progress, annotate):
+@_recommend_options
+def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face,
+              max_faces, max_pixels, max_file_mb, image_timeout, workers, in_flight, timeout, retries, wait_ready, skus_per_face,
+              progress, annotate):
     """Recommend products for the faces in PATHS (image files; a folder is one profile)."""
-    from .client.detect import DetectorSettings
     from .client.inference import ClientSettings
     from .client.recommend import Limits, Recommender
     from .client.report import print_report
+    from .detection import DetectorSettings
 
     rec = Recommender(
         catalog=catalog,
         detector=DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, min_score=min_score, max_side=max_side, min_face=min_face),
-        limits=Limits(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces),
+        limits=Limits(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces, image_timeout_s=image_timeout),
         skus_per_face=skus_per_face,
         workers=workers,
-        client=ClientSettings(url=url, protocol=protocol, timeout_s=timeout, retries=retries, max_in_flight=in_flight),
+        client=ClientSettings(url=url, protocol=protocol, timeout_s=timeout, retries=retries, max_in_flight=in_flight, wait_ready_s=wait_ready),
     )
     summary = rec.run(paths, output, resume=resume, progress=progress, on_result=None, annotate=annotate)
     print_report(output, summary, rec.catalog)
     if summary.outage:
         raise Face2hbeError(f"{summary.outage}; {summary.not_processed} image(s) not processed: rerun with --resume")
+    if summary.inference_errors:
+        raise Face2hbeError(f"{summary.inference_errors} image(s) got an inference error from the server (see {output}): "
+                            "rerun with --resume to retry them")
 
 
 # --- loadtest / bench --------------------------------------------------------------
@@ -250,23 +286,24 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
 @click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository for the embedded server started when no URL is given.")
 @click.option("--grpc-url", default=None, help="Existing server's gRPC host:port (loopback only). Default: start the embedded server on free ports.")
 @click.option("--http-url", default=None, help="Existing server's HTTP host:port (loopback only). Default: start the embedded server on free ports.")
-@click.option("--users", default=8, type=click.IntRange(1, 64), help="Concurrent Locust users (at most 64).")
-@click.option("--spawn-rate", default=4.0, type=click.FloatRange(0.1), help="Users started per second.")
-@click.option("--duration", default=30, type=click.IntRange(1, 600), help="Run time in seconds (at most 600).")
-@click.option("--batch-size", default=1, type=click.IntRange(1, contract.MAX_BATCH_SIZE), help="Faces per inference request.")
-@click.option("--grpc-weight", default=1, type=click.IntRange(0), help="Relative share of gRPC users (0 = none).")
-@click.option("--http-weight", default=1, type=click.IntRange(0), help="Relative share of HTTP users (0 = none).")
-@click.option("--think-time", default=0.0, type=click.FloatRange(0), help="Mean seconds each user waits between requests (0 = closed loop, back to back).")
+@click.option("--users", default=_default(LoadTestSettings, "users"), type=click.IntRange(1, 64), help="Concurrent Locust users (at most 64).")
+@click.option("--spawn-rate", default=_default(LoadTestSettings, "spawn_rate"), type=click.FloatRange(0.1), help="Users started per second.")
+@click.option("--duration", default=_default(LoadTestSettings, "duration_s"), type=click.IntRange(1, 600), help="Run time in seconds (at most 600); with --requests, a cap.")
+@click.option("--requests", "max_requests", default=_default(LoadTestSettings, "max_requests"), type=click.IntRange(0), help="Stop after this many requests (load by count, the same on any machine); 0 = run for --duration.")
+@click.option("--batch-size", default=_default(LoadTestSettings, "batch_size"), type=click.IntRange(1, contract.MAX_BATCH_SIZE), help="Faces per inference request.")
+@click.option("--grpc-weight", default=_default(LoadTestSettings, "grpc_weight"), type=click.IntRange(0), help="Relative share of gRPC users (0 = none).")
+@click.option("--http-weight", default=_default(LoadTestSettings, "http_weight"), type=click.IntRange(0), help="Relative share of HTTP users (0 = none).")
+@click.option("--think-time", default=_default(LoadTestSettings, "think_time_s"), type=click.FloatRange(0), help="Mean seconds each user waits between requests (0 = closed loop, back to back).")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("out/loadtest"), help="Folder for Locust's CSVs, report.html, locust.log and verdict.json.")
-@click.option("--slo-p95-ms", default=2000.0, type=click.FloatRange(0), help="SLO: 95th-percentile request latency at most this many ms.")
-@click.option("--slo-max-error-rate", default=0.01, type=click.FloatRange(0, 1), help="SLO: at most this fraction of requests may fail.")
-@click.option("--slo-min-rps", default=0.0, type=click.FloatRange(0), help="SLO: at least this many requests per second (0 = no floor).")
-def loadtest(repository, grpc_url, http_url, users, spawn_rate, duration, batch_size, grpc_weight, http_weight, think_time, output_dir, slo_p95_ms, slo_max_error_rate, slo_min_rps):
+@click.option("--slo-p95-ms", default=_default(SLO, "p95_ms"), type=click.FloatRange(0), help="SLO: 95th-percentile request latency at most this many ms.")
+@click.option("--slo-max-error-rate", default=_default(SLO, "max_error_rate"), type=click.FloatRange(0, 1), help="SLO: at most this fraction of requests may fail.")
+@click.option("--slo-min-rps", default=_default(SLO, "min_rps"), type=click.FloatRange(0), help="SLO: at least this many requests per second (0 = no floor).")
+def loadtest(repository, grpc_url, http_url, users, spawn_rate, duration, max_requests, batch_size, grpc_weight, http_weight, think_time, output_dir, slo_p95_ms, slo_max_error_rate, slo_min_rps):
     """Load-test the server with Locust (real face crops, gRPC + HTTP users) and judge the SLO; exit 1 when missed."""
     from .loadtest.runner import SLO, LoadTestSettings, SLOMissedError, print_verdict, run_loadtest
 
     verdict = run_loadtest(LoadTestSettings(
-        output_dir=output_dir, users=users, spawn_rate=spawn_rate, duration_s=duration, batch_size=batch_size,
+        output_dir=output_dir, users=users, spawn_rate=spawn_rate, duration_s=duration, max_requests=max_requests, batch_size=batch_size,
         grpc_weight=grpc_weight, http_weight=http_weight, think_time_s=think_time, repository=repository,
         grpc_url=grpc_url, http_url=http_url, slo=SLO(p95_ms=slo_p95_ms, max_error_rate=slo_max_error_rate, min_rps=slo_min_rps),
     ))

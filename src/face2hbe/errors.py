@@ -26,6 +26,10 @@ class InferenceError(Face2hbeError):
     """The server answered a request with an error."""
 
 
+class OutputError(Face2hbeError):
+    """A results file or folder cannot be written (missing folder, a directory, disk full, ...)."""
+
+
 class CatalogError(Face2hbeError):
     """The SKU catalog file is missing or malformed."""
 

@@ -5,10 +5,10 @@ the same framing in both places.
 """
 from __future__ import annotations
 
+import io
 import os
-import warnings
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -16,8 +16,11 @@ from PIL import Image, ImageFile, ImageOps
 from .contract import INPUT_SIZE
 from .errors import BadImageError
 
-DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; also set as Pillow's bomb-guard limit
+DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+
+# File name suffixes taken as photos when a folder is searched (case-insensitive).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif"})
 
 # Crop framing around a face_recognition box (which runs from brows to chin):
 # a square `CROP_SCALE` times the box side, lifted by `CROP_LIFT` box heights so
@@ -47,6 +50,56 @@ class Box:
         return [self.top, self.right, self.bottom, self.left]
 
 
+def _register_heif() -> bool:
+    """Let Pillow open HEIC/HEIF (pillow-heif), once per process; False when pillow-heif is missing."""
+    global _HEIF
+    if _HEIF is None:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            _HEIF = False
+        else:
+            register_heif_opener()
+            _HEIF = True
+    return _HEIF
+
+
+_HEIF: bool | None = None
+
+
+def read_image_file(path: str | os.PathLike, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of an image file, or BadImageError.
+
+    The file is opened non-blocking and the open descriptor checked to be a regular file,
+    so a FIFO or device swapped in under an image's name can neither block nor stream forever.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise BadImageError(path, "is a directory") from None
+    except PermissionError as exc:
+        raise BadImageError(path, f"permission denied ({exc.strerror or exc})") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise BadImageError(path, "is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImageError(path, "not a regular file")
+        if info.st_size == 0:
+            raise BadImageError(path, "empty file (0 bytes)")
+        if info.st_size > max_file_bytes:
+            raise BadImageError(path, f"file is {info.st_size} bytes, above the {max_file_bytes}-byte limit")
+        try:
+            data = f.read(info.st_size + 1)  # not max_file_bytes: read() allocates what it is asked for
+        except OSError as exc:
+            raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if len(data) > info.st_size:  # it grew after fstat: what we have is not the whole file
+        raise BadImageError(path, "file grew while being read")
+    return data
+
+
 def load_rgb(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -55,50 +108,39 @@ def load_rgb(
     """Read an image file as an upright 8-bit RGB array, or raise BadImageError.
 
     Handles EXIF orientation, CMYK, palette, RGBA (composited on white),
-    grayscale and 16-bit images; animated images use their first frame.
+    grayscale and 16-bit images, HEIC/HEIF; animated images use their first frame.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise BadImageError(path, "is a directory")
-    if not path.is_file():  # a FIFO or device named *.jpg would block or never end on read
-        raise BadImageError(path, "not a regular file")
-    if size == 0:
-        raise BadImageError(path, "empty file (0 bytes)")
-    if size > max_file_bytes:
-        raise BadImageError(path, f"file is {size} bytes, above the {max_file_bytes}-byte limit")
+    return decode_rgb(read_image_file(path, max_file_bytes), path, max_pixels)
+
+
+def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes as an upright 8-bit RGB array, or raise BadImageError naming `name`.
+
+    The pixel count is checked from the header, before any pixel is decoded. Pillow's own
+    process-wide bomb guard (Image.MAX_IMAGE_PIXELS) is left as the application set it.
+    """
+    _register_heif()
     # face_recognition sets this global to True on import; a truncated file must fail here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    # Pillow's bomb guard (process-wide) follows our limit while we open, so a larger
-    # --max-pixels is honoured and a smaller one refuses before any decoding.
-    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                pixels = im.width * im.height
-                if pixels > max_pixels:
-                    raise BadImageError(
-                        path, f"image is {im.width}x{im.height} pixels, above the {max_pixels}-pixel limit"
-                    )
-                im.seek(0)
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb_array(im)
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                raise BadImageError(name, f"image is {im.width}x{im.height} pixels, above the {max_pixels}-pixel limit")
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb_array(im)
     except BadImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(path, f"image is above the {max_pixels}-pixel limit (decompression bomb guard: {exc})") from None
+    except Image.DecompressionBombError:  # raised by Image.open above 2x Image.MAX_IMAGE_PIXELS, before our own check
+        pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if max_pixels < pillow_limit:
+            raise BadImageError(name, f"image is above the {max_pixels}-pixel limit") from None
+        raise BadImageError(name, f"image is above Pillow's decompression-bomb limit of {pillow_limit} pixels "
+                                  "(PIL.Image.MAX_IMAGE_PIXELS)") from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(path, "not a recognised image format") from None
-    except PermissionError as exc:  # before OSError, its base class
-        raise BadImageError(path, f"permission denied ({exc.strerror or exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(path, f"corrupt or truncated image ({exc})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pillow_limit
+        raise BadImageError(name, "not a recognised image format" + ("" if _register_heif() else " (HEIC needs pillow-heif)")) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(name, f"corrupt or truncated image ({' '.join(str(exc).split())[:200]})") from None
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:

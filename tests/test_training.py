@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -79,6 +80,80 @@ def test_constant_rate_run_keeps_every_epoch_for_averaging(celeba_dir, tmp_path)
     assert all(np.array_equal(second[key], last[key]) for key in second)
 
 
+def _tiny_config(celeba_dir, tmp_path, **overrides):
+    from face2hbe.training.train import TrainConfig
+
+    settings = dict(data=[f"celeba:{celeba_dir}"], output=tmp_path / "run", weights="none", schedule=[(32, 2)],
+                    batch_size=8, limit=24, cache_dir=tmp_path / "cache", progress=False, learning_rate=3e-4)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_optimizer_state_carries_across_epochs_and_stages(celeba_dir, tmp_path):
+    """One optimizer per run from scratch: its step count keeps rising through epochs and sizes."""
+    from face2hbe.training.train import train
+
+    summary = train(_tiny_config(celeba_dir, tmp_path, schedule=[(32, 2), (40, 1)]))
+    history = summary["history"]
+    steps = history[0]["iterations"]
+    assert steps > 0 and [h["iterations"] for h in history] == [steps, 2 * steps, 3 * steps]  # not reset per epoch
+    assert [h["size"] for h in history] == [32, 32, 40] and [h["epoch"] for h in history] == [1, 2, 3]
+    # The cosine runs over the planned steps: epoch 2 starts at 0.5 * (1 + cos(pi / 3)) of the rate, epoch 3 at a quarter.
+    assert [h["lr"] for h in history] == pytest.approx([3e-4, 2.25e-4, 0.75e-4], rel=1e-4)
+    assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 4  # CSVLogger: header + 3 epochs
+    assert not (tmp_path / "run" / "backup").exists()  # BackupAndRestore's files go when the run is done
+
+
+def test_interrupted_run_resumes_from_its_backup(celeba_dir, tmp_path):
+    """A run stopped after epoch 1 and run again continues at epoch 2 with its optimizer state."""
+    import keras
+
+    from face2hbe.training.train import train
+
+    class Interrupt(keras.callbacks.Callback):  # as a kill would: after epoch 1's files are written
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("interrupted")
+
+    config = _tiny_config(celeba_dir, tmp_path)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train(config, callbacks=[Interrupt()])
+    out = tmp_path / "run"
+    first = json.loads((out / "state.json").read_text())["history"]
+    assert [h["epoch"] for h in first] == [1] and (out / "backup").is_dir() and not (out / "training.json").exists()
+
+    summary = train(config)  # the same command again
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first[0]  # epoch 1 was not trained again
+    steps = history[0]["iterations"]
+    assert history[1]["iterations"] == 2 * steps  # optimizer restored from the backup, not a fresh one
+    assert history[1]["lr"] == pytest.approx(1.5e-4, rel=1e-4)  # the cosine goes on from step `steps`
+    assert not (out / "backup").exists()
+
+
+def test_training_json_holds_no_absolute_path(celeba_dir, tmp_path, monkeypatch):
+    from face2hbe.training.train import portable_path, portable_spec, train
+
+    monkeypatch.chdir(celeba_dir.parent.parent)  # data under the working directory, as ../shared/data is not
+    summary = train(_tiny_config(celeba_dir, tmp_path, schedule=[(32, 1)]))
+    written = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+
+    def strings(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    assert not [s for s in strings(written) if s.startswith("/")]
+    assert written["config"]["data"] == [f"celeba:{celeba_dir.parent.name}/celeba"]
+    assert portable_spec("celeba:../shared/data/celeba") == "celeba:../shared/data/celeba"  # as given
+    assert portable_path(tmp_path) == os.path.relpath(tmp_path)
+
+
 def _h5_arrays(path) -> dict:
     import h5py
 
@@ -128,20 +203,38 @@ def test_missing_weights_file_is_a_typed_error():
 def test_pretrained_recipe_freezes_then_fine_tunes_block5():
     import keras
 
-    from face2hbe.training.model import build_model, set_backbone_trainable
-    from face2hbe.training.train import TrainConfig, _compile_for_epoch, make_loss
+    from face2hbe.training.model import build_model
+    from face2hbe.training.train import Stage, TrainConfig, compile_phase, make_loss, plan_stages
 
     model = build_model(3, weights=None, batchnorm=False)
-    config = TrainConfig(data=[], output="unused", weights="imagenet", head_epochs=1)
+    config = TrainConfig(data=[], output="unused", weights="imagenet", head_epochs=1, schedule=[(64, 2), (96, 1)])
+    # One fit() per stage: the optimizer phase and the working size cut the epochs.
+    assert plan_stages(config) == [Stage("head", 64, 0, 1), Stage("fine-tune", 64, 1, 2), Stage("fine-tune", 96, 2, 3)]
     loss = make_loss(np.ones(3, np.float32))
-    opt = _compile_for_epoch(model, config, 0, 3, loss, set_backbone_trainable)
+    opt = compile_phase(model, config, "head", loss, steps=10)
     assert isinstance(opt, keras.optimizers.Adam)
     assert not any(layer.trainable for layer in model.layers[1].layers if layer.weights)
-    opt = _compile_for_epoch(model, config, 1, 3, loss, set_backbone_trainable)
+    opt = compile_phase(model, config, "fine-tune", loss, steps=20)
     assert isinstance(opt, keras.optimizers.SGD)
     assert float(opt.learning_rate) == pytest.approx(5e-5) and float(opt.momentum) == pytest.approx(0.9)
     trainable = {layer.name for layer in model.layers[1].layers if layer.weights and layer.trainable}
     assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
+
+
+def test_scratch_recipe_is_one_optimizer_with_a_cosine_over_the_planned_steps():
+    import keras
+
+    from face2hbe.training.model import build_model
+    from face2hbe.training.train import Stage, TrainConfig, compile_phase, make_loss, plan_stages
+
+    config = TrainConfig(data=[], output="unused", weights="none", schedule=[(64, 3), (96, 2)], learning_rate=1e-3)
+    assert plan_stages(config) == [Stage("scratch", 64, 0, 3), Stage("scratch", 96, 3, 5)]
+    model = build_model(3, weights=None, batchnorm=True)
+    opt = compile_phase(model, config, "scratch", make_loss(np.ones(3, np.float32)), steps=100)
+    assert isinstance(opt, keras.optimizers.AdamW)
+    assert isinstance(opt._learning_rate, keras.optimizers.schedules.CosineDecay)
+    assert float(opt._learning_rate(0)) == pytest.approx(1e-3) and float(opt._learning_rate(50)) == pytest.approx(5e-4)
+    assert float(opt._learning_rate(100)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_warm_start_loads_an_earlier_run_and_refuses_other_targets(tmp_path):

@@ -17,7 +17,7 @@ from face2hbe.contract import LABELS
 
 from . import metrics
 from .data import build_crops, split_by_group
-from .train import load_sets
+from .train import load_sets, portable_spec
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -55,7 +55,7 @@ def evaluate(config: EvalConfig) -> dict:
     scores, info = asyncio.run(_score_all(crops, config.url, config.protocol))
     thresholds = {label: info.thresholds[label] for label in LABELS}
     result = {
-        "data": config.data,
+        "data": portable_spec(config.data),  # as given, never an absolute machine path
         "split": config.split,
         "images": len(dataset),
         "faces_found": int(len(kept)),

@@ -325,3 +325,96 @@ def test_warm_start_from_the_served_onnx_reproduces_it(celeba_dir, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(DataError, match="not a readable ONNX model"):
         load_onnx_weights(model, tmp_path / "bad.onnx", np.zeros((1, 32, 32, 3), np.float32))
+
+
+SERVED_RECIPE = "training/recipes/served.yaml"
+
+
+def test_served_recipe_is_a_valid_chain_of_stages():
+    from conftest import ROOT
+
+    from face2hbe.training.recipe import load_recipe, stage_config
+
+    stages = load_recipe(ROOT / SERVED_RECIPE)
+    assert [s.name for s in stages] == ["celeba64", "mixed64", "stage3", "stage4", "stage5"]
+    assert [s.init for s in stages] == [None, "celeba64", "mixed64", "stage3", "stage4"]
+    configs = [stage_config(s, ROOT.parent / "runs") for s in stages]
+    assert [c.schedule for c in configs] == [[(64, 7)], [(64, 4)], [(64, 2)], [(64, 3)], [(96, 4)]]
+    assert [c.learning_rate for c in configs] == [None, 3e-4, 2e-5, 1e-5, 4e-5]
+    assert [c.lr_schedule for c in configs] == ["cosine", "cosine", "cosine", "constant", "cosine"]
+    assert [c.average for c in configs] == [None, None, ["init", "epoch-01", "epoch-02"], ["epoch-01", "epoch-02", "epoch-03"], ["epoch-03", "epoch-04"]]
+    assert configs[0].data == ["celeba:../shared/data/celeba"]
+    assert all(c.data == ["celeba:../shared/data/celeba", "lfw:../shared/data/lfw"] for c in configs[1:])
+    assert all(c.from_scratch and c.attributes and c.batch_size == 32 for c in configs)
+    assert configs[-1].mirror_average and configs[-1].init_weights == ROOT.parent / "runs" / "stage4" / "model.keras"
+    assert not any("git show" in line for line in (ROOT / SERVED_RECIPE).read_text().splitlines())
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"name": "b", "init": "c", "schedule": "64:1"}, "not an earlier stage"),
+    ({"name": "b", "schedule": "64:2", "average": ["epoch-02"]}, "keep_epoch_weights"),
+    ({"name": "b", "schedule": "64:2,96:1", "keep_epoch_weights": True, "average": ["epoch-02", "epoch-03"]}, "trained at 64 px"),
+    ({"name": "b", "schedule": "64:2", "keep_epoch_weights": True, "average": ["epoch-05"]}, "not one of its 2 epochs"),
+    ({"name": "b", "schedule": "64:2", "learning_rte": 1e-3}, "unknown settings"),
+    ({"name": "b", "schedule": "64:1", "data": ["imagenet:/x"]}, "KIND:PATH"),
+    ({"name": "b", "schedule": "16:1"}, "sizes >= 32"),
+    ({"name": "a", "schedule": "64:1"}, "unique"),
+])
+def test_recipe_mistakes_are_typed_errors(tmp_path, stage, message):
+    import yaml
+
+    from face2hbe.training.recipe import RecipeError, load_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"defaults": {"data": ["celeba:x"], "weights": "none"}, "stages": [{"name": "a", "schedule": "64:1"}, stage]}))
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+def test_served_recipe_first_stage_runs_in_small(celeba_dir, tmp_path, monkeypatch):
+    """`face2hbe train --recipe`: the served recipe's first stage, with command-line overrides making it tiny."""
+    from conftest import ROOT
+
+    from face2hbe.cli import main
+
+    monkeypatch.chdir(ROOT)  # the recipe's data paths are relative to the repository root
+    data = [] if celeba_dir.resolve() == (ROOT.parent / "shared" / "data" / "celeba").resolve() else ["--data", f"celeba:{celeba_dir}"]
+    assert main(["train", "--recipe", SERVED_RECIPE, "--stage", "celeba64", "--output-root", str(tmp_path / "runs"), *data,
+                 "--limit", "24", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache")]) == 0
+    summary = json.loads((tmp_path / "runs" / "celeba64" / "training.json").read_text())
+    assert summary["config"]["attributes"] is True and summary["config"]["patience"] == 3  # from the recipe
+    assert summary["config"]["limit"] == 24 and summary["working_size"] == 32 and len(summary["history"]) == 1  # overrides
+    assert len(summary["target_names"]) == 3 + 40
+    assert not (tmp_path / "runs" / "mixed64").exists()  # --stage: that one only
+
+
+def test_recipe_chains_stages_and_averages_checkpoints(celeba_dir, tmp_path):
+    """Stage b starts from stage a's model; its model is the mean of its start and its epoch."""
+    import yaml
+
+    from face2hbe.training.recipe import run_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "defaults": {"data": [f"celeba:{celeba_dir}"], "weights": "none", "limit": 24, "batch_size": 8, "cache_dir": str(tmp_path / "cache")},
+        "stages": [{"name": "a", "schedule": "32:1"},
+                   {"name": "b", "init": "a", "schedule": "32:1", "learning_rate": 1e-4, "lr_schedule": "constant",
+                    "keep_epoch_weights": True, "average": ["init", "epoch-01"]}],
+    }))
+    runs = tmp_path / "runs"
+    summaries = run_recipe(recipe, runs, progress=False)
+    assert list(summaries) == ["a", "b"]
+    b = summaries["b"]
+    assert b["config"]["init_weights"].endswith("runs/a/model.keras") and b["final_weights"] == "mean of init, epoch-01"
+    members = [_h5_arrays(runs / "b" / "epoch-01.weights.h5")]
+    average = _h5_arrays(runs / "b" / "average.weights.h5")
+    kernel = next(k for k in average if k.endswith("vars/0") and "conv" in k and k in members[0])
+    import keras
+
+    start = keras.models.load_model(runs / "a" / "model.keras", compile=False)
+    start_kernel = start.layers[1].get_layer("block1_conv1").get_weights()[0]
+    assert start_kernel.shape == average[kernel].shape
+    assert not np.allclose(start_kernel, members[0][kernel])  # the epoch moved it
+    np.testing.assert_allclose(average[kernel], (start_kernel + members[0][kernel]) / 2, rtol=1e-5, atol=1e-7)
+    served = keras.models.load_model(runs / "b" / "model.keras", compile=False)  # what export reads: the average
+    np.testing.assert_allclose(served.layers[1].get_layer("block1_conv1").get_weights()[0], average[kernel], atol=1e-7)

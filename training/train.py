@@ -57,6 +57,7 @@ class TrainConfig:
     mirror_average: bool = False  # final scores (thresholds, metrics, export) average each face and its mirror
     lr_schedule: str = "cosine"  # from scratch: "cosine" over the planned epochs or "constant" (for weight averaging)
     keep_epoch_weights: bool = False  # also keep epoch-NN.weights.h5 after every epoch (inputs for checkpoint averaging)
+    average: list[str] | None = None  # final weights: the mean of these checkpoints ("epoch-NN", "last", "init"), BN re-measured
 
     @property
     def from_scratch(self) -> bool:
@@ -344,8 +345,47 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
     model.load_weights(best_ckpt)
     best_record = _best_record(state["history"])
     state["best_epoch"] = best_record["epoch"]
-    summary = evaluate_and_save(model, names, best_record["size"], val_split, test_split, out, config, state)
+    size = best_record["size"]
+    if config.average:
+        size = average_run(model, config, names, train_split.crops, state["history"])
+        model.save_weights(out / "average.weights.h5")
+    summary = evaluate_and_save(model, names, size, val_split, test_split, out, config, state)
     return summary
+
+
+def average_run(model, config: TrainConfig, names: list[str], train_crops: np.ndarray, history: list[dict],
+                calibration_images: int = 1024) -> int:
+    """Set `model` to the mean of the run's checkpoints named in `config.average` (training/averaging.py).
+
+    "epoch-NN" and "last" are the run's *.weights.h5, "init" its --init-weights. Batch-norm
+    statistics are measured again on training crops at the members' working size, which is returned.
+    """
+    from .averaging import average_weights, recalibrate_batchnorm
+    from .model import to_vgg_input
+
+    out = Path(config.output)
+    sizes_by_epoch = {f"epoch-{h['epoch']:02d}": h["size"] for h in history}
+    sizes = {sizes_by_epoch[name] for name in config.average if name in sizes_by_epoch} or {history[-1]["size"]}
+    if len(sizes) > 1:
+        raise DataError(f"checkpoints {config.average} were trained at different sizes {sorted(sizes)}: average one size")
+    (size,) = sizes
+    weight_sets = []
+    for name in config.average:
+        path = Path(config.init_weights) if name == "init" and config.init_weights else out / f"{name}.weights.h5"
+        if name == "init" and not config.init_weights:
+            raise DataError("'init' in the checkpoints to average, but the run has no --init-weights")
+        if not path.is_file():
+            raise DataError(f"{path}: checkpoint to average not found (epoch-NN needs --keep-epoch-weights)")
+        if path.suffix == ".onnx":
+            _warm_start_from_onnx(model, path, train_crops, size, config.seed)
+        else:
+            load_init_weights(model, path, names)
+        weight_sets.append([np.array(w) for w in model.get_weights()])
+    model.set_weights(average_weights(weight_sets))
+    pick = np.sort(np.random.default_rng(1).permutation(len(train_crops))[:calibration_images])
+    recalibrate_batchnorm(model, np.asarray(to_vgg_input(_resized(train_crops[pick], size))))
+    log.info("final weights: the mean of %s, batch-norm re-measured at %d px", ", ".join(config.average), size)
+    return size
 
 
 @dataclass
@@ -478,6 +518,7 @@ def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, o
                    "weights": config.weights if config.weights.lower() in ("imagenet", "none") else portable_path(config.weights)},
         "history": state["history"],
         "best_epoch": state.get("best_epoch"),
+        "final_weights": f"mean of {', '.join(config.average)}" if config.average else f"epoch {state.get('best_epoch')}",
     }
     model.save(out / "model.keras")
     if len(test_split.crops):

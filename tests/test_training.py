@@ -418,3 +418,44 @@ def test_recipe_chains_stages_and_averages_checkpoints(celeba_dir, tmp_path):
     np.testing.assert_allclose(average[kernel], (start_kernel + members[0][kernel]) / 2, rtol=1e-5, atol=1e-7)
     served = keras.models.load_model(runs / "b" / "model.keras", compile=False)  # what export reads: the average
     np.testing.assert_allclose(served.layers[1].get_layer("block1_conv1").get_weights()[0], average[kernel], atol=1e-7)
+
+
+def test_curves_plot_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    from PIL import Image
+
+    from face2hbe.training.metrics import plot_curves
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # an application's own choice, which library code must not switch
+    try:
+        rng = np.random.default_rng(0)
+        targets = rng.integers(0, 2, (40, 3)).astype(np.float32)
+        path = plot_curves(targets, rng.random((40, 3)), contract.LABELS, tmp_path / "curves.png", "(test)")
+        assert matplotlib.get_backend() == "svg"
+        assert Image.open(path).size == (1100, 500)
+    finally:
+        matplotlib.use(before)
+
+
+def test_average_tool_takes_the_size_from_the_run(tmp_path):
+    import importlib.util
+
+    import click
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("average_checkpoints", ROOT / "tools" / "average_checkpoints.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text(json.dumps({"history": [{"epoch": 1, "size": 64}, {"epoch": 2, "size": 96}, {"epoch": 3, "size": 96}]}))
+    epochs = [run / f"epoch-0{i}.weights.h5" for i in (1, 2, 3)]
+    assert tool.checkpoint_size(epochs[1:]) == 96
+    with pytest.raises(click.UsageError, match="different sizes"):
+        tool.checkpoint_size(epochs)
+    (run / "training.json").write_text(json.dumps({"working_size": 96, "history": []}))
+    assert tool.checkpoint_size([run / "best.weights.h5"]) == 96
+    with pytest.raises(click.UsageError, match="pass --size"):
+        tool.checkpoint_size([tmp_path / "elsewhere.weights.h5"])

@@ -130,6 +130,28 @@ def test_interrupted_run_resumes_from_its_backup(celeba_dir, tmp_path):
     assert not (out / "backup").exists()
 
 
+def test_best_checkpoint_and_early_stopping_follow_validation_auc(celeba_dir, tmp_path):
+    """ModelCheckpoint keeps the first epoch of highest val_mean_auc; EarlyStopping (patience 1, carried
+    across the two stages) stops at the first epoch without gain; a stopped run is not trained on."""
+    from face2hbe.training.train import train
+
+    # 80 faces: the 5 validation faces hold a beard, so validation ROC AUC exists.
+    config = _tiny_config(celeba_dir, tmp_path, limit=80, schedule=[(32, 2), (40, 2)], patience=1, learning_rate=1e-3,
+                          keep_epoch_weights=True)
+    history = train(config)["history"]
+    aucs = [h["val_mean_auc"] for h in history]
+    assert all(a == a for a in aucs)  # defined every epoch
+    stale = [i for i in range(1, len(aucs)) if not aucs[i] > max(aucs[:i])]
+    assert len(history) == (stale[0] + 1 if stale else 4)
+    summary = json.loads((tmp_path / "run" / "training.json").read_text())
+    best = aucs.index(max(aucs)) + 1
+    assert summary["best_epoch"] == best and summary["working_size"] == history[best - 1]["size"]
+    kept, epoch = _h5_arrays(tmp_path / "run" / "best.weights.h5"), _h5_arrays(tmp_path / "run" / f"epoch-{best:02d}.weights.h5")
+    assert all(np.array_equal(kept[k], epoch[k]) for k in epoch if "optimizer" not in k)
+    if stale:  # rerun: the stop is remembered, nothing more is trained
+        assert train(config)["history"] == history
+
+
 def test_training_json_holds_no_absolute_path(celeba_dir, tmp_path, monkeypatch):
     from face2hbe.training.train import portable_path, portable_spec, train
 
@@ -459,3 +481,13 @@ def test_average_tool_takes_the_size_from_the_run(tmp_path):
     assert tool.checkpoint_size([run / "best.weights.h5"]) == 96
     with pytest.raises(click.UsageError, match="pass --size"):
         tool.checkpoint_size([tmp_path / "elsewhere.weights.h5"])
+
+
+def test_finished_run_rerun_with_more_epochs_trains_on(celeba_dir, tmp_path):
+    """No backup left (the run had finished): more epochs continue from last.weights.h5 and the step count."""
+    from face2hbe.training.train import train
+
+    first = train(_tiny_config(celeba_dir, tmp_path, schedule=[(32, 1)], lr_schedule="constant"))["history"]
+    history = train(_tiny_config(celeba_dir, tmp_path, schedule=[(32, 2)], lr_schedule="constant"))["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and json.dumps(history[0]) == json.dumps(first[0])  # not trained again
+    assert history[1]["iterations"] == 2 * history[0]["iterations"]

@@ -302,8 +302,14 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
             continue
         if stage.phase != compiled:
             phase_epochs = sum(s.end - s.start for s in stages if s.phase == stage.phase)
-            compile_phase(model, config, stage.phase, loss, steps_per_epoch * phase_epochs)
+            optimizer = compile_phase(model, config, stage.phase, loss, steps_per_epoch * phase_epochs)
             compiled = stage.phase
+            done = state["epochs_done"] - min(s.start for s in stages if s.phase == stage.phase)
+            if done > 0 and not (out / "backup" / stage.phase).is_dir():
+                # e.g. a finished run rerun with more epochs: its backup is gone. The rate schedule
+                # goes on from the step count; the optimizer's moments start again.
+                log.warning("no backup of the optimizer state: training on from %s with a new optimizer", last_ckpt)
+                optimizer.iterations.assign(done * steps_per_epoch)
         history = state["history"]
         best = max((h["val_mean_auc"] for h in history if h["val_mean_auc"] == h["val_mean_auc"]), default=None)
         best_at = max((h["epoch"] for h in history if h["val_mean_auc"] == best), default=state["epochs_done"])
@@ -331,7 +337,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         model._initial_epoch = None  # BackupAndRestore leaves a restored epoch on the model; each fit() starts clean
         model.fit(
             _dataset(x_train, train_split.targets, config.batch_size, True, config.seed + stage.start, config.augment),
-            initial_epoch=stage.start, epochs=stage.end, callbacks=run_callbacks, verbose=1 if config.progress else 0,
+            initial_epoch=max(stage.start, state["epochs_done"]), epochs=stage.end, callbacks=run_callbacks, verbose=1 if config.progress else 0,
         )
         del x_train
         if model.stop_training and stopping is not None and stopping.stopped_epoch:

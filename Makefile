@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pytest options for CI-sized runs (slow tests are marked and skipped by default).
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: install demo lint test test-all serve kserve-node int8 audit clean
+.PHONY: install demo lint test test-all serve kserve-node int8 audit train-served clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ AUDIT_ARGS ?= --skip-editable --strict --desc on
 audit: $(STAMP)
 	$(PY) -m pip install -q "pip-audit>=2.7,<3"
 	$(VENV)/bin/pip-audit $(AUDIT_ARGS)
+
+## train-served: train the served model's five stages again (training/recipes/served.yaml) into
+## $(RUNS)/NAME; hours on a CPU. A cut-off stage resumes, a finished one is only re-evaluated.
+## STAGE=stage5 runs one stage. Then: face2hbe export $(RUNS)/stage5 --repository model_repository
+RUNS ?= runs
+train-served: $(STAMP)
+	$(VENV)/bin/face2hbe train --recipe training/recipes/served.yaml --output-root $(RUNS) $(if $(STAGE),--stage $(STAGE))
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -87,13 +87,14 @@ def choose_thresholds(y_true: np.ndarray, y_score: np.ndarray, names, default: f
 
 def plot_curves(y_true: np.ndarray, y_score: np.ndarray, names, path: Path, title: str = "") -> Path:
     """ROC and precision-recall curves of every label, side by side, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object-oriented API with the Agg canvas: no pyplot, so the caller's backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5))
+    fig = Figure(figsize=(11, 5))
+    FigureCanvasAgg(fig)
+    ax_roc, ax_pr = fig.subplots(1, 2)
     for j, name in enumerate(names):
         mask = _known(y_true[:, j])
         t = (y_true[mask, j] >= 0.5).astype(int)
@@ -113,5 +114,4 @@ def plot_curves(y_true: np.ndarray, y_score: np.ndarray, names, path: Path, titl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -6,17 +6,21 @@ Two recipes:
 - from scratch (`--weights none`): the batch-norm VGG16 variant, AdamW with a
   cosine schedule, optionally progressive sizes (cheap small epochs first).
 
-Every epoch writes a checkpoint; rerunning the same command resumes after the
-last finished epoch. Outputs go to `--output`: model.keras (best epoch by mean
-validation ROC AUC), training.json (recipe, working size, thresholds, metrics)
-and curves.png.
+One `fit()` per stage (a working size of the schedule, or a phase of the
+pretrained recipe), the optimizer compiled once per phase so its moments and step
+count carry across epochs, and Keras callbacks for the rest: validation ROC AUC
+(training/callbacks.py), ModelCheckpoint (best/last/epoch-NN.weights.h5),
+EarlyStopping, CSVLogger (history.csv) and BackupAndRestore (rerunning the same
+command resumes a cut-off run). Outputs go to `--output`: model.keras (best epoch
+by mean validation ROC AUC), training.json (recipe, working size, thresholds,
+metrics, per-epoch history) and curves.png.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import time
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import numpy as np
 
 from face2hbe.contract import LABELS
 from face2hbe.errors import DataError
+from face2hbe.paths import portable as portable_path
+from face2hbe.paths import portable_spec
 
 from . import data as datasets
 from . import metrics
@@ -52,6 +58,7 @@ class TrainConfig:
     mirror_average: bool = False  # final scores (thresholds, metrics, export) average each face and its mirror
     lr_schedule: str = "cosine"  # from scratch: "cosine" over the planned epochs or "constant" (for weight averaging)
     keep_epoch_weights: bool = False  # also keep epoch-NN.weights.h5 after every epoch (inputs for checkpoint averaging)
+    average: list[str] | None = None  # final weights: the mean of these checkpoints ("epoch-NN", "last", "init"), BN re-measured
 
     @property
     def from_scratch(self) -> bool:
@@ -227,11 +234,20 @@ def make_loss(pos_weight: np.ndarray):
     return weighted_masked_bce
 
 
-def train(config: TrainConfig) -> dict:
-    """Run the whole recipe; returns the summary also written to training.json."""
+def train(config: TrainConfig, callbacks: list | None = None) -> dict:
+    """Run the whole recipe; returns the summary also written to training.json.
+
+    One `fit()` per stage (see `plan_stages`), Keras callbacks for validation AUC,
+    checkpoints, early stopping, the CSV log and BackupAndRestore. Rerunning the same
+    command resumes: finished stages are skipped and the stage that was cut off continues
+    from its backup (weights, optimizer moments and iteration count, epoch). A finished
+    run is only evaluated again. `callbacks` are added to every fit() (after this
+    module's own), e.g. to stop a run from a test.
+    """
     import keras
 
-    from .model import build_model, resolve_weights, set_backbone_trainable
+    from .callbacks import CarriedEarlyStopping, EpochRecord, ValidationAUC, write_json
+    from .model import build_model, resolve_weights
 
     keras.utils.set_random_seed(config.seed)
     out = Path(config.output)
@@ -242,65 +258,190 @@ def train(config: TrainConfig) -> dict:
 
     weights = resolve_weights(config.weights)
     model = build_model(len(names), weights=weights, batchnorm=config.use_batchnorm)
-    plan = [size for size, epochs in config.schedule for _ in range(epochs)]
-    if config.init_weights and Path(config.init_weights).suffix == ".onnx":
-        _warm_start_from_onnx(model, Path(config.init_weights), train_split.crops, plan[0], config.seed)
+    stages = plan_stages(config)
+    total = stages[-1].end
+    state_file, last_ckpt, best_ckpt = out / "state.json", out / "last.weights.h5", out / "best.weights.h5"
+    state = {"epochs_done": 0, "stopped_early": False, "history": []}
+    if state_file.is_file() and last_ckpt.is_file():
+        state = {**state, **json.loads(state_file.read_text())}
+        log.info("resuming after epoch %d of %d", state["epochs_done"], total)
+        model.load_weights(last_ckpt)  # BackupAndRestore below brings the optimizer state back too
+    elif config.init_weights and Path(config.init_weights).suffix == ".onnx":
+        _warm_start_from_onnx(model, Path(config.init_weights), train_split.crops, stages[0].size, config.seed)
     elif config.init_weights:
         load_init_weights(model, config.init_weights, names)
     loss = make_loss(_positive_weights(train_split.targets))
-    state_file, ckpt, best_ckpt = out / "state.json", out / "last.weights.h5", out / "best.weights.h5"
-    state = {"epochs_done": 0, "best_auc": -1.0, "best_size": plan[-1], "history": []}
-    if state_file.is_file() and ckpt.is_file():
-        state = json.loads(state_file.read_text())
-        log.info("resuming after epoch %d of %d", state["epochs_done"], len(plan))
+    steps_per_epoch = math.ceil(len(train_split.crops) / config.batch_size)
+    has_val_auc = _has_both_classes(val_split.targets)
+    if not has_val_auc:
+        log.warning("validation split has no label with both classes: no validation AUC, the last epoch is kept")
 
-    stale = 0
-    for epoch in range(state["epochs_done"], len(plan)):
-        size = plan[epoch]
-        optimizer = _compile_for_epoch(model, config, epoch, len(plan), loss, set_backbone_trainable)
-        if epoch == state["epochs_done"] and ckpt.is_file():
-            model.load_weights(ckpt)
-        started = time.time()
-        x_train = _resized(train_split.crops, size)
-        history = model.fit(
-            _dataset(x_train, train_split.targets, config.batch_size, True, config.seed + epoch, config.augment),
-            epochs=1,
-            verbose=1 if config.progress else 0,
+    compiled = None
+    for stage in stages:
+        if state["stopped_early"] or stage.end <= state["epochs_done"]:
+            continue
+        if stage.phase != compiled:
+            phase_epochs = sum(s.end - s.start for s in stages if s.phase == stage.phase)
+            optimizer = compile_phase(model, config, stage.phase, loss, steps_per_epoch * phase_epochs)
+            compiled = stage.phase
+            done = state["epochs_done"] - min(s.start for s in stages if s.phase == stage.phase)
+            if done > 0 and not (out / "backup" / stage.phase).is_dir():
+                # e.g. a finished run rerun with more epochs: its backup is gone. The rate schedule
+                # goes on from the step count; the optimizer's moments start again.
+                log.warning("no backup of the optimizer state: training on from %s with a new optimizer", last_ckpt)
+                optimizer.iterations.assign(done * steps_per_epoch)
+        history = state["history"]
+        best = max((h["val_mean_auc"] for h in history if h["val_mean_auc"] == h["val_mean_auc"]), default=None)
+        best_at = max((h["epoch"] for h in history if h["val_mean_auc"] == best), default=state["epochs_done"])
+        checkpoints = [ValidationAUC(val_split.crops, val_split.targets, stage.size)]
+        if has_val_auc:
+            checkpoints.append(keras.callbacks.ModelCheckpoint(best_ckpt, monitor="val_mean_auc", mode="max", save_best_only=True,
+                                                               save_weights_only=True, initial_value_threshold=best))
+        checkpoints.append(keras.callbacks.ModelCheckpoint(last_ckpt, save_weights_only=True))
+        if config.keep_epoch_weights:
+            checkpoints.append(keras.callbacks.ModelCheckpoint(str(out / "epoch-{epoch:02d}.weights.h5"), save_weights_only=True))
+        stopping = None
+        if has_val_auc:  # the best value and the epochs without gain so far carry over from earlier stages
+            stopping = CarriedEarlyStopping(best, state["epochs_done"] - best_at, monitor="val_mean_auc", mode="max", patience=config.patience)
+        run_callbacks = [
+            *checkpoints,
+            keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+            # One backup per optimizer phase: shared by that phase's stages, removed when the run is done.
+            keras.callbacks.BackupAndRestore(str(out / "backup" / stage.phase), delete_checkpoint=False),
+            EpochRecord(state_file, state, stage.size),
+            *([stopping] if stopping else []),
+            *(callbacks or []),
+        ]
+        log.info("stage: epochs %d-%d at %d px (%s)", stage.start + 1, stage.end, stage.size, stage.phase)
+        x_train = _resized(train_split.crops, stage.size)
+        model._initial_epoch = None  # BackupAndRestore leaves a restored epoch on the model; each fit() starts clean
+        model.fit(
+            _dataset(x_train, train_split.targets, config.batch_size, True, config.seed + stage.start, config.augment),
+            initial_epoch=max(stage.start, state["epochs_done"]), epochs=stage.end, callbacks=run_callbacks, verbose=1 if config.progress else 0,
         )
         del x_train
-        per_label = label_aucs(val_split.targets, predict(model, val_split.crops, size)) if len(val_split.crops) else {}
-        val_auc = float(np.mean(list(per_label.values()))) if per_label else float("nan")
-        record = {
-            "epoch": epoch + 1,
-            "size": size,
-            "loss": float(history.history["loss"][-1]),
-            "val_mean_auc": val_auc,
-            "val_auc": {label: round(v, 4) for label, v in per_label.items()},
-            "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
-            "seconds": round(time.time() - started, 1),
-        }
-        state["history"].append(record)
-        log.info("epoch %d/%d: %s", epoch + 1, len(plan), record)
-        model.save_weights(ckpt)
-        if config.keep_epoch_weights:
-            model.save_weights(out / f"epoch-{epoch + 1:02d}.weights.h5")
-        if not (val_auc <= state["best_auc"]):  # NaN (no validation data) counts as better
-            state.update(best_auc=val_auc if val_auc == val_auc else state["best_auc"], best_size=size, best_epoch=epoch + 1)
-            model.save_weights(best_ckpt)
-            stale = 0
-        else:
-            stale += 1
-        state["epochs_done"] = epoch + 1
-        state_file.write_text(json.dumps(state, indent=1))
-        if stale >= config.patience:
-            log.info("early stop: no validation gain for %d epochs", stale)
-            break
+        if model.stop_training and stopping is not None and stopping.stopped_epoch:
+            log.info("early stop after epoch %d: no validation gain for %d epochs", stopping.stopped_epoch + 1, config.patience)
+            state["stopped_early"] = True
+            write_json(state_file, state)
+    shutil.rmtree(out / "backup", ignore_errors=True)
 
-    if best_ckpt.is_file():
-        model.load_weights(best_ckpt)
-    size = state["best_size"]
+    if not best_ckpt.is_file() or not has_val_auc:
+        shutil.copyfile(last_ckpt, best_ckpt)
+    model.load_weights(best_ckpt)
+    best_record = _best_record(state["history"])
+    state["best_epoch"] = best_record["epoch"]
+    size = best_record["size"]
+    if config.average:
+        size = average_run(model, config, names, train_split.crops, state["history"])
+        model.save_weights(out / "average.weights.h5")
     summary = evaluate_and_save(model, names, size, val_split, test_split, out, config, state)
     return summary
+
+
+def average_run(model, config: TrainConfig, names: list[str], train_crops: np.ndarray, history: list[dict],
+                calibration_images: int = 1024) -> int:
+    """Set `model` to the mean of the run's checkpoints named in `config.average` (training/averaging.py).
+
+    "epoch-NN" and "last" are the run's *.weights.h5, "init" its --init-weights. Batch-norm
+    statistics are measured again on training crops at the members' working size, which is returned.
+    """
+    from .averaging import average_weights, recalibrate_batchnorm
+    from .model import to_vgg_input
+
+    out = Path(config.output)
+    sizes_by_epoch = {f"epoch-{h['epoch']:02d}": h["size"] for h in history}
+    sizes = {sizes_by_epoch[name] for name in config.average if name in sizes_by_epoch} or {history[-1]["size"]}
+    if len(sizes) > 1:
+        raise DataError(f"checkpoints {config.average} were trained at different sizes {sorted(sizes)}: average one size")
+    (size,) = sizes
+    weight_sets = []
+    for name in config.average:
+        path = Path(config.init_weights) if name == "init" and config.init_weights else out / f"{name}.weights.h5"
+        if name == "init" and not config.init_weights:
+            raise DataError("'init' in the checkpoints to average, but the run has no --init-weights")
+        if not path.is_file():
+            raise DataError(f"{path}: checkpoint to average not found (epoch-NN needs --keep-epoch-weights)")
+        if path.suffix == ".onnx":
+            _warm_start_from_onnx(model, path, train_crops, size, config.seed)
+        else:
+            load_init_weights(model, path, names)
+        weight_sets.append([np.array(w) for w in model.get_weights()])
+    model.set_weights(average_weights(weight_sets))
+    pick = np.sort(np.random.default_rng(1).permutation(len(train_crops))[:calibration_images])
+    recalibrate_batchnorm(model, np.asarray(to_vgg_input(_resized(train_crops[pick], size))))
+    log.info("final weights: the mean of %s, batch-norm re-measured at %d px", ", ".join(config.average), size)
+    return size
+
+
+@dataclass
+class Stage:
+    """Epochs [start, end) of the run trained by one `fit()`: one working size, one optimizer phase."""
+
+    phase: str  # "scratch" (AdamW), "head" (frozen base, Adam) or "fine-tune" (block5, SGD)
+    size: int
+    start: int
+    end: int
+
+
+def plan_stages(config: TrainConfig) -> list[Stage]:
+    """The run's epochs cut into stages wherever the working size or the optimizer changes.
+
+    `--schedule 64:3,96:2` from scratch is two stages with one AdamW between them (its
+    moments and step count carry over); the pretrained recipe also cuts after
+    `--head-epochs`, where the trainable layers and the optimizer change.
+    """
+    stages: list[Stage] = []
+    for size, epochs in config.schedule:
+        for epoch in range(stages[-1].end if stages else 0, (stages[-1].end if stages else 0) + epochs):
+            phase = "scratch" if config.from_scratch else ("head" if epoch < config.head_epochs else "fine-tune")
+            if stages and (stages[-1].phase, stages[-1].size, stages[-1].end) == (phase, size, epoch):
+                stages[-1].end = epoch + 1
+            else:
+                stages.append(Stage(phase, size, epoch, epoch + 1))
+    return stages
+
+
+def compile_phase(model, config: TrainConfig, phase: str, loss, steps: int):
+    """Compile with the optimizer and trainable layers of `phase`; `steps`: the phase's planned steps."""
+    import keras
+
+    from .model import set_backbone_trainable
+
+    if phase == "head":
+        set_backbone_trainable(model, None)
+        optimizer = keras.optimizers.Adam(config.learning_rate or 1e-3)
+    elif phase == "fine-tune":
+        set_backbone_trainable(model, "block5")
+        optimizer = keras.optimizers.SGD(config.learning_rate or 5e-5, momentum=0.9)
+    else:
+        set_backbone_trainable(model, "")
+        base = config.learning_rate or 1e-3
+        # Cosine decay over the planned steps, first step at full rate; constant keeps the same rate
+        # throughout so that averaging epochs' weights samples one basin evenly (stochastic weight averaging).
+        if config.lr_schedule == "constant":
+            rate = base
+        else:
+            rate = keras.optimizers.schedules.CosineDecay(base, decay_steps=max(steps, 1))
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=1e-4)
+    model.compile(optimizer=optimizer, loss=loss)
+    return optimizer
+
+
+def _has_both_classes(targets: np.ndarray) -> bool:
+    """Whether some contract label has known positives and negatives (so validation ROC AUC exists)."""
+    for j in range(min(len(LABELS), targets.shape[1] if targets.ndim == 2 else 0)):
+        known = targets[:, j] >= 0
+        positive = targets[known, j] >= 0.5
+        if 0 < positive.sum() < len(positive):
+            return True
+    return False
+
+
+def _best_record(history: list[dict]) -> dict:
+    """The kept epoch: highest validation mean AUC (first of equals); the last one without any."""
+    scored = [h for h in history if h["val_mean_auc"] == h["val_mean_auc"]]
+    return max(scored, key=lambda h: h["val_mean_auc"]) if scored else history[-1]
 
 
 def load_init_weights(model, path: Path, names: list[str]) -> None:
@@ -339,32 +480,6 @@ def _warm_start_from_onnx(model, path: Path, crops: np.ndarray, size: int, seed:
     load_onnx_weights(model, path, np.asarray(to_vgg_input(_resized(crops[np.sort(pick)], size))))
 
 
-def _compile_for_epoch(model, config: TrainConfig, epoch: int, total: int, loss, set_trainable):
-    """(Re)compile with the optimizer and trainable layers this epoch's recipe asks for."""
-    import keras
-
-    pretrained = not config.from_scratch
-    if pretrained:
-        head_phase = epoch < config.head_epochs
-        set_trainable(model, None if head_phase else "block5")
-        if head_phase:
-            optimizer = keras.optimizers.Adam(config.learning_rate or 1e-3)
-        else:
-            optimizer = keras.optimizers.SGD(config.learning_rate or 5e-5, momentum=0.9)
-    else:
-        set_trainable(model, "")
-        base = config.learning_rate or 1e-3
-        # Cosine decay over the planned epochs, first epoch at full rate; constant keeps every epoch at the
-        # same rate so that averaging their weights samples one basin evenly (stochastic weight averaging).
-        if config.lr_schedule == "constant":
-            lr = base
-        else:
-            lr = base * 0.5 * (1 + math.cos(math.pi * epoch / max(total, 1)))
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=1e-4)
-    model.compile(optimizer=optimizer, loss=loss)
-    return optimizer
-
-
 def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, out: Path, config: TrainConfig, state: dict) -> dict:
     """Thresholds on validation, metrics on validation and test, files in `out`."""
     k = len(LABELS)
@@ -377,16 +492,19 @@ def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, o
         "target_names": names,
         "working_size": int(size),
         "mirror_average": bool(mirror),
-        "weights": str(config.weights),
+        "weights": config.weights if config.weights.lower() in ("imagenet", "none") else portable_path(config.weights),
         "batchnorm": config.use_batchnorm,
         "thresholds": thresholds,
         "threshold_rule": metrics.THRESHOLD_RULE,
         "validation": metrics.per_label_metrics(val_split.targets[:, :k], val_scores, LABELS, thresholds),
         "test": metrics.per_label_metrics(test_split.targets[:, :k], test_scores, LABELS, thresholds),
-        "config": {**asdict(config), "output": str(config.output), "cache_dir": str(config.cache_dir),
-                   "init_weights": str(config.init_weights) if config.init_weights else None},
+        "config": {**asdict(config), "data": [portable_spec(d) for d in config.data], "output": portable_path(config.output),
+                   "cache_dir": portable_path(config.cache_dir) if config.cache_dir else None,
+                   "init_weights": portable_path(config.init_weights) if config.init_weights else None,
+                   "weights": config.weights if config.weights.lower() in ("imagenet", "none") else portable_path(config.weights)},
         "history": state["history"],
         "best_epoch": state.get("best_epoch"),
+        "final_weights": f"mean of {', '.join(config.average)}" if config.average else f"epoch {state.get('best_epoch')}",
     }
     model.save(out / "model.keras")
     if len(test_split.crops):

@@ -42,10 +42,10 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--data", "data", multiple=True, required=True, metavar="KIND:PATH",
+@click.option("--data", "data", multiple=True, metavar="KIND:PATH",
               help="Labeled data, repeatable: celeba:DIR (labels.csv + list_attr_celeba.txt), folders:DIR "
                    "(eyewear/ beard/ hat/ none/ sub-folders) or lfw:DIR (labels.csv with soft labels).")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Run folder: checkpoints, model.keras, training.json, curves.png. Rerun to resume.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Run folder: checkpoints, model.keras, training.json, curves.png. Rerun to resume.")
 @click.option("--weights", default="imagenet", help="Backbone start: 'imagenet' (downloaded by Keras), 'none' (from scratch) or a local VGG16 .h5 file.")
 @click.option("--batchnorm/--no-batchnorm", default=None, help="VGG16 with batch-norm after each conv. Default: on with --weights none, off otherwise.")
 @click.option("--schedule", default=None, metavar="SIZE:EPOCHS[,...]", help="Working image sizes and epochs per stage, e.g. 64:6,96:2 (progressive resizing). Default: --image-size:--epochs.")
@@ -69,23 +69,52 @@ def cli(verbose: bool) -> None:
               help="Score each face and its mirror and average (test-time augmentation): thresholds, metrics and the "
                    "exported graph use it; twice the backbone compute per face. Rerun a finished run with it to re-evaluate.")
 @click.option("--seed", default=0, type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
-def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, lr_schedule, keep_epoch_weights, attributes, limit, cache_dir, patience, augment, init_weights, mirror_average, seed):
+@click.option("--average", default=None, metavar="NAME[,NAME...]",
+              help="Final weights: the mean of these checkpoints of the run (epoch-NN, last, init), batch-norm re-measured.")
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run the stages of a recipe file (e.g. training/recipes/served.yaml) into --output-root/NAME; "
+                   "train options given on the command line override every stage (e.g. --limit 24 --epochs 1 for a smoke run).")
+@click.option("--stage", default=None, help="With --recipe: run only this stage (its init stage must be done).")
+@click.option("--output-root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), help="With --recipe: folder of the stages' run folders.")
+def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_epochs, batch_size, learning_rate, lr_schedule, keep_epoch_weights, attributes, limit, cache_dir, patience, augment, init_weights, mirror_average, seed, average, recipe, stage, output_root):
     """Train the shared VGG16 + three-sigmoid model and report per-label ROC AUC."""
     from .training.train import TrainConfig, parse_schedule
     from .training.train import train as run_training
 
+    def report(summary, where):
+        for split in ("validation", "test"):
+            row = "  ".join(f"{label} {m.get('roc_auc', float('nan')):.3f}" for label, m in summary[split].items())
+            click.echo(f"{split} ROC AUC: {row}")
+        click.echo(f"model and metrics in {where}")
+
+    if recipe is not None:
+        from .training.recipe import run_recipe
+
+        given = {name for name in click.get_current_context().params
+                 if click.get_current_context().get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        overrides = {name: value for name, value in (
+            ("data", list(data)), ("weights", weights), ("batchnorm", batchnorm), ("head_epochs", head_epochs),
+            ("batch_size", batch_size), ("learning_rate", learning_rate), ("lr_schedule", lr_schedule),
+            ("keep_epoch_weights", keep_epoch_weights), ("attributes", attributes), ("limit", limit), ("cache_dir", cache_dir),
+            ("patience", patience), ("augment", augment), ("mirror_average", mirror_average), ("seed", seed)) if name in given}
+        if given & {"schedule", "image_size", "epochs"}:
+            overrides["schedule"] = parse_schedule(schedule) if schedule else [(image_size, epochs)]
+        if given & {"output", "init_weights", "average"}:
+            raise click.UsageError("--output, --init-weights and --average come from the recipe (use --output-root)")
+        for name, summary in run_recipe(recipe, output_root, only=stage, overrides=overrides).items():
+            report(summary, output_root / name)
+        return
+    if not data or output is None:
+        raise click.UsageError("give --data and --output (or --recipe)")
     config = TrainConfig(
         data=list(data), output=output, weights=weights, batchnorm=batchnorm,
         schedule=parse_schedule(schedule) if schedule else [(image_size, epochs)], head_epochs=head_epochs,
         batch_size=batch_size, learning_rate=learning_rate, attributes=attributes, limit=limit,
         cache_dir=cache_dir, patience=patience, seed=seed, augment=augment, init_weights=init_weights,
         mirror_average=mirror_average, lr_schedule=lr_schedule, keep_epoch_weights=keep_epoch_weights,
+        average=average.split(",") if average else None,
     )
-    summary = run_training(config)
-    for split in ("validation", "test"):
-        row = "  ".join(f"{label} {m.get('roc_auc', float('nan')):.3f}" for label, m in summary[split].items())
-        click.echo(f"{split} ROC AUC: {row}")
-    click.echo(f"model and metrics in {output}")
+    report(run_training(config), output)
 
 
 # --- export ------------------------------------------------------------------------

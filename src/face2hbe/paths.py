@@ -1,4 +1,4 @@
-"""Paths as written into results, reports and docs: relative, never this machine's absolute layout."""
+"""Paths as written into results, reports and docs: never this machine's absolute layout."""
 from __future__ import annotations
 
 import os
@@ -6,11 +6,22 @@ from pathlib import Path
 
 
 def portable(path: str | os.PathLike) -> str:
-    """`path` relative to the current directory (e.g. ../shared/data/celeba), so written JSON names no machine path."""
-    return os.path.relpath(Path(path).absolute())
+    """A path for files other machines read (training.json, metrics.json, bench.json): never an absolute one.
+
+    Relative paths stay as given; absolute ones become relative to the working directory
+    (the repository root when run from there, e.g. ../shared/data/celeba), or `~/...` under
+    the home folder.
+    """
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    path, cwd, home = (Path(os.path.abspath(p)) for p in (path, os.getcwd(), Path.home()))
+    if path.is_relative_to(cwd) or not path.is_relative_to(home):
+        return os.path.relpath(path, cwd)
+    return str(Path("~") / path.relative_to(home))
 
 
 def portable_spec(spec: str) -> str:
-    """A KIND:PATH data spec with its path made portable (celeba:/abs/celeba -> celeba:../shared/data/celeba)."""
+    """A KIND:PATH data spec with its path made portable (celeba:/x/repo/../shared/data/celeba -> celeba:../shared/data/celeba)."""
     kind, sep, path = spec.partition(":")
     return f"{kind}{sep}{portable(path)}" if sep and path else spec

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from face2hbe.errors import BadImageError, CatalogError, Face2hbeError, InferenceError, ServerUnavailableError
-from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, Box, crop_face, load_rgb
+from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, Box, crop_face, decode_rgb, load_rgb
 
 from .catalog import Catalog, load_catalog
 from .detect import DetectorSettings, detect_faces, load_detector
@@ -95,10 +95,17 @@ def find_inputs(paths) -> list[tuple[Path, str | None]]:
     return items
 
 
-def prepare_image(path: str, detector: DetectorSettings, limits: Limits) -> Prepared:
-    """Load, detect and crop one image; errors become part of the result."""
+def prepare_image(path: str, detector: DetectorSettings, limits: Limits, data: bytes | None = None) -> Prepared:
+    """Load, detect and crop one image; errors become part of the result.
+
+    With `data`, the image's bytes already read (from any filesystem) are decoded
+    instead of reading `path`, which then only names the image (the batch job).
+    """
     try:
-        image = load_rgb(path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
+        if data is None:
+            image = load_rgb(path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
+        else:
+            image = decode_rgb(data, path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
     except BadImageError as exc:
         return Prepared(path, error={"kind": "bad_image", "message": exc.reason})
     height, width = image.shape[:2]
@@ -109,6 +116,27 @@ def prepare_image(path: str, detector: DetectorSettings, limits: Limits) -> Prep
     kept = boxes[: limits.max_faces]
     crops = np.stack([crop_face(image, b) for b in kept]) if kept else None
     return Prepared(path, width, height, kept, crops, faces_total=len(boxes))
+
+
+def image_result(prepared: Prepared, profile: str | None, scores, labels: list[str], thresholds: dict[str, float],
+                 catalog: Catalog, skus_per_face: int = 3) -> ImageResult:
+    """One image's result from its detection and its faces' scores [faces, labels] (None: no faces or an error).
+
+    The per-face labels and SKUs and the per-image rule, shared by `recommend` and the batch job.
+    """
+    result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None)
+    if prepared.error:
+        result.error = prepared.error
+        return result
+    if prepared.faces_total > len(prepared.boxes):
+        result.faces_total = prepared.faces_total
+    if scores is not None:
+        for box, row in zip(prepared.boxes, scores):
+            label_scores = {label: round(float(s), 6) for label, s in zip(labels, row)}
+            passed = sorted((l for l in labels if label_scores[l] >= thresholds[l]), key=lambda l: -label_scores[l])
+            skus = catalog.rank(label_scores, thresholds, skus_per_face)
+            result.faces.append(FaceResult(box.as_list(), label_scores, passed, skus))
+    return summarise_image(result, catalog)
 
 
 def _warm_worker(model: str = "hog") -> None:
@@ -192,21 +220,10 @@ class Recommender:
 
     async def _score(self, prepared: Prepared, profile: str | None, scorer: AsyncScorer | None = None) -> ImageResult:
         scorer = scorer or self._scorer
-        result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None)
-        if prepared.error:
-            result.error = prepared.error
-            return result
-        if prepared.faces_total > len(prepared.boxes):
-            result.faces_total = prepared.faces_total
-        if prepared.crops is not None:
+        scores = None
+        if not prepared.error and prepared.crops is not None:
             scores = await scorer.score(prepared.crops)
-            labels, thresholds = scorer.info.labels, scorer.info.thresholds
-            for box, row in zip(prepared.boxes, scores):
-                label_scores = {label: round(float(s), 6) for label, s in zip(labels, row)}
-                passed = sorted((l for l in labels if label_scores[l] >= thresholds[l]), key=lambda l: -label_scores[l])
-                skus = self.catalog.rank(label_scores, thresholds, self.skus_per_face)
-                result.faces.append(FaceResult(box.as_list(), label_scores, passed, skus))
-        return summarise_image(result, self.catalog)
+        return image_result(prepared, profile, scores, scorer.info.labels, scorer.info.thresholds, self.catalog, self.skus_per_face)
 
     # --- batches ------------------------------------------------------------------
 

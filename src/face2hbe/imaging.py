@@ -70,6 +70,27 @@ def load_rgb(
         raise BadImageError(path, "empty file (0 bytes)")
     if size > max_file_bytes:
         raise BadImageError(path, f"file is {size} bytes, above the {max_file_bytes}-byte limit")
+    return _decode(path, path, max_pixels)
+
+
+def decode_rgb(
+    data: bytes,
+    name: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> np.ndarray:
+    """`load_rgb` for an image's bytes already in memory (read from any filesystem); `name` names it in errors."""
+    import io
+
+    if len(data) == 0:
+        raise BadImageError(name, "empty file (0 bytes)")
+    if len(data) > max_file_bytes:
+        raise BadImageError(name, f"file is {len(data)} bytes, above the {max_file_bytes}-byte limit")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, path, max_pixels: int) -> np.ndarray:
+    """Open `source` (a path or a binary file object) as upright RGB; errors name `path`."""
     # face_recognition sets this global to True on import; a truncated file must fail here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     # Pillow's bomb guard (process-wide) follows our limit while we open, so a larger
@@ -78,7 +99,7 @@ def load_rgb(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 pixels = im.width * im.height
                 if pixels > max_pixels:
                     raise BadImageError(

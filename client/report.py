@@ -27,7 +27,7 @@ def print_report(output: Path, summary, catalog, console=None, records: list[dic
     currency = catalog.currency if catalog else ""
     if records is None:
         records = [json.loads(line) for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(records) <= MAX_IMAGE_ROWS:
+    if records and len(records) <= MAX_IMAGE_ROWS:
         table = Table(title="Images", show_lines=False)
         for column in ("image", "faces", "scores (eyewear/beard/hat...)", "top label", "recommendation or reason"):
             table.add_column(column)

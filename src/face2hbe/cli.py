@@ -243,6 +243,70 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
         raise Face2hbeError(f"{summary.outage}; {summary.not_processed} image(s) not processed: rerun with --resume")
 
 
+# --- batch -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/batch"),
+              help="Folder: results/part-*.parquet (one row per image, faces nested) and profiles.parquet. Rerun to resume.")
+@click.option("--engine", type=click.Choice(["triton", "local"]), default="triton",
+              help="triton: score on a Triton server over gRPC (--url); local: onnxruntime in the scoring actors on --repository's model.")
+@click.option("--url", default=None, help="Triton gRPC host:port (default 127.0.0.1:8001).")
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository for --engine local.")
+@click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write every output row as recommend's JSONL records.")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on this machine).")
+@click.option("--cpu-workers", type=click.IntRange(1), default=None, help="Detection tasks at once (default: every CPU Ray has).")
+@click.option("--scorers", type=click.IntRange(1), default=1, help="Scoring actors (per Triton replica; see docs/batch.md).")
+@click.option("--in-flight", default=4, type=click.IntRange(1), help="Batches (requests) in flight per scoring actor.")
+@click.option("--images-per-task", default=8, type=click.IntRange(1), help="Images per detection task and per scoring call.")
+@click.option("--rows-per-part", default=1000, type=click.IntRange(1), help="Images per Parquet part file (at most).")
+@click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray (default: this machine's).")
+@click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog (YAML or .csv). Default: the bundled example.")
+@click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", help="face_recognition model.")
+@click.option("--upsample", default=0, type=click.IntRange(0, 3), help="Detector up-sampling steps.")
+@click.option("--retry-upsample", default=1, type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never).")
+@click.option("--min-score", default=0.2, type=float, help="Drop HOG detections scoring below this; ignored for cnn.")
+@click.option("--max-side", default=800, type=click.IntRange(32), help="Detection runs on a copy no larger than this.")
+@click.option("--min-face", default=20, type=click.IntRange(1), help="Ignore faces smaller than this many pixels.")
+@click.option("--max-faces", default=20, type=click.IntRange(1), help="Score at most this many faces per image (largest first).")
+@click.option("--max-pixels", default=50_000_000, type=click.IntRange(1), help="Refuse images with more pixels.")
+@click.option("--max-file-mb", default=50.0, type=click.FloatRange(0.001), help="Refuse files larger than this.")
+@click.option("--timeout", default=30.0, type=click.FloatRange(0.1), help="Per-request timeout in seconds.")
+@click.option("--retries", default=4, type=click.IntRange(0), help="Retries (exponential back-off) when the server is busy or down.")
+@click.option("--skus-per-face", default=3, type=click.IntRange(1), help="Products listed per face.")
+@click.option("--progress/--no-progress", default=True, help="Ray Data's progress bars.")
+@click.option("--pause-after", type=click.IntRange(1), default=None, hidden=True, help="Test hook: a scoring actor pauses after N images.")
+@click.option("--pause-file", type=click.Path(path_type=Path), default=None, hidden=True, help="Test hook: the pause ends when this file exists.")
+def batch(paths, output, engine, url, repository, jsonl, address, cpu_workers, scorers, in_flight, images_per_task, rows_per_part, local_cpus, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, timeout, retries, skus_per_face, progress, pause_after, pause_file):
+    """Batch job on Ray Data: PATHS (folders, image files, .txt lists of paths, Parquet/CSV manifests with a
+    `path` column) -> Parquet results. Exit 1 when any output row is an error."""
+    from .client.batch import BatchSettings, run_batch, summary_rows
+    from .client.catalog import load_catalog
+    from .client.detect import DetectorSettings
+    from .client.inference import ClientSettings
+    from .client.recommend import Limits
+    from .client.report import print_report
+
+    settings = BatchSettings(
+        output=output, engine=engine, repository=repository, catalog=catalog, jsonl=jsonl, address=address,
+        client=ClientSettings(url=url, protocol="grpc", timeout_s=timeout, retries=retries, max_in_flight=in_flight),
+        detector=DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, min_score=min_score, max_side=max_side, min_face=min_face),
+        limits=Limits(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces),
+        skus_per_face=skus_per_face, cpu_workers=cpu_workers, scorers=scorers, images_per_task=images_per_task,
+        rows_per_part=rows_per_part, num_cpus=local_cpus, progress=progress, pause_after=pause_after, pause_file=pause_file,
+    )
+    summary = run_batch(paths, settings)
+    from .client.batch import read_output, record_from_row
+
+    records = [record_from_row(r) for r in read_output(output)] if summary.output_rows <= 50 else []  # no image table
+    print_report(output, summary, load_catalog(catalog), records=records, extra_rows=summary_rows(summary))
+    if summary.output_errors:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(summary.output_errors.items()))
+        raise Face2hbeError(f"{sum(summary.output_errors.values())} of {summary.output_rows} output rows are errors ({kinds}); "
+                            "rerun with the same --output to retry server and read errors")
+
+
 # --- loadtest / bench --------------------------------------------------------------
 
 

@@ -1,0 +1,748 @@
+"""The batch job on Ray Data: millions of photos -> faces -> scores -> SKUs -> Parquet.
+
+    face2hbe batch photos/ more.txt manifest.parquet --output out/batch [--engine local] [--address ray://...]
+
+Stages (Ray Data operators; the first two fuse into one CPU task):
+
+1. read bytes (local paths, or any filesystem pyarrow understands), sha256 of the
+   content; images already in the output (same path and content hash) are skipped;
+2. decode + EXIF + detect + crop: `recommend`'s own `prepare_image`, on CPU tasks;
+3. score: a bounded pool of actors, each calling Triton over gRPC (AsyncScorer,
+   labels and thresholds from the served config) or, with `engine="local"`, an
+   onnxruntime session on the repository's model.onnx; then the per-image result
+   (`recommend.image_result`, the same function `recommend` uses);
+4. write: each block becomes one Parquet part file, written to a temporary name and
+   renamed, named by a hash of the image keys it holds.
+
+Face crops travel between stages 2 and 3 in Ray's object store, in memory only;
+they are never written, logged or returned. A local Ray started here has object
+spilling turned off so they never reach the disk.
+
+Exactly once: a rerun reads the parts already written, drops duplicate keys
+(a retried write after a kill) and retryable errors (server trouble, unreadable
+files), and skips every key left. Ray retries killed tasks and restarts killed
+actors (and retries their tasks). The run ends with the same reconciliation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from face2hbe import contract
+from face2hbe.errors import BadImageError, CatalogError, Face2hbeError, InferenceError, InputError, ServerUnavailableError
+
+from .detect import DetectorSettings
+from .inference import ClientSettings
+from .recommend import Limits, Prepared, Recommender, RunSummary, find_inputs, image_result, prepare_image
+from .results import RETRYABLE_ERRORS, FaceResult, ImageResult, aggregate_profile
+
+log = logging.getLogger(__name__)
+
+RESULTS_DIR = "results"
+PROFILES_FILE = "profiles.parquet"
+PART_PREFIX = "part-"
+MANIFEST_SUFFIXES = {".parquet", ".csv"}
+LIST_SUFFIXES = {".txt", ".lst"}
+# Errors a rerun retries: server trouble and files that could not be read; the rest are final for that content.
+BATCH_RETRYABLE = RETRYABLE_ERRORS | {"read_error"}
+MAX_LOGGED_ERRORS = 1000
+ENGINES = ("triton", "local")
+
+
+def _repository():
+    """Model repository readers (the one import of them here: they are moving to the core)."""
+    from face2hbe.export import repository
+
+    return repository
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    output: Path = Path("out/batch")
+    engine: str = "triton"  # "triton": gRPC to a Triton server; "local": onnxruntime inside the scoring actors
+    client: ClientSettings = ClientSettings()  # Triton address, timeouts, retries, in-flight requests per actor
+    repository: Path = Path("model_repository")  # engine "local": <repository>/<model>/config.pbtxt and 1/model.onnx
+    catalog: str | Path | None = None
+    detector: DetectorSettings = DetectorSettings()
+    limits: Limits = Limits()
+    skus_per_face: int = 3
+    cpu_workers: int | None = None  # detection tasks at once (None: as many as Ray has CPUs)
+    scorers: int = 1  # scoring actors (per Triton replica, see docs/batch.md)
+    images_per_task: int = 8  # images per detection task / scoring call
+    rows_per_part: int = 1000  # images per Parquet part file (at most)
+    jsonl: Path | None = None  # also write every output row as JSONL (recommend's records)
+    address: str | None = None  # Ray cluster; None: RAY_ADDRESS or a local Ray
+    num_cpus: int | None = None  # local Ray's CPUs (None: the machine's)
+    progress: bool = True
+    # Test hook (hidden CLI options): after this many images a scoring actor writes its pid to
+    # `<pause_file>.pid` and waits for `pause_file` to appear (once per output folder).
+    pause_after: int | None = None
+    pause_file: Path | None = None
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+
+
+@dataclass
+class BatchSummary(RunSummary):
+    """recommend's RunSummary plus what the batch job adds."""
+
+    output_rows: int = 0  # rows in the output after this run (earlier runs included)
+    output_errors: Counter = field(default_factory=Counter)  # error rows in the output, by kind
+    duplicates_dropped: int = 0
+    stages: list[dict] = field(default_factory=list)  # per-stage throughput from Ray Data's stats
+    stats_text: str = ""
+    model: dict = field(default_factory=dict)
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def read_path_list(path: str) -> list[tuple[str, str | None]]:
+    """(path, None) for every non-blank, non-# line of a text file of paths."""
+    try:
+        text = _read_any(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the list of paths ({exc})") from None
+    return [(line.strip(), None) for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def split_inputs(paths) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(image, profile) items from folders, image files and text lists, and the manifests (Parquet/CSV) apart."""
+    items, manifests = [], []
+    for raw in paths:
+        text = str(raw)
+        suffix = Path(text.split("?", 1)[0]).suffix.lower()
+        if suffix in MANIFEST_SUFFIXES:
+            manifests.append(text)
+        elif suffix in LIST_SUFFIXES:
+            items.extend(read_path_list(text))
+        elif _is_uri(text):
+            items.append((text, None))  # one file on a remote filesystem (folders there: use a manifest)
+        else:
+            items.extend((str(p), profile) for p, profile in find_inputs([raw]))
+    return items, manifests
+
+
+def _read_any(path: str) -> bytes:
+    if _is_uri(path):
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        with fs.open_input_stream(inner) as f:
+            return f.read()
+    return Path(path).read_bytes()
+
+
+def read_image_bytes(path: str, max_file_bytes: int) -> bytes:
+    """An image file's bytes from a local path or a pyarrow filesystem URI; BadImageError / OSError otherwise."""
+    if _is_uri(path):
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        info = fs.get_file_info(inner)
+        if info.type == pyarrow.fs.FileType.NotFound:
+            raise BadImageError(path, "cannot read file (No such file or directory)")
+        if info.type != pyarrow.fs.FileType.File:
+            raise BadImageError(path, "not a regular file")
+        if info.size is not None and info.size > max_file_bytes:
+            raise BadImageError(path, f"file is {info.size} bytes, above the {max_file_bytes}-byte limit")
+        with fs.open_input_stream(inner) as f:
+            return f.read()
+    local = Path(path)
+    try:
+        size = local.stat().st_size
+    except FileNotFoundError as exc:
+        raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if local.is_dir():
+        raise BadImageError(path, "is a directory")
+    if not local.is_file():
+        raise BadImageError(path, "not a regular file")
+    if size > max_file_bytes:
+        raise BadImageError(path, f"file is {size} bytes, above the {max_file_bytes}-byte limit")
+    with local.open("rb") as f:
+        return f.read(max_file_bytes + 1)
+
+
+# --- stages (module-level functions: Ray pickles them by reference) ----------------------
+
+_DONE_CACHE: dict = {}
+
+
+def _done_keys(ref) -> set:
+    """The (path, sha256) keys already in the output, fetched once per worker process."""
+    import ray
+
+    key = ref.hex() if hasattr(ref, "hex") else id(ref)
+    if key not in _DONE_CACHE:
+        _DONE_CACHE.clear()
+        _DONE_CACHE[key] = ray.get(ref)
+    return _DONE_CACHE[key]
+
+
+def _column(batch, name, n, default=None):
+    values = batch.get(name)
+    return list(values) if values is not None else [default] * n
+
+
+def _text(value) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return str(value)
+
+
+def read_stage(batch: dict, done_ref, max_file_bytes: int) -> dict:
+    """path, profile -> + sha256, data (bytes), skip, error_kind, error_message."""
+    paths = [str(p) for p in batch["path"]]
+    profiles = [_text(p) for p in _column(batch, "profile", len(paths))]
+    done = _done_keys(done_ref)
+    out = {"path": paths, "profile": profiles, "sha256": [], "data": [], "skip": [], "error_kind": [], "error_message": []}
+    for path in paths:
+        data, digest, kind, message = b"", "", "", ""
+        try:
+            data = read_image_bytes(path, max_file_bytes)
+            digest = hashlib.sha256(data).hexdigest()
+        except BadImageError as exc:
+            kind, message = "bad_image", exc.reason
+        except OSError as exc:  # permissions, network filesystems: a rerun may succeed
+            kind, message = "read_error", f"cannot read file ({exc.strerror or exc})"
+        skip = (path, digest) in done
+        out["sha256"].append(digest)
+        out["data"].append(b"" if skip else data)
+        out["skip"].append(skip)
+        out["error_kind"].append(kind)
+        out["error_message"].append(message)
+    return out
+
+
+def prepare_stage(batch: dict, detector: DetectorSettings, limits: Limits) -> dict:
+    """Decode, EXIF, detect, crop (recommend's prepare_image on the bytes); crops leave as raw uint8 bytes."""
+    n = len(batch["path"])
+    out = {k: list(batch[k]) for k in ("path", "profile", "sha256", "skip", "error_kind", "error_message")}
+    out.update({"width": [], "height": [], "faces_total": [], "boxes": [], "crops": []})
+    for i in range(n):
+        prepared = None
+        if not out["skip"][i] and not out["error_kind"][i]:
+            prepared = prepare_image(out["path"][i], detector, limits, data=bytes(batch["data"][i]))
+            if prepared.error:
+                out["error_kind"][i], out["error_message"][i] = prepared.error["kind"], prepared.error["message"]
+        out["width"].append(prepared.width if prepared else 0)
+        out["height"].append(prepared.height if prepared else 0)
+        out["faces_total"].append(prepared.faces_total if prepared else 0)
+        out["boxes"].append(json.dumps([b.as_list() for b in prepared.boxes]) if prepared else "[]")
+        crops = prepared.crops if prepared is not None and prepared.crops is not None else None
+        out["crops"].append(crops.tobytes() if crops is not None else b"")
+    return out
+
+
+class _Loop:
+    """An asyncio loop in a thread, so concurrent actor calls share one AsyncScorer."""
+
+    def __init__(self):
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="triton-client", daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+class ScoreStage:
+    """Scoring actor: Triton over gRPC (or onnxruntime in-process), then recommend's per-image result."""
+
+    def __init__(self, settings: BatchSettings):
+        from .catalog import load_catalog
+
+        self.settings = settings
+        self.engine = settings.engine
+        self._processed = 0
+        self._lock = threading.Lock()
+        if self.engine == "triton":
+            from .inference import AsyncScorer
+
+            self._loop = _Loop()
+            self._scorer = AsyncScorer(settings.client)
+            info = self._loop.run(self._scorer.connect())
+            self.labels, self.thresholds, self.max_batch = info.labels, info.thresholds, info.max_batch_size
+            self.model = {"model_name": settings.client.model_name, "model_version": self._served_version(), "engine": "triton"}
+        else:
+            self._session, self.labels, self.thresholds, self.max_batch, version = _local_session(settings)
+            self.model = {"model_name": contract.MODEL_NAME, "model_version": version, "engine": "local"}
+        self.model["thresholds"] = json.dumps(self.thresholds)
+        self.catalog = load_catalog(settings.catalog, labels=self.labels)
+
+    def _served_version(self) -> str:
+        async def metadata():
+            client = self._scorer._client  # the scorer's own connection: one channel per actor
+            meta = await client.get_model_metadata(self.settings.client.model_name, as_json=True)
+            return max(meta.get("versions") or [""], key=lambda v: int(v) if str(v).isdigit() else -1)
+
+        try:
+            return str(self._loop.run(metadata()))
+        except Exception as exc:  # metadata is informative; scoring does not depend on it
+            log.warning("model version not read from the server (%s)", exc)
+            return ""
+
+    def _score(self, crops: np.ndarray) -> np.ndarray:
+        if self.engine == "triton":
+            return self._loop.run(self._scorer.score(crops))
+        step = self.max_batch or len(crops)
+        parts = [self._session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + step]})[0] for i in range(0, len(crops), step)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def __call__(self, batch: dict) -> dict:
+        n = len(batch["path"])
+        rows = [{k: batch[k][i] for k in ("path", "profile", "sha256", "skip", "error_kind", "error_message", "width", "height", "faces_total", "boxes")} for i in range(n)]
+        counts = [len(json.loads(r["boxes"])) if not r["skip"] and not r["error_kind"] else 0 for r in rows]
+        scores_by_row: list = [None] * n
+        if sum(counts):
+            side = contract.INPUT_SIZE
+            crops = np.concatenate([np.frombuffer(bytes(batch["crops"][i]), np.uint8).reshape(c, side, side, 3) for i, c in enumerate(counts) if c])
+            try:
+                scores = self._score(crops)
+                start = 0
+                for i, c in enumerate(counts):
+                    if c:
+                        scores_by_row[i] = scores[start : start + c]
+                        start += c
+            except (InferenceError, ServerUnavailableError) as exc:
+                kind = "server_unavailable" if isinstance(exc, ServerUnavailableError) else "inference_error"
+                for i, c in enumerate(counts):
+                    if c:
+                        rows[i]["error_kind"], rows[i]["error_message"] = kind, " ".join(str(exc).split())
+            except Exception as exc:  # onnxruntime errors: this batch fails, the job goes on
+                for i, c in enumerate(counts):
+                    if c:
+                        rows[i]["error_kind"], rows[i]["error_message"] = "inference_error", " ".join(str(exc).split())[:300]
+        out = defaultdict(list)
+        for row, scores in zip(rows, scores_by_row):
+            record = ""
+            if not row["skip"]:
+                error = {"kind": row["error_kind"], "message": row["error_message"]} if row["error_kind"] else None
+                from face2hbe.imaging import Box
+
+                prepared = Prepared(row["path"], int(row["width"]), int(row["height"]), [Box(*b) for b in json.loads(row["boxes"])],
+                                    None, int(row["faces_total"]), error)
+                result = image_result(prepared, _text(row["profile"]), scores, self.labels, self.thresholds, self.catalog, self.settings.skus_per_face)
+                record = result.to_json()
+            for k in ("path", "profile", "sha256", "skip", "error_kind"):
+                out[k].append(row[k])
+            out["record"].append(record)
+            for k, v in self.model.items():
+                out[k].append(v)
+        self._maybe_pause(n)
+        return dict(out)
+
+    def _maybe_pause(self, n: int) -> None:
+        """Test hook: once per run folder, stop after `pause_after` images until released (or killed)."""
+        s = self.settings
+        if not s.pause_after or not s.pause_file:
+            return
+        with self._lock:
+            self._processed += n
+            if self._processed < s.pause_after:
+                return
+        marker = Path(f"{s.pause_file}.pid")
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        deadline = time.monotonic() + 300  # hang guard only
+        while not Path(s.pause_file).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _local_session(settings: BatchSettings):
+    import onnxruntime as ort
+
+    repo = _repository()
+    model_dir = Path(settings.repository) / contract.MODEL_NAME
+    config = repo.read_config(model_dir)
+    labels, thresholds = repo.labels_and_thresholds(config)
+    onnx_path = model_dir / contract.MODEL_VERSION / repo.ONNX_FILE
+    if not onnx_path.is_file():
+        raise _model_error(f"{onnx_path}: missing model file")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # one core per actor; more actors for more cores
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    return session, labels, thresholds, int(config.max_batch_size), contract.MODEL_VERSION
+
+
+def _model_error(message: str):
+    from face2hbe.errors import ModelRepositoryError
+
+    return ModelRepositoryError(message)
+
+
+# --- output: Parquet parts ---------------------------------------------------------------
+
+
+def _schema():
+    import pyarrow as pa
+
+    sku = pa.struct([("sku", pa.string()), ("label", pa.string()), ("name", pa.string()), ("price", pa.float64()),
+                     ("url", pa.string()), ("min_score", pa.float64()), ("priority", pa.float64()), ("rank_score", pa.float64())])
+    face = pa.struct([("box", pa.list_(pa.int32())), ("scores", pa.map_(pa.string(), pa.float64())),
+                      ("labels", pa.list_(pa.string())), ("skus", pa.list_(sku))])
+    return pa.schema([
+        ("path", pa.string()), ("sha256", pa.string()), ("profile", pa.string()),
+        ("width", pa.int32()), ("height", pa.int32()), ("faces", pa.list_(face)), ("faces_total", pa.int32()),
+        ("top_label", pa.string()), ("recommendation", sku), ("reason", pa.string()),
+        ("error", pa.struct([("kind", pa.string()), ("message", pa.string())])), ("error_kind", pa.string()),
+        ("model_name", pa.string()), ("model_version", pa.string()), ("thresholds", pa.map_(pa.string(), pa.float64())),
+        ("engine", pa.string()),
+    ])
+
+
+def _row(record: dict, sha256: str, model: dict) -> dict:
+    return {**record, "sha256": sha256, "error_kind": (record.get("error") or {}).get("kind"),
+            "model_name": model["model_name"], "model_version": model["model_version"],
+            "thresholds": json.loads(model["thresholds"]), "engine": model["engine"]}
+
+
+def record_from_row(row: dict) -> dict:
+    """recommend's JSON record (results.ImageResult) from one output row."""
+    faces = [{"box": list(f["box"]), "scores": dict(f["scores"]), "labels": list(f["labels"]), "skus": list(f["skus"])} for f in row.get("faces") or []]
+    record = {"path": row["path"], "profile": row["profile"], "width": row["width"], "height": row["height"], "faces": faces,
+              "top_label": row["top_label"], "recommendation": row["recommendation"], "reason": row["reason"], "error": row["error"]}
+    if row.get("faces_total") is not None:
+        record["faces_total"] = row["faces_total"]
+    return record
+
+
+def _write_atomic(table, folder: Path, name: str) -> Path:
+    import pyarrow.parquet as pq
+
+    final = folder / name
+    tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def _part_name(keys) -> str:
+    digest = hashlib.sha256("\n".join(f"{p}\t{h}" for p, h in sorted(keys)).encode()).hexdigest()[:32]
+    return f"{PART_PREFIX}{digest}.parquet"
+
+
+def write_stage(batch: dict, results_dir: str) -> dict:
+    """Write the batch's new rows as one part (atomic rename); return one row of counts for the summary."""
+    import pyarrow as pa
+
+    n = len(batch["path"])
+    rows, summary = [], RunSummary()
+    skipped = 0
+    error_lines = []
+    for i in range(n):
+        if batch["skip"][i]:
+            skipped += 1
+            continue
+        record = json.loads(batch["record"][i])
+        model = {k: batch[k][i] for k in ("model_name", "model_version", "thresholds", "engine")}
+        rows.append(_row(record, str(batch["sha256"][i]), model))
+        result = _image_result(record)
+        _count(summary, result)
+        if result.error:
+            error_lines.append(f"{result.path}: {result.error['kind']}: {result.error['message']}")
+    part = ""
+    if rows:
+        table = pa.Table.from_pylist(rows, schema=_schema())
+        part = _write_atomic(table, Path(results_dir), _part_name((r["path"], r["sha256"]) for r in rows)).name
+    counts = {"images": summary.images, "skipped": skipped, "faces": summary.faces,
+              "recommendations": dict(summary.recommendations), "reasons": dict(summary.reasons),
+              "errors": dict(summary.errors), "error_reasons": [[k, m, c] for (k, m), c in summary.error_reasons.items()],
+              "error_lines": error_lines[:MAX_LOGGED_ERRORS]}
+    return {"counts": [json.dumps(counts)], "part": [part]}
+
+
+def _count(summary: RunSummary, result: ImageResult) -> None:
+    level = logging.getLogger("face2hbe.client.recommend").level
+    logging.getLogger("face2hbe.client.recommend").setLevel(logging.CRITICAL)  # errors are logged once, by the driver
+    try:
+        Recommender._count(summary, result)
+    finally:
+        logging.getLogger("face2hbe.client.recommend").setLevel(level)
+
+
+def _image_result(record: dict) -> ImageResult:
+    faces = [FaceResult(**f) for f in record.get("faces", [])]
+    fields = {k: v for k, v in record.items() if k in ImageResult.__dataclass_fields__ and k != "faces"}
+    return ImageResult(faces=faces, **fields)
+
+
+def reconcile(results_dir: Path, drop_retryable: bool) -> tuple[set, int, int]:
+    """Make the parts hold each (path, sha256) key once; with `drop_retryable`, drop retryable error rows too.
+
+    Returns (keys kept, rows kept, rows dropped). Parts are rewritten (new part, then
+    the old one removed), so a kill at any point leaves rows a later call reconciles.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for stale in results_dir.glob(".*.tmp"):  # cut by a kill before its rename
+        stale.unlink(missing_ok=True)
+    seen: set = set()
+    dropped = 0
+    for part in sorted(results_dir.glob(f"{PART_PREFIX}*.parquet")):
+        keys = pq.read_table(part, columns=["path", "sha256", "error_kind"]).to_pydict()
+        keep = []
+        for path, digest, kind in zip(keys["path"], keys["sha256"], keys["error_kind"]):
+            ok = (path, digest) not in seen and not (drop_retryable and kind in BATCH_RETRYABLE)
+            keep.append(ok)
+            if ok:
+                seen.add((path, digest))
+        if all(keep):
+            continue
+        dropped += keep.count(False)
+        table = pq.read_table(part).filter(pa.array(keep))
+        if table.num_rows:
+            kept_keys = zip(table.column("path").to_pylist(), table.column("sha256").to_pylist())
+            name = _part_name(kept_keys)
+            if name != part.name:
+                _write_atomic(table, results_dir, name)
+        part.unlink()
+    return seen, len(seen), dropped
+
+
+def read_output(output: Path, columns=None) -> list[dict]:
+    """Every row of a batch output folder (after reconciliation), as dicts."""
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(output) / RESULTS_DIR).glob(f"{PART_PREFIX}*.parquet"))
+    rows = []
+    for part in parts:
+        rows.extend(pq.read_table(part, columns=columns).to_pylist())
+    return rows
+
+
+# --- the job -------------------------------------------------------------------------------
+
+
+def _init_ray(settings: BatchSettings) -> bool:
+    """Connect to RAY_ADDRESS / --address, or start a quiet local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=settings.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            # Face crops must stay in memory: Ray Data's backpressure keeps the store within bounds.
+            _system_config={"automatic_object_spilling_enabled": False},
+        )
+    return True
+
+
+def _source_datasets(paths, settings: BatchSettings):
+    import ray
+
+    items, manifests = split_inputs(paths)
+    datasets = []
+    if items:
+        datasets.append(ray.data.from_items([{"path": p, "profile": prof} for p, prof in items]))
+    for manifest in manifests:
+        ds = ray.data.read_csv(manifest) if manifest.lower().endswith(".csv") else ray.data.read_parquet(manifest)
+        try:
+            names = ds.schema().names
+        except Exception as exc:
+            raise InputError(f"{manifest}: cannot read the manifest ({' '.join(str(exc).split())[:300]})") from None
+        if "path" not in names:
+            raise InputError(f"{manifest}: the manifest has no 'path' column (columns: {', '.join(names)})")
+        datasets.append(ds.select_columns(["path", "profile"] if "profile" in names else ["path"]))
+    if not datasets:
+        raise InputError("no inputs: give folders, image files, a .txt list of paths or a Parquet/CSV manifest")
+    return datasets
+
+
+def build_pipeline(paths, settings: BatchSettings, done_ref):
+    """The Ray Data plan: read -> prepare (CPU tasks) -> score (actor pool) -> write parts."""
+    import ray
+
+    results_dir = Path(settings.output) / RESULTS_DIR
+    cpu = {"num_cpus": 1, "max_retries": -1}  # a killed task is rerun
+    if settings.cpu_workers:
+        cpu["concurrency"] = settings.cpu_workers
+    stages = []
+    for ds in _source_datasets(paths, settings):
+        ds = ds.map_batches(read_stage, batch_size=settings.images_per_task, batch_format="numpy",
+                            fn_kwargs={"done_ref": done_ref, "max_file_bytes": settings.limits.max_file_bytes}, **cpu)
+        stages.append(ds)
+    ds = stages[0].union(*stages[1:]) if len(stages) > 1 else stages[0]
+    ds = ds.map_batches(prepare_stage, batch_size=settings.images_per_task, batch_format="numpy",
+                        fn_kwargs={"detector": settings.detector, "limits": settings.limits}, **cpu)
+    in_flight = max(1, settings.client.max_in_flight)
+    ds = ds.map_batches(
+        ScoreStage,
+        fn_constructor_kwargs={"settings": settings},
+        batch_size=settings.images_per_task,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=settings.scorers, max_concurrent_calls_per_actor=in_flight,
+                                           enable_true_multi_threading=True),
+        # Triton does the work for "triton"; onnxruntime uses one core per actor for "local".
+        num_cpus=1 if settings.engine == "local" else 0,
+        max_restarts=-1, max_task_retries=-1,  # a killed actor is restarted and its calls retried
+    )
+    ds = ds.map_batches(write_stage, batch_size=settings.rows_per_part, batch_format="numpy",
+                        fn_kwargs={"results_dir": str(results_dir)}, num_cpus=0.25, max_retries=-1)
+    return ds
+
+
+def stage_throughput(stats_text: str) -> list[dict]:
+    """Per-operator rows/s and time from Ray Data's `ds.stats()` text."""
+    stages = []
+    for block in re.split(r"\n(?=Operator \d+ )", stats_text):
+        head = re.match(r"Operator \d+ ([^:]+):\s*(\d+) tasks executed, (\d+) blocks produced in ([\d.]+)s", block)
+        if not head:
+            continue
+        rows_in = re.search(r"Total input num rows: (\d+)", block)
+        rows_out = re.search(r"Total output num rows: (\d+)", block)
+        throughput = re.search(r"Ray Data throughput: ([\d.]+) rows/s", block)
+        single = re.search(r"Estimated single (?:task|node) throughput: ([\d.]+) rows/s", block)
+        # Rates are Ray's output rows/s; stages that take images in (write: one row per part out) are
+        # converted to images/s with their input/output ratio.
+        n_in, n_out = (int(m.group(1)) if m else 0 for m in (rows_in, rows_out))
+        scale = n_in / n_out if n_in and n_out else 1.0
+        stages.append({
+            "stage": re.sub(r"MapBatches\((\w+)\)", r"\1", head.group(1).strip()), "tasks": int(head.group(2)), "seconds": float(head.group(4)),
+            "rows": n_in or n_out,
+            "rows_per_s": round(float(throughput.group(1)) * scale, 2) if throughput else None,
+            "rows_per_s_per_task": round(float(single.group(1)) * scale, 2) if single else None,
+        })
+    return stages
+
+
+def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
+    """Process every image under `paths` into `settings.output` (results/ parts, profiles.parquet, optional JSONL)."""
+    import ray
+
+    from .catalog import load_catalog
+
+    started = time.perf_counter()
+    output = Path(settings.output)
+    results_dir = output / RESULTS_DIR
+    summary = BatchSummary()
+    done, _, dropped = reconcile(results_dir, drop_retryable=True)
+    catalog = load_catalog(settings.catalog)  # fails fast on a bad catalog, before Ray starts
+    owns_ray = _init_ray(settings)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = settings.progress
+        ctx.print_on_execution_start = False
+        with warnings.catch_warnings():
+            # Retries are set explicitly as Ray remote options (max_retries, max_restarts, max_task_retries),
+            # which Ray 2.60 flags as a deprecated way of passing them.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = build_pipeline(paths, settings, ray.put(done))
+        logged = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for counts in batch["counts"]:
+                c = json.loads(counts)
+                summary.images += c["images"]
+                summary.skipped += c["skipped"]
+                summary.faces += c["faces"]
+                summary.recommendations.update(c["recommendations"])
+                summary.reasons.update(c["reasons"])
+                summary.errors.update(c["errors"])
+                for kind, message, n in c["error_reasons"]:
+                    summary.error_reasons[(kind, message)] += n
+                for line in c["error_lines"]:
+                    if logged < MAX_LOGGED_ERRORS:
+                        log.error("%s", line)
+                    logged += 1
+        if logged > MAX_LOGGED_ERRORS:
+            log.error("%d more error rows not logged: see the output's error column", logged - MAX_LOGGED_ERRORS)
+        summary.stats_text = ds.stats()
+        summary.stages = stage_throughput(summary.stats_text)
+    except ray.exceptions.RayError as exc:
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), Face2hbeError) else None
+        if cause is not None:
+            raise cause from None
+        raise Face2hbeError(f"batch job failed: {' '.join(str(exc).split())[:500]}") from None
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    _, summary.output_rows, summary.duplicates_dropped = reconcile(results_dir, drop_retryable=False)
+    rows = read_output(output)
+    summary.output_errors = Counter(r["error_kind"] for r in rows if r["error_kind"])
+    if rows:
+        summary.model = {k: rows[-1][k] for k in ("model_name", "model_version", "engine")}
+        summary.model["thresholds"] = dict(rows[-1]["thresholds"])
+    records = [record_from_row(r) for r in rows]
+    summary.profiles = write_profiles(output, records, list(summary.model.get("thresholds") or contract.LABELS), catalog)
+    if settings.jsonl:
+        write_jsonl(settings.jsonl, records)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def write_profiles(output: Path, records: list[dict], labels: list[str], catalog) -> list:
+    """profiles.parquet: recommend's per-profile aggregate over every output row with a profile."""
+    import pyarrow as pa
+
+    by_profile: dict[str, list[ImageResult]] = defaultdict(list)
+    for record in records:
+        if record.get("profile"):
+            by_profile[record["profile"]].append(_image_result(record))
+    profiles = [aggregate_profile(p, results, labels, catalog) for p, results in sorted(by_profile.items())]
+    rows = [{"profile": p.profile, "images": p.images, "images_with_faces": p.images_with_faces, "share": p.share,
+             "top_label": p.top_label, "recommendation": json.dumps(p.recommendation) if p.recommendation else None} for p in profiles]
+    schema = pa.schema([("profile", pa.string()), ("images", pa.int64()), ("images_with_faces", pa.int64()),
+                        ("share", pa.map_(pa.string(), pa.float64())), ("top_label", pa.string()), ("recommendation", pa.string())])
+    _write_atomic(pa.Table.from_pylist(rows, schema=schema), Path(output), PROFILES_FILE)
+    return profiles
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:
+    """The batch job's rows for the summary table (after recommend's)."""
+    rows = [("rows in the output (all runs)", str(summary.output_rows))]
+    for kind, n in sorted(summary.output_errors.items()):
+        rows.append((f"error rows in the output: {kind}", str(n)))
+    if summary.duplicates_dropped:
+        rows.append(("duplicate/retryable rows reconciled", str(summary.duplicates_dropped)))
+    if summary.model:
+        rows.append(("model", f"{summary.model['model_name']} v{summary.model['model_version']} ({summary.model['engine']})"))
+    for stage in summary.stages:
+        rate = f"{stage['rows_per_s']:.1f} images/s" if stage["rows_per_s"] is not None else "-"
+        per_task = f" ({stage['rows_per_s_per_task']:.1f}/s per task)" if stage["rows_per_s_per_task"] is not None else ""
+        rows.append((f"stage {stage['stage']}", f"{rate}{per_task}, {stage['rows']} images, {stage['tasks']} tasks"))
+    return rows

@@ -210,7 +210,8 @@ def _text(value) -> str | None:
 def read_stage(batch: dict, done_ref, max_file_bytes: int) -> dict:
     """path, profile -> + sha256, data (bytes), skip, error_kind, error_message."""
     paths = [str(p) for p in batch["path"]]
-    profiles = [_text(p) for p in _column(batch, "profile", len(paths))]
+    # "" for no profile between stages: a column mixing None and strings may come back as NaN or "nan".
+    profiles = [_text(p) or "" for p in _column(batch, "profile", len(paths))]
     done = _done_keys(done_ref)
     out = {"path": paths, "profile": profiles, "sha256": [], "data": [], "skip": [], "error_kind": [], "error_message": []}
     for path in paths:
@@ -343,7 +344,7 @@ class ScoreStage:
 
                 prepared = Prepared(row["path"], int(row["width"]), int(row["height"]), [Box(*b) for b in json.loads(row["boxes"])],
                                     None, int(row["faces_total"]), error)
-                result = image_result(prepared, _text(row["profile"]), scores, self.labels, self.thresholds, self.catalog, self.settings.skus_per_face)
+                result = image_result(prepared, _text(row["profile"]) or None, scores, self.labels, self.thresholds, self.catalog, self.settings.skus_per_face)
                 record = result.to_json()
             for k in ("path", "profile", "sha256", "skip", "error_kind"):
                 out[k].append(row[k])
@@ -571,7 +572,7 @@ def _source_datasets(paths, settings: BatchSettings):
     items, manifests = split_inputs(paths)
     datasets = []
     if items:
-        datasets.append(ray.data.from_items([{"path": p, "profile": prof} for p, prof in items]))
+        datasets.append(ray.data.from_items([{"path": p, "profile": prof or ""} for p, prof in items]))
     for manifest in manifests:
         ds = ray.data.read_csv(manifest) if manifest.lower().endswith(".csv") else ray.data.read_parquet(manifest)
         try:

@@ -594,7 +594,7 @@ def build_pipeline(paths, settings: BatchSettings, done_ref):
     results_dir = Path(settings.output) / RESULTS_DIR
     cpu = {"num_cpus": 1, "max_retries": -1}  # a killed task is rerun
     if settings.cpu_workers:
-        cpu["concurrency"] = settings.cpu_workers
+        cpu["compute"] = ray.data.TaskPoolStrategy(size=settings.cpu_workers)
     stages = []
     for ds in _source_datasets(paths, settings):
         ds = ds.map_batches(read_stage, batch_size=settings.images_per_task, batch_format="numpy",

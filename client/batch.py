@@ -686,11 +686,10 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
             log.error("%d more error rows not logged: see the output's error column", logged - MAX_LOGGED_ERRORS)
         summary.stats_text = ds.stats()
         summary.stages = stage_throughput(summary.stats_text)
-    except ray.exceptions.RayError as exc:
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), Face2hbeError) else None
-        if cause is not None:
-            raise cause from None
-        raise Face2hbeError(f"batch job failed: {' '.join(str(exc).split())[:500]}") from None
+    except Face2hbeError:
+        raise
+    except Exception as exc:  # Ray wraps what a task or an actor raised: report our error, in one line
+        raise _user_error(exc) from None
     finally:
         if owns_ray:
             ray.shutdown()
@@ -706,6 +705,30 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
         write_jsonl(settings.jsonl, records)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _user_error(exc: BaseException) -> Face2hbeError:
+    """The face2hbe error behind a Ray failure (e.g. Triton down when the scoring actors start), else a one-line one."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, Face2hbeError):
+            return e
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    text = str(exc)
+    found = re.search(r"face2hbe\.errors\.(\w+): ([^\n]+)", text)
+    if found:  # the actor's traceback, as text only
+        from face2hbe import errors
+
+        cls = getattr(errors, found.group(1), Face2hbeError)
+        try:
+            return cls(found.group(2).strip())
+        except TypeError:  # errors with other constructors (BadImageError)
+            return Face2hbeError(found.group(2).strip())
+    return Face2hbeError(f"batch job failed: {' '.join(text.split())[:500]}")
 
 
 def write_profiles(output: Path, records: list[dict], labels: list[str], catalog) -> list:

@@ -216,3 +216,15 @@ def test_reconcile_drops_duplicates_and_retryable_errors(tmp_path):
     keys, kept, dropped = reconcile(results, drop_retryable=True)
     assert (kept, dropped) == (3, 1) and {p for p, _ in keys} == {"a", "b", "d"}
     assert not list(results.glob(".*.tmp"))
+
+
+def test_server_down_is_a_one_line_error(ray_local, tmp_path, capsys):
+    """No Triton at --url: the scoring actors cannot start; the CLI says why in one line and exits 1, writing nothing."""
+    from conftest import free_port
+
+    out = tmp_path / "batch"
+    rc = main(["batch", str(SAMPLES), "--url", f"127.0.0.1:{free_port()}", "--retries", "0", "--output", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("error: read model config: server at 127.0.0.1:") and "unavailable" in err[-1], err[-1]
+    assert not list((out / "results").glob("*.parquet"))

@@ -69,7 +69,7 @@ def _repository():
 
 @dataclass(frozen=True)
 class BatchSettings:
-    output: Path = Path("out/batch")
+    output: str | Path = "out/batch"  # a local folder or a pyarrow filesystem URI (s3://bucket/prefix)
     engine: str = "triton"  # "triton": gRPC to a Triton server; "local": onnxruntime inside the scoring actors
     client: ClientSettings = ClientSettings()  # Triton address, timeouts, retries, in-flight requests per actor
     repository: Path = Path("model_repository")  # engine "local": <repository>/<model>/config.pbtxt and 1/model.onnx
@@ -434,16 +434,61 @@ def record_from_row(row: dict) -> dict:
     return record
 
 
-def _write_atomic(table, folder: Path, name: str) -> Path:
-    import pyarrow.parquet as pq
+class OutputStore:
+    """The output folder, on a local path or any filesystem pyarrow understands (a URI); parts written atomically.
 
-    final = folder / name
-    tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    return final
+    A part is written to a hidden temporary name (fsync'd on local disks) and moved to its
+    final name: a rename on local and POSIX shared filesystems; on object stores the move is a
+    server-side copy, so the final object appears whole or not at all.
+    """
+
+    def __init__(self, output: str | Path):
+        import pyarrow.fs as pafs
+
+        text = str(output)
+        if _is_uri(text):
+            self.fs, root = pafs.FileSystem.from_uri(text)
+        else:
+            self.fs, root = pafs.LocalFileSystem(), os.path.abspath(text)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.root = root.rstrip("/")
+
+    def path(self, *names: str) -> str:
+        return "/".join([self.root, *names])
+
+    def names(self, folder: str = RESULTS_DIR) -> list[str]:
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(folder), allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+    def parts(self) -> list[str]:
+        return [n for n in self.names() if n.startswith(PART_PREFIX) and n.endswith(".parquet")]
+
+    def write_atomic(self, table, name: str, folder: str | None = RESULTS_DIR) -> str:
+        import pyarrow.parquet as pq
+
+        where = [folder] if folder else []
+        self.fs.create_dir(self.path(*where), recursive=True)
+        final = self.path(*where, name)
+        tmp = self.path(*where, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        pq.write_table(table, tmp, filesystem=self.fs)
+        if self.local:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.fs.move(tmp, final)
+        return final
+
+    def read(self, name: str, columns=None):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path(RESULTS_DIR, name), columns=columns, filesystem=self.fs)
+
+    def delete(self, name: str) -> None:
+        self.fs.delete_file(self.path(RESULTS_DIR, name))
 
 
 def _part_name(keys) -> str:
@@ -451,7 +496,7 @@ def _part_name(keys) -> str:
     return f"{PART_PREFIX}{digest}.parquet"
 
 
-def write_stage(batch: dict, results_dir: str) -> dict:
+def write_stage(batch: dict, output: str) -> dict:
     """Write the batch's new rows as one part (atomic rename); return one row of counts for the summary."""
     import pyarrow as pa
 
@@ -473,7 +518,8 @@ def write_stage(batch: dict, results_dir: str) -> dict:
     part = ""
     if rows:
         table = pa.Table.from_pylist(rows, schema=_schema())
-        part = _write_atomic(table, Path(results_dir), _part_name((r["path"], r["sha256"]) for r in rows)).name
+        part = _part_name((r["path"], r["sha256"]) for r in rows)
+        OutputStore(output).write_atomic(table, part)
     counts = {"images": summary.images, "skipped": skipped, "faces": summary.faces,
               "recommendations": dict(summary.recommendations), "reasons": dict(summary.reasons),
               "errors": dict(summary.errors), "error_reasons": [[k, m, c] for (k, m), c in summary.error_reasons.items()],
@@ -496,22 +542,24 @@ def _image_result(record: dict) -> ImageResult:
     return ImageResult(faces=faces, **fields)
 
 
-def reconcile(results_dir: Path, drop_retryable: bool) -> tuple[set, int, int]:
+def reconcile(output: str | Path, drop_retryable: bool) -> tuple[set, int, int]:
     """Make the parts hold each (path, sha256) key once; with `drop_retryable`, drop retryable error rows too.
 
-    Returns (keys kept, rows kept, rows dropped). Parts are rewritten (new part, then
-    the old one removed), so a kill at any point leaves rows a later call reconciles.
+    Returns (keys kept, rows kept, rows dropped). A part that loses rows is rewritten (the new
+    part first, then the old one removed), so a kill at any point leaves at worst duplicates,
+    which the next call removes.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    results_dir.mkdir(parents=True, exist_ok=True)
-    for stale in results_dir.glob(".*.tmp"):  # cut by a kill before its rename
-        stale.unlink(missing_ok=True)
+    store = OutputStore(output)
+    store.fs.create_dir(store.path(RESULTS_DIR), recursive=True)
+    for name in store.names():
+        if name.startswith(".") and name.endswith(".tmp"):  # cut by a kill before its move
+            store.delete(name)
     seen: set = set()
     dropped = 0
-    for part in sorted(results_dir.glob(f"{PART_PREFIX}*.parquet")):
-        keys = pq.read_table(part, columns=["path", "sha256", "error_kind"]).to_pydict()
+    for part in store.parts():
+        keys = store.read(part, columns=["path", "sha256", "error_kind"]).to_pydict()
         keep = []
         for path, digest, kind in zip(keys["path"], keys["sha256"], keys["error_kind"]):
             ok = (path, digest) not in seen and not (drop_retryable and kind in BATCH_RETRYABLE)
@@ -521,24 +569,21 @@ def reconcile(results_dir: Path, drop_retryable: bool) -> tuple[set, int, int]:
         if all(keep):
             continue
         dropped += keep.count(False)
-        table = pq.read_table(part).filter(pa.array(keep))
-        if table.num_rows:
-            kept_keys = zip(table.column("path").to_pylist(), table.column("sha256").to_pylist())
-            name = _part_name(kept_keys)
-            if name != part.name:
-                _write_atomic(table, results_dir, name)
-        part.unlink()
+        table = store.read(part).filter(pa.array(keep))
+        name = _part_name(zip(table.column("path").to_pylist(), table.column("sha256").to_pylist())) if table.num_rows else None
+        if name is not None:
+            store.write_atomic(table, name)  # same name (duplicates inside one part): replaced in place
+        if name != part:
+            store.delete(part)
     return seen, len(seen), dropped
 
 
-def read_output(output: Path, columns=None) -> list[dict]:
-    """Every row of a batch output folder (after reconciliation), as dicts."""
-    import pyarrow.parquet as pq
-
-    parts = sorted((Path(output) / RESULTS_DIR).glob(f"{PART_PREFIX}*.parquet"))
+def read_output(output: str | Path, columns=None) -> list[dict]:
+    """Every row of a batch output folder (local path or URI), as dicts."""
+    store = OutputStore(output)
     rows = []
-    for part in parts:
-        rows.extend(pq.read_table(part, columns=columns).to_pylist())
+    for part in store.parts():
+        rows.extend(store.read(part, columns=columns).to_pylist())
     return rows
 
 
@@ -591,7 +636,6 @@ def build_pipeline(paths, settings: BatchSettings, done_ref):
     """The Ray Data plan: read -> prepare (CPU tasks) -> score (actor pool) -> write parts."""
     import ray
 
-    results_dir = Path(settings.output) / RESULTS_DIR
     cpu = {"num_cpus": 1, "max_retries": -1}  # a killed task is rerun
     if settings.cpu_workers:
         cpu["compute"] = ray.data.TaskPoolStrategy(size=settings.cpu_workers)
@@ -616,7 +660,7 @@ def build_pipeline(paths, settings: BatchSettings, done_ref):
         max_restarts=-1, max_task_retries=-1,  # a killed actor is restarted and its calls retried
     )
     ds = ds.map_batches(write_stage, batch_size=settings.rows_per_part, batch_format="numpy",
-                        fn_kwargs={"results_dir": str(results_dir)}, num_cpus=0.25, max_retries=-1)
+                        fn_kwargs={"output": str(settings.output)}, num_cpus=0.25, max_retries=-1)
     return ds
 
 
@@ -651,10 +695,9 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
     from .catalog import load_catalog
 
     started = time.perf_counter()
-    output = Path(settings.output)
-    results_dir = output / RESULTS_DIR
+    output = str(settings.output)
     summary = BatchSummary()
-    done, _, dropped = reconcile(results_dir, drop_retryable=True)
+    done, _, dropped = reconcile(output, drop_retryable=True)
     catalog = load_catalog(settings.catalog)  # fails fast on a bad catalog, before Ray starts
     owns_ray = _init_ray(settings)
     try:
@@ -693,7 +736,7 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
     finally:
         if owns_ray:
             ray.shutdown()
-    _, summary.output_rows, summary.duplicates_dropped = reconcile(results_dir, drop_retryable=False)
+    _, summary.output_rows, summary.duplicates_dropped = reconcile(output, drop_retryable=False)
     rows = read_output(output)
     summary.output_errors = Counter(r["error_kind"] for r in rows if r["error_kind"])
     if rows:
@@ -731,7 +774,7 @@ def _user_error(exc: BaseException) -> Face2hbeError:
     return Face2hbeError(f"batch job failed: {' '.join(text.split())[:500]}")
 
 
-def write_profiles(output: Path, records: list[dict], labels: list[str], catalog) -> list:
+def write_profiles(output: str | Path, records: list[dict], labels: list[str], catalog) -> list:
     """profiles.parquet: recommend's per-profile aggregate over every output row with a profile."""
     import pyarrow as pa
 
@@ -744,7 +787,7 @@ def write_profiles(output: Path, records: list[dict], labels: list[str], catalog
              "top_label": p.top_label, "recommendation": json.dumps(p.recommendation) if p.recommendation else None} for p in profiles]
     schema = pa.schema([("profile", pa.string()), ("images", pa.int64()), ("images_with_faces", pa.int64()),
                         ("share", pa.map_(pa.string(), pa.float64())), ("top_label", pa.string()), ("recommendation", pa.string())])
-    _write_atomic(pa.Table.from_pylist(rows, schema=schema), Path(output), PROFILES_FILE)
+    OutputStore(output).write_atomic(pa.Table.from_pylist(rows, schema=schema), PROFILES_FILE, folder=None)
     return profiles
 
 

@@ -110,7 +110,8 @@ def test_batch_on_triton_equals_recommend(ray_local, grpc_url, photos, recommend
 
 
 def test_local_engine_manifest_and_bad_images(ray_local, grpc_url, photos, recommended, tmp_path, capsys):
-    """--engine local (onnxruntime in the actors) from a Parquet manifest: the same results; bad files become error rows, exit 1."""
+    """--engine local (onnxruntime in the actors) from a Parquet manifest to a file:// output: the same results;
+    bad files become error rows, exit 1."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -124,7 +125,7 @@ def test_local_engine_manifest_and_bad_images(ray_local, grpc_url, photos, recom
     manifest = tmp_path / "manifest.parquet"
     pq.write_table(pa.table({"path": paths, "profile": ["p"] * len(paths)}), manifest)
     out = tmp_path / "batch"
-    rc = main(["batch", str(manifest), "--engine", "local", "--repository", str(REPOSITORY), "--output", str(out),
+    rc = main(["batch", str(manifest), "--engine", "local", "--repository", str(REPOSITORY), "--output", f"file://{out}",  # a pyarrow URI
                "--jsonl", str(tmp_path / "b.jsonl"), "--no-progress"])
     report = capsys.readouterr().out
     assert rc == 1, report
@@ -201,21 +202,26 @@ def test_reconcile_drops_duplicates_and_retryable_errors(tmp_path):
     """Parts left by a killed write (same rows twice) and server errors: one row per key, errors retried."""
     import pyarrow as pa
 
-    from face2hbe.client.batch import _schema, _write_atomic, read_output, reconcile
+    from face2hbe.client.batch import OutputStore, _part_name, _schema, read_output, reconcile
 
     def row(path, kind=None):
         return {"path": path, "sha256": "ab" * 32, "error": {"kind": kind, "message": "x"} if kind else None, "error_kind": kind}
 
-    results = tmp_path / "results"
-    results.mkdir()
-    _write_atomic(pa.Table.from_pylist([row("a"), row("b")], schema=_schema()), results, "part-1.parquet")
-    _write_atomic(pa.Table.from_pylist([row("b"), row("c", "server_unavailable"), row("d", "bad_image")], schema=_schema()), results, "part-2.parquet")
-    (results / ".part-3.parquet.1.2.tmp").write_bytes(b"cut short")
-    keys, kept, dropped = reconcile(results, drop_retryable=False)
-    assert (kept, dropped) == (4, 1) and sorted(r["path"] for r in read_output(tmp_path)) == ["a", "b", "c", "d"]
-    keys, kept, dropped = reconcile(results, drop_retryable=True)
-    assert (kept, dropped) == (3, 1) and {p for p, _ in keys} == {"a", "b", "d"}
-    assert not list(results.glob(".*.tmp"))
+    def write(rows):
+        name = _part_name((r["path"], r["sha256"]) for r in rows)
+        store.write_atomic(pa.Table.from_pylist(rows, schema=_schema()), name)
+
+    store = OutputStore(f"file://{tmp_path}")  # the pyarrow filesystem path, as for s3:// outputs
+    write([row("a"), row("b")])
+    write([row("b"), row("c", "server_unavailable"), row("d", "bad_image")])
+    write([row("e"), row("e")])  # a duplicate inside one part: its rewrite keeps the part's name
+    (tmp_path / "results" / ".part-3.parquet.1.2.tmp").write_bytes(b"cut short")
+    keys, kept, dropped = reconcile(tmp_path, drop_retryable=False)
+    assert (kept, dropped) == (5, 2) and sorted(r["path"] for r in read_output(tmp_path)) == ["a", "b", "c", "d", "e"]
+    keys, kept, dropped = reconcile(str(tmp_path), drop_retryable=True)
+    assert (kept, dropped) == (4, 1) and {p for p, _ in keys} == {"a", "b", "d", "e"}
+    assert sorted(r["path"] for r in read_output(f"file://{tmp_path}")) == ["a", "b", "d", "e"]
+    assert not list((tmp_path / "results").glob(".*"))
 
 
 def test_server_down_is_a_one_line_error(ray_local, tmp_path, capsys):

@@ -248,8 +248,9 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/batch"),
-              help="Folder: results/part-*.parquet (one row per image, faces nested) and profiles.parquet. Rerun to resume.")
+@click.option("--output", default="out/batch",
+              help="Folder (or a pyarrow filesystem URI, e.g. s3://bucket/prefix): results/part-*.parquet (one row per image, "
+                   "faces nested) and profiles.parquet. Rerun to resume.")
 @click.option("--engine", type=click.Choice(["triton", "local"]), default="triton",
               help="triton: score on a Triton server over gRPC (--url); local: onnxruntime in the scoring actors on --repository's model.")
 @click.option("--url", default=None, help="Triton gRPC host:port (default 127.0.0.1:8001).")

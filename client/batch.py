@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from face2hbe import contract
-from face2hbe.errors import BadImageError, CatalogError, Face2hbeError, InferenceError, InputError, ServerUnavailableError
+from face2hbe.errors import BadImageError, Face2hbeError, InferenceError, InputError, ServerUnavailableError
+from face2hbe.imaging import Box
 
 from .detect import DetectorSettings
 from .inference import ClientSettings
@@ -340,8 +341,6 @@ class ScoreStage:
             record = ""
             if not row["skip"]:
                 error = {"kind": row["error_kind"], "message": row["error_message"]} if row["error_kind"] else None
-                from face2hbe.imaging import Box
-
                 prepared = Prepared(row["path"], int(row["width"]), int(row["height"]), [Box(*b) for b in json.loads(row["boxes"])],
                                     None, int(row["faces_total"]), error)
                 result = image_result(prepared, _text(row["profile"]) or None, scores, self.labels, self.thresholds, self.catalog, self.settings.skus_per_face)

@@ -736,17 +736,33 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
         if owns_ray:
             ray.shutdown()
     _, summary.output_rows, summary.duplicates_dropped = reconcile(output, drop_retryable=False)
-    rows = read_output(output)
-    summary.output_errors = Counter(r["error_kind"] for r in rows if r["error_kind"])
-    if rows:
-        summary.model = {k: rows[-1][k] for k in ("model_name", "model_version", "engine")}
-        summary.model["thresholds"] = dict(rows[-1]["thresholds"])
-    records = [record_from_row(r) for r in rows]
-    summary.profiles = write_profiles(output, records, list(summary.model.get("thresholds") or contract.LABELS), catalog)
-    if settings.jsonl:
-        write_jsonl(settings.jsonl, records)
+    _finish(output, settings.jsonl, summary, catalog)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _finish(output: str, jsonl: Path | None, summary: BatchSummary, catalog) -> None:
+    """One pass over the parts, a part at a time: error counts, the model, the JSONL, then profiles.parquet."""
+    store = OutputStore(output)
+    by_profile: dict[str, list[ImageResult]] = defaultdict(list)
+    tmp = Path(f"{jsonl}.tmp") if jsonl else None
+    if tmp:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    with (tmp.open("w", encoding="utf-8") if tmp else open(os.devnull, "w")) as lines:
+        for part in store.parts():
+            for row in store.read(part).to_pylist():
+                if row["error_kind"]:
+                    summary.output_errors[row["error_kind"]] += 1
+                if not summary.model:
+                    summary.model = {k: row[k] for k in ("model_name", "model_version", "engine")}
+                    summary.model["thresholds"] = dict(row["thresholds"] or [])
+                record = record_from_row(row)
+                if record["profile"]:
+                    by_profile[record["profile"]].append(_image_result(record))
+                lines.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if tmp:
+        os.replace(tmp, jsonl)
+    summary.profiles = write_profiles(output, by_profile, list(summary.model.get("thresholds") or contract.LABELS), catalog)
 
 
 def _user_error(exc: BaseException) -> Face2hbeError:
@@ -773,14 +789,10 @@ def _user_error(exc: BaseException) -> Face2hbeError:
     return Face2hbeError(f"batch job failed: {' '.join(text.split())[:500]}")
 
 
-def write_profiles(output: str | Path, records: list[dict], labels: list[str], catalog) -> list:
-    """profiles.parquet: recommend's per-profile aggregate over every output row with a profile."""
+def write_profiles(output: str | Path, by_profile: dict[str, list[ImageResult]], labels: list[str], catalog) -> list:
+    """profiles.parquet: recommend's aggregate_profile for each profile's images."""
     import pyarrow as pa
 
-    by_profile: dict[str, list[ImageResult]] = defaultdict(list)
-    for record in records:
-        if record.get("profile"):
-            by_profile[record["profile"]].append(_image_result(record))
     profiles = [aggregate_profile(p, results, labels, catalog) for p, results in sorted(by_profile.items())]
     rows = [{"profile": p.profile, "images": p.images, "images_with_faces": p.images_with_faces, "share": p.share,
              "top_label": p.top_label, "recommendation": json.dumps(p.recommendation) if p.recommendation else None} for p in profiles]
@@ -788,14 +800,6 @@ def write_profiles(output: str | Path, records: list[dict], labels: list[str], c
                         ("share", pa.map_(pa.string(), pa.float64())), ("top_label", pa.string()), ("recommendation", pa.string())])
     OutputStore(output).write_atomic(pa.Table.from_pylist(rows, schema=schema), PROFILES_FILE, folder=None)
     return profiles
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:

@@ -86,10 +86,12 @@ class BatchSettings:
     address: str | None = None  # Ray cluster; None: RAY_ADDRESS or a local Ray
     num_cpus: int | None = None  # local Ray's CPUs (None: the machine's)
     progress: bool = True
-    # Test hook (hidden CLI options): after this many images a scoring actor writes its pid to
-    # `<pause_file>.pid` and waits for `pause_file` to appear (once per output folder).
+    # Test hook (hidden CLI options): after this many images a worker of `pause_stage` ("score":
+    # a scoring actor, "prepare": a detection task's process) writes its pid to `<pause_file>.pid`
+    # and waits for `pause_file` to appear (once: the .pid file stays).
     pause_after: int | None = None
     pause_file: Path | None = None
+    pause_stage: str = "score"
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -233,7 +235,7 @@ def read_stage(batch: dict, done_ref, max_file_bytes: int) -> dict:
     return out
 
 
-def prepare_stage(batch: dict, detector: DetectorSettings, limits: Limits) -> dict:
+def prepare_stage(batch: dict, detector: DetectorSettings, limits: Limits, pause: tuple | None = None) -> dict:
     """Decode, EXIF, detect, crop (recommend's prepare_image on the bytes); crops leave as raw uint8 bytes."""
     n = len(batch["path"])
     out = {k: list(batch[k]) for k in ("path", "profile", "sha256", "skip", "error_kind", "error_message")}
@@ -250,7 +252,33 @@ def prepare_stage(batch: dict, detector: DetectorSettings, limits: Limits) -> di
         out["boxes"].append(json.dumps([b.as_list() for b in prepared.boxes]) if prepared else "[]")
         crops = prepared.crops if prepared is not None and prepared.crops is not None else None
         out["crops"].append(crops.tobytes() if crops is not None else b"")
+    if pause:
+        _maybe_pause(n, *pause)
     return out
+
+
+_PAUSE = {"images": 0}
+_PAUSE_LOCK = threading.Lock()
+
+
+def _maybe_pause(n: int, after: int | None, pause_file: Path | None) -> None:
+    """Test hook: after `after` images in this process, once per run, stop until `pause_file` exists (or a kill)."""
+    if not after or not pause_file:
+        return
+    with _PAUSE_LOCK:
+        _PAUSE["images"] += n
+        if _PAUSE["images"] < after:
+            return
+    marker = Path(f"{pause_file}.pid")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 300  # hang guard only
+    while not Path(pause_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class _Loop:
@@ -277,8 +305,6 @@ class ScoreStage:
 
         self.settings = settings
         self.engine = settings.engine
-        self._processed = 0
-        self._lock = threading.Lock()
         if self.engine == "triton":
             from .inference import AsyncScorer
 
@@ -350,29 +376,9 @@ class ScoreStage:
             out["record"].append(record)
             for k, v in self.model.items():
                 out[k].append(v)
-        self._maybe_pause(n)
+        if self.settings.pause_stage == "score":
+            _maybe_pause(n, self.settings.pause_after, self.settings.pause_file)
         return dict(out)
-
-    def _maybe_pause(self, n: int) -> None:
-        """Test hook: once per run folder, stop after `pause_after` images until released (or killed)."""
-        s = self.settings
-        if not s.pause_after or not s.pause_file:
-            return
-        with self._lock:
-            self._processed += n
-            if self._processed < s.pause_after:
-                return
-        marker = Path(f"{s.pause_file}.pid")
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        deadline = time.monotonic() + 300  # hang guard only
-        while not Path(s.pause_file).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
 
 def _local_session(settings: BatchSettings):
     import onnxruntime as ort
@@ -645,7 +651,9 @@ def build_pipeline(paths, settings: BatchSettings, done_ref):
         stages.append(ds)
     ds = stages[0].union(*stages[1:]) if len(stages) > 1 else stages[0]
     ds = ds.map_batches(prepare_stage, batch_size=settings.images_per_task, batch_format="numpy",
-                        fn_kwargs={"detector": settings.detector, "limits": settings.limits}, **cpu)
+                        fn_kwargs={"detector": settings.detector, "limits": settings.limits,
+                                   "pause": (settings.pause_after, settings.pause_file) if settings.pause_stage == "prepare" else None},
+                        **cpu)
     in_flight = max(1, settings.client.max_in_flight)
     ds = ds.map_batches(
         ScoreStage,

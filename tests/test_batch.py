@@ -144,20 +144,21 @@ def test_local_engine_manifest_and_bad_images(ray_local, grpc_url, photos, recom
     assert "error rows in the output: bad_image" in report
 
 
-def _scoring_worker_pids() -> set[int]:
+def _ray_worker_pids(operator: str) -> set[int]:
+    """Processes of Ray workers running `operator` (Ray titles them "ray::<task or actor>")."""
     import psutil
 
     pids = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "ray::" in cmdline and "ScoreStage" in cmdline:
+        if "ray::" in cmdline and operator in cmdline:
             pids.add(proc.info["pid"])
     return pids
 
 
-def test_killed_scoring_worker_every_image_once_and_rerun_adds_nothing(ray_local, grpc_url, photos, tmp_path):
-    """SIGKILL the scoring actor's process while it holds a batch (after K images, by the test hook): Ray restarts it
-    and retries; every image is in the output exactly once, and a rerun skips them all."""
+def _kill_mid_run(grpc_url, photos, tmp_path, stage: str, operator: str) -> None:
+    """SIGKILL the worker of `stage` while it holds a batch (after 4 images, by the test hook), then check
+    every image is in the output exactly once, and that a rerun skips them all."""
     import psutil
 
     from face2hbe.client.batch import BatchSettings, read_output, run_batch
@@ -165,7 +166,7 @@ def test_killed_scoring_worker_every_image_once_and_rerun_adds_nothing(ray_local
 
     out, release = tmp_path / "batch", tmp_path / "release"
     settings = BatchSettings(output=out, client=ClientSettings(url=grpc_url), progress=False, images_per_task=2,
-                             rows_per_part=4, pause_after=4, pause_file=release)
+                             rows_per_part=4, pause_after=4, pause_file=release, pause_stage=stage)
     box: dict = {}
 
     def job():
@@ -180,10 +181,9 @@ def test_killed_scoring_worker_every_image_once_and_rerun_adds_nothing(ray_local
     deadline = time.monotonic() + 180  # hang guard only
     while not marker.exists() and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert marker.exists(), f"the scoring actor never paused: {box.get('error')!r}"
+    assert marker.exists(), f"the {stage} worker never paused: {box.get('error')!r}"
     pid = int(marker.read_text())
-    assert pid in _scoring_worker_pids(), (pid, _scoring_worker_pids())
-    assert "ray::" in " ".join(psutil.Process(pid).cmdline())
+    assert pid in _ray_worker_pids(operator), (pid, operator, _ray_worker_pids("ray::"))
     os.kill(pid, signal.SIGKILL)
     thread.join(timeout=240)
     assert not thread.is_alive(), "the batch job did not finish after the kill"
@@ -196,6 +196,17 @@ def test_killed_scoring_worker_every_image_once_and_rerun_adds_nothing(ray_local
     again = run_batch(photos[0], BatchSettings(output=out, client=ClientSettings(url=grpc_url), progress=False))
     assert (again.images, again.skipped) == (0, len(photos[1]))
     assert Counter(r["path"] for r in read_output(out)) == counts
+
+
+def test_killed_scoring_worker_every_image_once_and_rerun_adds_nothing(ray_local, grpc_url, photos, tmp_path):
+    """A scoring actor SIGKILLed mid-call: Ray restarts it and retries its calls (max_restarts, max_task_retries)."""
+    _kill_mid_run(grpc_url, photos, tmp_path, "score", "ScoreStage")
+
+
+@pytest.mark.slow
+def test_killed_detection_worker_every_image_once(ray_local, grpc_url, photos, tmp_path):
+    """A detection task's worker process SIGKILLed mid-task: Ray reruns the task (max_retries)."""
+    _kill_mid_run(grpc_url, photos, tmp_path, "prepare", "prepare_stage")
 
 
 def test_reconcile_drops_duplicates_and_retryable_errors(tmp_path):

@@ -279,7 +279,8 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
 @click.option("--progress/--no-progress", default=True, help="Ray Data's progress bars.")
 @click.option("--pause-after", type=click.IntRange(1), default=None, hidden=True, help="Test hook: a scoring actor pauses after N images.")
 @click.option("--pause-file", type=click.Path(path_type=Path), default=None, hidden=True, help="Test hook: the pause ends when this file exists.")
-def batch(paths, output, engine, url, repository, jsonl, address, cpu_workers, scorers, in_flight, images_per_task, rows_per_part, local_cpus, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, timeout, retries, skus_per_face, progress, pause_after, pause_file):
+@click.option("--pause-stage", type=click.Choice(["score", "prepare"]), default="score", hidden=True, help="Test hook: which stage's worker pauses.")
+def batch(paths, output, engine, url, repository, jsonl, address, cpu_workers, scorers, in_flight, images_per_task, rows_per_part, local_cpus, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, timeout, retries, skus_per_face, progress, pause_after, pause_file, pause_stage):
     """Batch job on Ray Data: PATHS (folders, image files, .txt lists of paths, Parquet/CSV manifests with a
     `path` column) -> Parquet results. Exit 1 when any output row is an error."""
     from .client.batch import BatchSettings, run_batch, summary_rows
@@ -295,7 +296,7 @@ def batch(paths, output, engine, url, repository, jsonl, address, cpu_workers, s
         detector=DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, min_score=min_score, max_side=max_side, min_face=min_face),
         limits=Limits(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces),
         skus_per_face=skus_per_face, cpu_workers=cpu_workers, scorers=scorers, images_per_task=images_per_task,
-        rows_per_part=rows_per_part, num_cpus=local_cpus, progress=progress, pause_after=pause_after, pause_file=pause_file,
+        rows_per_part=rows_per_part, num_cpus=local_cpus, progress=progress, pause_after=pause_after, pause_file=pause_file, pause_stage=pause_stage,
     )
     summary = run_batch(paths, settings)
     from .client.batch import read_output, record_from_row

@@ -12,7 +12,7 @@ Stages (Ray Data operators; the first two fuse into one CPU task):
    onnxruntime session on the repository's model.onnx; then the per-image result
    (`recommend.image_result`, the same function `recommend` uses);
 4. write: each block becomes one Parquet part file, written to a temporary name and
-   renamed, named by a hash of the image keys it holds.
+   moved (renamed) to a name made of a hash of the image keys it holds.
 
 Face crops travel between stages 2 and 3 in Ray's object store, in memory only;
 they are never written, logged or returned. A local Ray started here has object
@@ -104,7 +104,7 @@ class BatchSummary(RunSummary):
 
     output_rows: int = 0  # rows in the output after this run (earlier runs included)
     output_errors: Counter = field(default_factory=Counter)  # error rows in the output, by kind
-    duplicates_dropped: int = 0
+    duplicates_dropped: int = 0  # rows reconciled away: duplicates, and retryable errors redone by this run
     stages: list[dict] = field(default_factory=list)  # per-stage throughput from Ray Data's stats
     stats_text: str = ""
     model: dict = field(default_factory=dict)
@@ -743,7 +743,8 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
     finally:
         if owns_ray:
             ray.shutdown()
-    _, summary.output_rows, summary.duplicates_dropped = reconcile(output, drop_retryable=False)
+    _, summary.output_rows, dropped_at_end = reconcile(output, drop_retryable=False)
+    summary.duplicates_dropped = dropped + dropped_at_end
     _finish(output, settings.jsonl, summary, catalog)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -816,7 +817,7 @@ def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:
     for kind, n in sorted(summary.output_errors.items()):
         rows.append((f"error rows in the output: {kind}", str(n)))
     if summary.duplicates_dropped:
-        rows.append(("duplicate/retryable rows reconciled", str(summary.duplicates_dropped)))
+        rows.append(("rows reconciled (duplicates, retried errors)", str(summary.duplicates_dropped)))
     if summary.model:
         rows.append(("model", f"{summary.model['model_name']} v{summary.model['model_version']} ({summary.model['engine']})"))
     for stage in summary.stages:

@@ -32,7 +32,7 @@ import numpy as np
 
 from face2hbe.detection import DetectorSettings, detect_and_crop, load_detector
 from face2hbe.errors import BadImageError, CatalogError, InferenceError, ServerUnavailableError
-from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Box, load_rgb
+from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Box, decode_rgb, load_rgb
 
 from .catalog import Catalog, load_catalog
 from .inference import AsyncScorer, ClientSettings, ModelInfo
@@ -125,10 +125,17 @@ def prepare_array(image: np.ndarray, name: str, detector: DetectorSettings, limi
     return Prepared(name, width, height, kept, crops if len(kept) else None, faces_total=total)
 
 
-def prepare_image(path: str, detector: DetectorSettings, limits: Limits) -> Prepared:
-    """Load, detect and crop one image file; errors become part of the result."""
+def prepare_image(path: str, detector: DetectorSettings, limits: Limits, data: bytes | None = None) -> Prepared:
+    """Load, detect and crop one image file; errors become part of the result.
+
+    With `data`, the image's bytes already read (from any filesystem) are decoded
+    instead of reading `path`, which then only names the image (the batch job).
+    """
     try:
-        image = load_rgb(path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
+        if data is None:
+            image = load_rgb(path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
+        else:
+            image = decode_rgb(data, path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
     except BadImageError as exc:
         return Prepared(path, error={"kind": "bad_image", "message": exc.reason})
     return prepare_array(image, path, detector, limits)

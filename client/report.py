@@ -14,15 +14,21 @@ def _sku_text(sku: dict | None, currency: str) -> str:
     return f"{sku['sku']} {sku['name']} ({sku['price']:.2f} {currency})".strip()
 
 
-def print_report(output: Path, summary, catalog, console=None) -> None:
+def print_report(output: Path, summary, catalog, console=None, records: list[dict] | None = None, extra_rows=()) -> None:
+    """Images (small runs), profiles and summary tables.
+
+    `records` are the image records when they are not a JSONL file at `output`
+    (the batch job's Parquet); `extra_rows` are (what, value) pairs added to the summary.
+    """
     from rich.console import Console
     from rich.table import Table
 
     # Not a terminal (a pipe, a log file): wide enough that no name is cut; columns fold rather than truncate.
     console = console or Console(width=None if Console().is_terminal else 200)
     currency = catalog.currency if catalog else ""
-    records = [json.loads(line) for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(records) <= MAX_IMAGE_ROWS:
+    if records is None:
+        records = [json.loads(line) for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if records and len(records) <= MAX_IMAGE_ROWS:
         table = Table(title="Images", show_lines=False)
         for column in ("image", "faces", "scores (eyewear/beard/hat...)", "top label", "recommendation or reason"):
             table.add_column(column, overflow="fold")
@@ -62,5 +68,7 @@ def print_report(output: Path, summary, catalog, console=None) -> None:
     if summary.annotate_failed:
         table.add_row("annotated pictures failed", str(summary.annotate_failed))
     table.add_row("faces/s (end to end)", f"{summary.faces_per_second:.1f}")
+    for what, value in extra_rows:
+        table.add_row(what, str(value))
     table.add_row("results", str(output))
     console.print(table)

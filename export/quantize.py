@@ -142,11 +142,12 @@ def faces_per_second(sessions: dict, crops: np.ndarray, batch: int = 32, rounds:
 def _auc(targets: np.ndarray, scores: np.ndarray) -> list[float | None]:
     from sklearn.metrics import roc_auc_score
 
+    from face2hbe.training.metrics import has_both_classes, known_binary
+
     out = []
     for k in range(targets.shape[1]):
-        known = targets[:, k] >= 0
-        y = targets[known, k]
-        out.append(float(roc_auc_score(y, scores[known, k])) if 0 < y.sum() < len(y) else None)
+        known, y = known_binary(targets[:, k])
+        out.append(float(roc_auc_score(y, scores[known, k])) if has_both_classes(y) else None)
     return out
 
 

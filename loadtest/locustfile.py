@@ -61,6 +61,16 @@ def _on_init(environment, **_):
     print(f"face2hbe locustfile: {source}, batch size {options.batch_size}", flush=True)
 
 
+def _quit_when_users_stopped(environment) -> None:
+    """End the run once every user has finished its last request and Locust's CSV writer (1 s period) caught up."""
+    from locust.stats import CSV_STATS_INTERVAL_SEC
+
+    while environment.runner.user_count > 0:
+        gevent.sleep(0.05)
+    gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.5)
+    environment.runner.quit()
+
+
 class _TritonUser(User):
     abstract = True
     request_type = ""
@@ -112,7 +122,7 @@ class _TritonUser(User):
         _SENT["requests"] += 1
         if limit and _SENT["requests"] == limit:
             # From its own greenlet: quit() stops every user, this one included, and would end mid-call here.
-            gevent.spawn(self.environment.runner.quit)
+            gevent.spawn(_quit_when_users_stopped, self.environment)
         if limit and _SENT["requests"] >= limit:
             raise StopUser()
 

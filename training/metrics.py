@@ -8,8 +8,15 @@ import numpy as np
 THRESHOLD_RULE = "maximise F1 on the validation split"
 
 
-def _known(y_true: np.ndarray) -> np.ndarray:
-    return y_true >= 0
+def known_binary(y_true_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of known targets, their 0/1 labels): unknown targets (< 0) are left out, soft ones binarised at 0.5."""
+    mask = y_true_column >= 0
+    return mask, (y_true_column[mask] >= 0.5).astype(int)
+
+
+def has_both_classes(binary: np.ndarray) -> bool:
+    """Whether ROC AUC exists for these 0/1 labels."""
+    return 0 < binary.sum() < len(binary)
 
 
 def per_label_metrics(y_true: np.ndarray, y_score: np.ndarray, names, thresholds=None) -> dict:
@@ -21,11 +28,10 @@ def per_label_metrics(y_true: np.ndarray, y_score: np.ndarray, names, thresholds
 
     out = {}
     for j, name in enumerate(names):
-        mask = _known(y_true[:, j])
-        t = (y_true[mask, j] >= 0.5).astype(int)
+        mask, t = known_binary(y_true[:, j])
         s = y_score[mask, j]
         row = {"n": int(mask.sum()), "positives": int(t.sum())}
-        if 0 < t.sum() < len(t):
+        if has_both_classes(t):
             row["roc_auc"] = float(roc_auc_score(t, s))
             row["pr_auc"] = float(average_precision_score(t, s))
         if thresholds is not None and len(t):
@@ -74,9 +80,8 @@ def choose_thresholds(y_true: np.ndarray, y_score: np.ndarray, names, default: f
 
     out = {}
     for j, name in enumerate(names):
-        mask = _known(y_true[:, j])
-        t = (y_true[mask, j] >= 0.5).astype(int)
-        if t.sum() == 0 or t.sum() == len(t):
+        mask, t = known_binary(y_true[:, j])
+        if not has_both_classes(t):
             out[name] = default
             continue
         precision, recall, th = precision_recall_curve(t, y_score[mask, j])
@@ -96,9 +101,8 @@ def plot_curves(y_true: np.ndarray, y_score: np.ndarray, names, path: Path, titl
     FigureCanvasAgg(fig)
     ax_roc, ax_pr = fig.subplots(1, 2)
     for j, name in enumerate(names):
-        mask = _known(y_true[:, j])
-        t = (y_true[mask, j] >= 0.5).astype(int)
-        if not 0 < t.sum() < len(t):
+        mask, t = known_binary(y_true[:, j])
+        if not has_both_classes(t):
             continue
         fpr, tpr, _ = roc_curve(t, y_score[mask, j])
         ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")

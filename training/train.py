@@ -430,12 +430,8 @@ def compile_phase(model, config: TrainConfig, phase: str, loss, steps: int):
 
 def _has_both_classes(targets: np.ndarray) -> bool:
     """Whether some contract label has known positives and negatives (so validation ROC AUC exists)."""
-    for j in range(min(len(LABELS), targets.shape[1] if targets.ndim == 2 else 0)):
-        known = targets[:, j] >= 0
-        positive = targets[known, j] >= 0.5
-        if 0 < positive.sum() < len(positive):
-            return True
-    return False
+    columns = range(min(len(LABELS), targets.shape[1] if targets.ndim == 2 else 0))
+    return any(metrics.has_both_classes(metrics.known_binary(targets[:, j])[1]) for j in columns)
 
 
 def _best_record(history: list[dict]) -> dict:

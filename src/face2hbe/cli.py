@@ -240,7 +240,8 @@ def serve(int8, no_batching, **options):
 # --- recommend ---------------------------------------------------------------------
 
 
-def _recommend_options(f):
+def _photo_options(*names):
+    """The options `recommend` and `batch` share, by name; every default comes from a settings dataclass."""
     import inspect
 
     from .client.inference import ClientSettings
@@ -248,53 +249,74 @@ def _recommend_options(f):
     from .detection import DetectorSettings
 
     D, L, C = (lambda n: _default(DetectorSettings, n)), (lambda n: _default(Limits, n)), (lambda n: _default(ClientSettings, n))
-    for option in reversed([
-        click.option("--url", default=None, help="Server address host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)."),
-        click.option("--protocol", type=click.Choice(["grpc", "http"]), default=C("protocol"), help="KServe v2 protocol to call the server with."),
-        click.option("--output", type=click.Path(path_type=Path), default=Path("results.jsonl"), help="JSONL file, one record per image, written as each image finishes."),
-        click.option("--resume", is_flag=True, help="Keep records already in --output and skip those images."),
-        click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog: YAML, or CSV when the name ends in .csv (columns sku,label,name,price,url,min_score,priority; see docs/client.md). Default: the bundled example."),
-        click.option("--detector", type=click.Choice(["hog", "cnn"]), default=D("model"), help="face_recognition model."),
-        click.option("--upsample", default=D("upsample"), type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step)."),
-        click.option("--retry-upsample", default=D("retry_upsample"), type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never)."),
-        click.option("--min-score", default=D("min_score"), type=float, help="Drop HOG detections scoring below this (weak hits on badges and patterns); ignored for cnn."),
-        click.option("--max-side", default=D("max_side"), type=click.IntRange(32), help="Detection runs on a copy no larger than this (boxes mapped back)."),
-        click.option("--min-face", default=D("min_face"), type=click.IntRange(1), help="Ignore faces smaller than this many pixels."),
-        click.option("--max-faces", default=L("max_faces"), type=click.IntRange(1), help="Score at most this many faces per image (largest first)."),
-        click.option("--max-pixels", default=L("max_pixels"), type=click.IntRange(1), help="Refuse images with more pixels (decompression-bomb guard)."),
-        click.option("--max-file-mb", default=L("max_file_bytes") / 1024 / 1024, type=click.FloatRange(0.001), help="Refuse files larger than this."),
-        click.option("--image-timeout", default=L("image_timeout_s"), type=click.FloatRange(0.1), help="Seconds to read and detect one image before it gets an error record."),
-        click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count - 1, at least 1)."),
-        click.option("--in-flight", default=C("max_in_flight"), type=click.IntRange(1), help="Most inference requests in flight at once."),
-        click.option("--timeout", default=C("timeout_s"), type=click.FloatRange(0.1), help="Per-request timeout in seconds."),
-        click.option("--retries", default=C("retries"), type=click.IntRange(0), help="Retries (jittered exponential back-off) when the server is busy, down or loading the model."),
-        click.option("--wait-ready", default=C("wait_ready_s"), type=click.FloatRange(0), help="Seconds to wait at start for the model to be ready (a server still starting)."),
-        click.option("--skus-per-face", default=inspect.signature(Recommender).parameters["skus_per_face"].default,
-                     type=click.IntRange(1), help="Products listed per face."),
-        click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s."),
-        click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-                     help="Also write a JPEG copy of each photo to DIR (same names) with face boxes, labels, scores and products."),
-    ]):
-        f = option(f)
-    return f
+    table = {
+        "url": click.option("--url", default=None, help="Server address host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)."),
+        "protocol": click.option("--protocol", type=click.Choice(["grpc", "http"]), default=C("protocol"), help="KServe v2 protocol to call the server with."),
+        "catalog": click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog: YAML, or CSV when the name ends in .csv (columns sku,label,name,price,url,min_score,priority; see docs/client.md). Default: the bundled example."),
+        "detector": click.option("--detector", type=click.Choice(["hog", "cnn"]), default=D("model"), help="face_recognition model."),
+        "upsample": click.option("--upsample", default=D("upsample"), type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step)."),
+        "retry_upsample": click.option("--retry-upsample", default=D("retry_upsample"), type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never)."),
+        "min_score": click.option("--min-score", default=D("min_score"), type=float, help="Drop HOG detections scoring below this (weak hits on badges and patterns); ignored for cnn."),
+        "max_side": click.option("--max-side", default=D("max_side"), type=click.IntRange(32), help="Detection runs on a copy no larger than this (boxes mapped back)."),
+        "min_face": click.option("--min-face", default=D("min_face"), type=click.IntRange(1), help="Ignore faces smaller than this many pixels."),
+        "max_faces": click.option("--max-faces", default=L("max_faces"), type=click.IntRange(1), help="Score at most this many faces per image (largest first)."),
+        "max_pixels": click.option("--max-pixels", default=L("max_pixels"), type=click.IntRange(1), help="Refuse images with more pixels (decompression-bomb guard)."),
+        "max_file_mb": click.option("--max-file-mb", default=L("max_file_bytes") / 1024 / 1024, type=click.FloatRange(0.001), help="Refuse files larger than this."),
+        "image_timeout": click.option("--image-timeout", default=L("image_timeout_s"), type=click.FloatRange(0.1), help="Seconds to read and detect one image before it gets an error record."),
+        "in_flight": click.option("--in-flight", default=C("max_in_flight"), type=click.IntRange(1), help="Most inference requests in flight at once."),
+        "timeout": click.option("--timeout", default=C("timeout_s"), type=click.FloatRange(0.1), help="Per-request timeout in seconds."),
+        "retries": click.option("--retries", default=C("retries"), type=click.IntRange(0), help="Retries (jittered exponential back-off) when the server is busy, down or loading the model."),
+        "wait_ready": click.option("--wait-ready", default=C("wait_ready_s"), type=click.FloatRange(0), help="Seconds to wait at start for the model to be ready (a server still starting)."),
+        "skus_per_face": click.option("--skus-per-face", default=inspect.signature(Recommender).parameters["skus_per_face"].default,
+                                      type=click.IntRange(1), help="Products listed per face."),
+    }
+
+    def decorate(f):
+        for name in reversed(names):
+            f = table[name](f)
+        return f
+
+    return decorate
+
+
+DETECTION_OPTIONS = ("detector", "upsample", "retry_upsample", "min_score", "max_side", "min_face", "max_faces", "max_pixels", "max_file_mb")
+
+
+def _detection_settings(detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, image_timeout=None):
+    """(DetectorSettings, Limits) from the shared options."""
+    from .client.recommend import Limits
+    from .detection import DetectorSettings
+
+    limits = dict(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces)
+    return (DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, min_score=min_score, max_side=max_side, min_face=min_face),
+            Limits(**limits, **({"image_timeout_s": image_timeout} if image_timeout is not None else {})))
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_recommend_options
+@_photo_options("url", "protocol")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("results.jsonl"), help="JSONL file, one record per image, written as each image finishes.")
+@click.option("--resume", is_flag=True, help="Keep records already in --output and skip those images.")
+@_photo_options("catalog", *DETECTION_OPTIONS, "image_timeout")
+@click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count - 1, at least 1).")
+@_photo_options("in_flight", "timeout", "retries", "wait_ready", "skus_per_face")
+@click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s.")
+@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Also write a JPEG copy of each photo to DIR (same names) with face boxes, labels, scores and products.")
 def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face,
               max_faces, max_pixels, max_file_mb, image_timeout, workers, in_flight, timeout, retries, wait_ready, skus_per_face,
               progress, annotate):
     """Recommend products for the faces in PATHS (image files; a folder is one profile)."""
     from .client.inference import ClientSettings
-    from .client.recommend import Limits, Recommender
+    from .client.recommend import Recommender
     from .client.report import print_report
-    from .detection import DetectorSettings
 
+    detection, limits = _detection_settings(detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels,
+                                            max_file_mb, image_timeout)
     rec = Recommender(
         catalog=catalog,
-        detector=DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, min_score=min_score, max_side=max_side, min_face=min_face),
-        limits=Limits(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces, image_timeout_s=image_timeout),
+        detector=detection,
+        limits=limits,
         skus_per_face=skus_per_face,
         workers=workers,
         client=ClientSettings(url=url, protocol=protocol, timeout_s=timeout, retries=retries, max_in_flight=in_flight, wait_ready_s=wait_ready),
@@ -306,6 +328,65 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
     if summary.inference_errors:
         raise Face2hbeError(f"{summary.inference_errors} image(s) got an inference error from the server (see {output}): "
                             "rerun with --resume to retry them")
+
+
+# --- batch -------------------------------------------------------------------------
+
+
+def _batch_default(name: str):
+    from .client.batch import BatchSettings
+
+    return _default(BatchSettings, name)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--output", default=_batch_default("output"),
+              help="Folder (or a pyarrow filesystem URI, e.g. s3://bucket/prefix): results/part-*.parquet (one row per image, "
+                   "faces nested) and profiles.parquet. Rerun to resume.")
+@click.option("--engine", type=click.Choice(["triton", "local"]), default=_batch_default("engine"),
+              help="triton: score on a Triton server over gRPC (--url); local: onnxruntime in the scoring actors on --repository's model.")
+@click.option("--url", default=None, help="Triton gRPC host:port (default 127.0.0.1:8001).")
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository for --engine local.")
+@click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write every output row as recommend's JSONL records.")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on this machine).")
+@click.option("--cpu-workers", type=click.IntRange(1), default=None, help="Detection tasks at once (default: every CPU Ray has).")
+@click.option("--scorers", type=click.IntRange(1), default=_batch_default("scorers"), help="Scoring actors (per Triton replica; see docs/batch.md).")
+@click.option("--in-flight", default=4, type=click.IntRange(1), help="Batches (requests) in flight per scoring actor.")
+@click.option("--images-per-task", default=_batch_default("images_per_task"), type=click.IntRange(1), help="Images per detection task and per scoring call.")
+@click.option("--rows-per-part", default=_batch_default("rows_per_part"), type=click.IntRange(1), help="Images per Parquet part file (at most).")
+@click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray (default: this machine's).")
+@_photo_options("catalog", *DETECTION_OPTIONS, "timeout", "retries", "wait_ready", "skus_per_face")
+@click.option("--progress/--no-progress", default=True, help="Ray Data's progress bars.")
+@click.option("--pause-after", type=click.IntRange(1), default=None, hidden=True, help="Test hook: a scoring actor pauses after N images.")
+@click.option("--pause-file", type=click.Path(path_type=Path), default=None, hidden=True, help="Test hook: the pause ends when this file exists.")
+@click.option("--pause-stage", type=click.Choice(["score", "prepare"]), default="score", hidden=True, help="Test hook: which stage's worker pauses.")
+def batch(paths, output, engine, url, repository, jsonl, address, cpu_workers, scorers, in_flight, images_per_task, rows_per_part, local_cpus, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, timeout, retries, wait_ready, skus_per_face, progress, pause_after, pause_file, pause_stage):
+    """Batch job on Ray Data: PATHS (folders, image files, .txt lists of paths, Parquet/CSV manifests with a
+    `path` column) -> Parquet results. Exit 1 when any output row is an error."""
+    from .client.batch import BatchSettings, run_batch, summary_rows
+    from .client.catalog import load_catalog
+    from .client.inference import ClientSettings
+    from .client.report import print_report
+
+    detection, limits = _detection_settings(detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb)
+    settings = BatchSettings(
+        output=output, engine=engine, repository=repository, catalog=catalog, jsonl=jsonl, address=address,
+        client=ClientSettings(url=url, protocol="grpc", timeout_s=timeout, retries=retries, max_in_flight=in_flight, wait_ready_s=wait_ready),
+        detector=detection,
+        limits=limits,
+        skus_per_face=skus_per_face, cpu_workers=cpu_workers, scorers=scorers, images_per_task=images_per_task,
+        rows_per_part=rows_per_part, num_cpus=local_cpus, progress=progress, pause_after=pause_after, pause_file=pause_file, pause_stage=pause_stage,
+    )
+    summary = run_batch(paths, settings)
+    from .client.batch import read_output, record_from_row
+
+    records = [record_from_row(r) for r in read_output(output)] if summary.output_rows <= 50 else []  # no image table
+    print_report(output, summary, load_catalog(catalog), records=records, extra_rows=summary_rows(summary))
+    if summary.output_errors:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(summary.output_errors.items()))
+        raise Face2hbeError(f"{sum(summary.output_errors.values())} of {summary.output_rows} output rows are errors ({kinds}); "
+                            "rerun with the same --output to retry server and read errors")
 
 
 # --- loadtest / bench --------------------------------------------------------------

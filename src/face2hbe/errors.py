@@ -36,3 +36,7 @@ class CatalogError(Face2hbeError):
 
 class DataError(Face2hbeError):
     """A training/evaluation data set is missing or malformed."""
+
+
+class InputError(Face2hbeError):
+    """A list of inputs (paths file, manifest) is missing or malformed."""

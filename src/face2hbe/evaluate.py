@@ -67,9 +67,8 @@ def evaluate(config: EvalConfig) -> dict:
         "metrics": metrics.per_label_metrics(targets, scores, LABELS, thresholds),
     }
     for j, label in enumerate(LABELS):
-        known = targets[:, j] >= 0
-        t = (targets[known, j] >= 0.5).astype(int)
-        if 0 < t.sum() < len(t):
+        known, t = metrics.known_binary(targets[:, j])
+        if metrics.has_both_classes(t):
             lo, hi = metrics.auc_confidence_interval(t, scores[known, j], groups=groups[known])
             result["metrics"][label]["roc_auc_ci95"] = [lo, hi]
     out = Path(config.output)

@@ -110,15 +110,20 @@ def load_rgb(
     Handles EXIF orientation, CMYK, palette, RGBA (composited on white),
     grayscale and 16-bit images, HEIC/HEIF; animated images use their first frame.
     """
-    return decode_rgb(read_image_file(path, max_file_bytes), path, max_pixels)
+    return decode_rgb(read_image_file(path, max_file_bytes), path, max_pixels, max_file_bytes)
 
 
-def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes as an upright 8-bit RGB array, or raise BadImageError naming `name`.
+def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
+    """Decode encoded image bytes (read from any filesystem) as an upright 8-bit RGB array, or raise BadImageError naming `name`.
 
     The pixel count is checked from the header, before any pixel is decoded. Pillow's own
     process-wide bomb guard (Image.MAX_IMAGE_PIXELS) is left as the application set it.
     """
+    if len(data) == 0:
+        raise BadImageError(name, "empty file (0 bytes)")
+    if len(data) > max_file_bytes:
+        raise BadImageError(name, f"file is {len(data)} bytes, above the {max_file_bytes}-byte limit")
     _register_heif()
     # face_recognition sets this global to True on import; a truncated file must fail here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -42,7 +42,7 @@ import numpy as np
 from face2hbe import contract
 from face2hbe.detection import DetectorSettings
 from face2hbe.errors import BadImageError, Face2hbeError, InferenceError, InputError, ServerUnavailableError
-from face2hbe.imaging import Box
+from face2hbe.imaging import Box, read_image_file
 
 from .inference import ClientSettings, ModelInfo
 from .recommend import Limits, Prepared, Recommender, RunSummary, find_inputs, prepare_image, score_image
@@ -161,19 +161,7 @@ def read_image_bytes(path: str, max_file_bytes: int) -> bytes:
             raise BadImageError(path, f"file is {info.size} bytes, above the {max_file_bytes}-byte limit")
         with fs.open_input_stream(inner) as f:
             return f.read()
-    local = Path(path)
-    try:
-        size = local.stat().st_size
-    except FileNotFoundError as exc:
-        raise BadImageError(path, f"cannot read file ({exc.strerror or exc})") from None
-    if local.is_dir():
-        raise BadImageError(path, "is a directory")
-    if not local.is_file():
-        raise BadImageError(path, "not a regular file")
-    if size > max_file_bytes:
-        raise BadImageError(path, f"file is {size} bytes, above the {max_file_bytes}-byte limit")
-    with local.open("rb") as f:
-        return f.read(max_file_bytes + 1)
+    return read_image_file(path, max_file_bytes)  # recommend's own reader: non-blocking, a regular file or an error
 
 
 # --- stages (module-level functions: Ray pickles them by reference) ----------------------

@@ -70,6 +70,7 @@ def test_thresholds_round_trip_into_model_config(tmp_path):
     assert read_back == pytest.approx(thresholds)
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_tiny_training_run_lowers_its_loss(celeba_dir, tmp_path):
     from face2hbe.training.train import TrainConfig, train
 

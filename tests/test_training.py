@@ -64,6 +64,7 @@ def test_rerun_with_mirror_average_re_evaluates_and_exports_it(celeba_dir, tmp_p
     np.testing.assert_allclose(both, (plain + flipped) / 2, atol=2e-5)
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_constant_rate_run_keeps_every_epoch_for_averaging(celeba_dir, tmp_path):
     from face2hbe.cli import main
 
@@ -130,6 +131,7 @@ def test_interrupted_run_resumes_from_its_backup(celeba_dir, tmp_path):
     assert not (out / "backup").exists()
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_best_checkpoint_and_early_stopping_follow_validation_auc(celeba_dir, tmp_path):
     """ModelCheckpoint keeps the first epoch of highest val_mean_auc; EarlyStopping (patience 1, carried
     across the two stages) stops at the first epoch without gain; a stopped run is not trained on."""
@@ -412,6 +414,7 @@ def test_served_recipe_first_stage_runs_in_small(celeba_dir, tmp_path, monkeypat
     assert not (tmp_path / "runs" / "mixed64").exists()  # --stage: that one only
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_recipe_chains_stages_and_averages_checkpoints(celeba_dir, tmp_path):
     """Stage b starts from stage a's model; its model is the mean of its start and its epoch."""
     import yaml
@@ -485,6 +488,7 @@ def test_average_tool_takes_the_size_from_the_run(tmp_path):
         tool.checkpoint_size([tmp_path / "elsewhere.weights.h5"])
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_finished_run_rerun_with_more_epochs_trains_on(celeba_dir, tmp_path):
     """No backup left (the run had finished): more epochs continue from last.weights.h5 and the step count."""
     from face2hbe.training.train import train

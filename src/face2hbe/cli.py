@@ -41,34 +41,40 @@ def cli(verbose: bool) -> None:
 # --- train -------------------------------------------------------------------------
 
 
+def _train_default(name: str):
+    from .training.train import TrainConfig
+
+    return _default(TrainConfig, name)
+
+
 @cli.command()
 @click.option("--data", "data", multiple=True, metavar="KIND:PATH",
               help="Labeled data, repeatable: celeba:DIR (labels.csv + list_attr_celeba.txt), folders:DIR "
                    "(eyewear/ beard/ hat/ none/ sub-folders) or lfw:DIR (labels.csv with soft labels).")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Run folder: checkpoints, model.keras, training.json, curves.png. Rerun to resume.")
-@click.option("--weights", default="imagenet", help="Backbone start: 'imagenet' (downloaded by Keras), 'none' (from scratch) or a local VGG16 .h5 file.")
+@click.option("--weights", default=_train_default("weights"), help="Backbone start: 'imagenet' (downloaded by Keras), 'none' (from scratch) or a local VGG16 .h5 file.")
 @click.option("--batchnorm/--no-batchnorm", default=None, help="VGG16 with batch-norm after each conv. Default: on with --weights none, off otherwise.")
 @click.option("--schedule", default=None, metavar="SIZE:EPOCHS[,...]", help="Working image sizes and epochs per stage, e.g. 64:6,96:2 (progressive resizing). Default: --image-size:--epochs.")
 @click.option("--image-size", default=contract.INPUT_SIZE, type=click.IntRange(32, 512), help="Network working size (crops are resized to it inside the served graph).")
 @click.option("--epochs", default=10, type=click.IntRange(1), help="Epochs when no --schedule is given.")
-@click.option("--head-epochs", default=2, type=click.IntRange(0), help="Pretrained recipe: epochs with the base frozen before fine-tuning block5.")
-@click.option("--batch-size", default=32, type=click.IntRange(1), help="Training batch size.")
+@click.option("--head-epochs", default=_train_default("head_epochs"), type=click.IntRange(0), help="Pretrained recipe: epochs with the base frozen before fine-tuning block5.")
+@click.option("--batch-size", default=_train_default("batch_size"), type=click.IntRange(1), help="Training batch size.")
 @click.option("--learning-rate", type=float, default=None, help="Override the recipe's rate (pretrained: Adam 1e-3 then SGD 5e-5; scratch: AdamW 1e-3 cosine).")
-@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=_train_default("lr_schedule"), show_default=True,
               help="From scratch: cosine decay over the planned epochs, or a constant rate (for checkpoint averaging).")
 @click.option("--keep-epoch-weights", is_flag=True, help="Also keep epoch-NN.weights.h5 after every epoch (inputs for tools/average_checkpoints.py).")
-@click.option("--attributes/--no-attributes", default=False, help="Multi-task: also learn every CelebA attribute the data sets carry.")
+@click.option("--attributes/--no-attributes", default=_train_default("attributes"), help="Multi-task: also learn every CelebA attribute the data sets carry.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each data set (smoke tests).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for decoded training crops.")
-@click.option("--patience", default=4, type=click.IntRange(1), help="Early stop after this many epochs without validation AUC gain.")
-@click.option("--augment/--no-augment", default=True, help="Flips, shifts, zooms, rotations, brightness, contrast, JPEG quality and blur.")
+@click.option("--patience", default=_train_default("patience"), type=click.IntRange(1), help="Early stop after this many epochs without validation AUC gain.")
+@click.option("--augment/--no-augment", default=_train_default("augment"), help="Flips, shifts, zooms, rotations, brightness, contrast, JPEG quality and blur.")
 @click.option("--init-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Warm start from an earlier run's best.weights.h5 or model.keras, or from a served model.onnx "
                    "(same network and targets), e.g. to add data.")
-@click.option("--mirror-average/--no-mirror-average", default=False,
+@click.option("--mirror-average/--no-mirror-average", default=_train_default("mirror_average"),
               help="Score each face and its mirror and average (test-time augmentation): thresholds, metrics and the "
                    "exported graph use it; twice the backbone compute per face. Rerun a finished run with it to re-evaluate.")
-@click.option("--seed", default=0, type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
+@click.option("--seed", default=_train_default("seed"), type=int, help="Seed for weights, shuffling, augmentation and the validation split.")
 @click.option("--average", default=None, metavar="NAME[,NAME...]",
               help="Final weights: the mean of these checkpoints of the run (epoch-NN, last, init), batch-norm re-measured.")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -18,7 +18,7 @@ def crops(celeba_dir):
     return images
 
 
-@pytest.mark.parametrize("working_size", [64, contract.INPUT_SIZE])
+@pytest.mark.parametrize("working_size", [pytest.param(64, marks=pytest.mark.slow), contract.INPUT_SIZE])
 def test_onnx_matches_keras(tmp_path, crops, working_size):
     import keras
     import onnxruntime as ort

@@ -29,6 +29,7 @@ def test_cli_smoke_training_writes_loadable_model(celeba_dir, tmp_path):
     assert summary["mirror_average"] is False
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_rerun_with_mirror_average_re_evaluates_and_exports_it(celeba_dir, tmp_path):
     import onnxruntime as ort
 
@@ -397,6 +398,7 @@ def test_recipe_mistakes_are_typed_errors(tmp_path, stage, message):
         load_recipe(path)
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_served_recipe_first_stage_runs_in_small(celeba_dir, tmp_path, monkeypatch):
     """`face2hbe train --recipe`: the served recipe's first stage, with command-line overrides making it tiny."""
     from face2hbe.cli import main

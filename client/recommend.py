@@ -441,7 +441,7 @@ class Recommender:
         summary.profiles = [aggregate_profile(p, r, labels, self.catalog) for p, r in by_profile.items()]
 
     @staticmethod
-    def _count(summary: RunSummary, result: ImageResult) -> None:  # noqa: D102
+    def _count(summary: RunSummary, result: ImageResult) -> None:
         summary.images += 1
         summary.faces += len(result.faces)
         if result.error:

@@ -104,14 +104,14 @@ def unsupported_fields(config) -> list[str]:
 
 
 WORKSPACE_PREFIX = "face2hbe-serve-"
+PID_FILE = "owner.pid"
+SHM_FILE = "shm.txt"  # the /dev/shm blocks this server's processes have mapped (raw request tensors)
 
 
 def workspace_root() -> Path:
     """Where server workspaces go: /tmp, not $TMPDIR, since pytriton's Unix sockets live there
     (a socket path is limited to 108 bytes) and the path is published in the served config."""
     return Path("/tmp") if os.access("/tmp", os.W_OK) else Path(tempfile.gettempdir())
-PID_FILE = "owner.pid"
-SHM_FILE = "shm.txt"  # the /dev/shm blocks this server's processes have mapped (raw request tensors)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -303,11 +303,12 @@ class EmbeddedServer:
         return self
 
     def _server_process(self):
+        """This server's tritonserver process (its binary lives in our workspace: other servers of this process differ)."""
         import psutil
 
         for child in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if child.name() == "tritonserver":
+                if child.name() == "tritonserver" and str(self._workspace) in " ".join(child.cmdline()[:1]):
                     return child
         return None
 

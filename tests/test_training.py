@@ -27,6 +27,19 @@ def test_cli_smoke_training_writes_loadable_model(celeba_dir, tmp_path):
     scores = np.asarray(model(np.zeros((2, 32, 32, 3), np.float32)))
     assert scores.shape == (2, len(contract.LABELS))
     assert summary["mirror_average"] is False
+    # The JSON writer's guard (the data, output and cache paths were all given absolute here).
+    assert not [s for s in _strings(summary) if s.startswith("/")]
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
 
 
 @pytest.mark.slow  # a real training run: make test-all
@@ -155,6 +168,7 @@ def test_best_checkpoint_and_early_stopping_follow_validation_auc(celeba_dir, tm
         assert train(config)["history"] == history
 
 
+@pytest.mark.slow  # a real training run (the CLI smoke test checks the same in the default suite): make test-all
 def test_training_json_holds_no_absolute_path(celeba_dir, tmp_path, monkeypatch):
     from face2hbe.paths import portable as portable_path
     from face2hbe.paths import portable_spec

@@ -77,3 +77,15 @@ def test_bad_requests_get_errors_and_server_keeps_serving(grpc_url, shape, dtype
     ok = grpcclient.InferInput(contract.INPUT_NAME, [1, *contract.INPUT_SHAPE], contract.INPUT_DTYPE)
     ok.set_data_from_numpy(_batch(1))
     _check_scores(client.infer(contract.MODEL_NAME, [ok]).as_numpy(contract.OUTPUT_NAME), 1)
+
+
+def test_pytriton_internals_we_rely_on_fail_loudly_when_changed():
+    """publish_parameters is the one place that touches pytriton internals: a release that changes them is a typed error."""
+    from face2hbe.errors import ModelRepositoryError
+    from face2hbe.serving.embedded import publish_parameters
+
+    class ChangedTriton:  # a Triton whose model manager is gone (as a pytriton release might do)
+        pass
+
+    with pytest.raises(ModelRepositoryError, match="pytriton release changed its internals"):
+        publish_parameters(ChangedTriton(), contract.MODEL_NAME, {"labels": "x"})

@@ -41,6 +41,9 @@ class ServerSettings:
     max_queue_delay_us: int | None = None  # None = config.pbtxt's value; 0 with no_batching
     no_batching: bool = False  # disable the dynamic batcher (benchmarks)
     log_verbose: int = 0
+    # tritonserver's own log (about 100 lines at start, among them NVML/CUDA notices on a machine
+    # without a GPU) goes to this file; None = the server's workspace (triton.log), "-" = stdout.
+    server_log: str | None = None
     ignored: list[str] = field(default_factory=list)
 
 
@@ -253,8 +256,10 @@ class EmbeddedServer:
         s = self.settings
         for leftover in remove_leftovers():
             log.info("removed leftover of a crashed earlier server: %s", leftover)
-        for line in self.ignored:
-            log.warning("embedded server ignores config.pbtxt field: %s", line)
+        if self.ignored:  # expected with the container's GPU config: worth a line, not a warning each
+            log.info("embedded server ignores these config.pbtxt fields: %s", "; ".join(self.ignored))
+        self._workspace = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=workspace_root()))
+        (self._workspace / PID_FILE).write_text(str(os.getpid()))
         triton_config = TritonConfig(
             http_address=s.host,
             http_port=s.http_port,
@@ -263,6 +268,7 @@ class EmbeddedServer:
             metrics_address=s.host,
             metrics_port=s.metrics_port,
             log_verbose=s.log_verbose,
+            log_file=None if s.server_log == "-" else Path(s.server_log or self._workspace / "triton.log"),
             exit_on_error=True,
             strict_readiness=True,
             # Reused request objects keep the largest payload they ever held (a refused 512 MB request
@@ -273,8 +279,6 @@ class EmbeddedServer:
         # One dry run per session so the first request does not pay onnxruntime's set-up.
         for session in sessions:
             session.run(None, {contract.INPUT_NAME: np.zeros((1, *contract.INPUT_SHAPE), np.uint8)})
-        self._workspace = Path(tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=workspace_root()))
-        (self._workspace / PID_FILE).write_text(str(os.getpid()))
         triton = Triton(config=triton_config, workspace=self._workspace / "pytriton")
         try:
             triton.bind(
@@ -290,6 +294,8 @@ class EmbeddedServer:
             with _scoped_environment(stub_environment()):
                 triton.run()
         except Exception:
+            for line in self.server_errors():
+                log.error("tritonserver: %s", line)
             triton.stop()
             self._remove_workspace()
             raise
@@ -326,6 +332,14 @@ class EmbeddedServer:
                     pids.add(child.pid)
         return pids
 
+    def server_errors(self, last: int = 5) -> list[str]:
+        """The last error lines of tritonserver's own log (when it goes to the workspace file), one line each."""
+        path = Path(self.settings.server_log or (self._workspace / "triton.log" if self._workspace else ""))
+        if self.settings.server_log == "-" or not path.is_file():
+            return []
+        lines = [" ".join(line.split()) for line in path.read_text(errors="replace").splitlines() if line.startswith("E")]
+        return lines[-last:]
+
     def record_shared_memory(self) -> None:
         """Note in the workspace every /dev/shm block our processes map, so a later start can remove them after a crash."""
         if self._workspace is None:
@@ -353,6 +367,8 @@ class EmbeddedServer:
             raise BackendDiedError("the Triton server process died")
         dead = self._stubs - self._stub_pids()
         if dead:
+            for line in self.server_errors():
+                log.error("tritonserver: %s", line)
             raise BackendDiedError(f"model backend process(es) {sorted(dead)} died; every inference would fail")
 
     def stop(self) -> None:

@@ -25,6 +25,8 @@ def _default(settings_class, name: str):
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # pytriton's start-up banner (endpoints, links): -v shows it
+        logging.getLogger("pytriton").setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -232,12 +234,16 @@ def settings_from_options(repository, host, http_port, grpc_port, metrics_port, 
 @server_options
 @click.option("--int8", is_flag=True, help="Serve the INT8 CPU model (<repository>/face2hbe_int8, from `export --format int8`) under the name face2hbe, so clients need no change.")
 @click.option("--no-batching", is_flag=True, help="Disable the dynamic batcher (benchmarks).")
-def serve(int8, no_batching, **options):
+@click.option("--server-log", default=None, metavar="FILE",
+              help="tritonserver's own log: FILE, or - for stdout (default: a file in the server's workspace; its errors are shown).")
+@click.pass_context
+def serve(ctx, int8, no_batching, server_log, **options):
     """Run the embedded Triton server (nvidia-pytriton) on the model repository until Ctrl-C/SIGTERM."""
     from .serving.embedded import EmbeddedServer
 
+    verbose = ctx.find_root().params.get("verbose")
     server = EmbeddedServer(settings_from_options(**options, model_folder=contract.INT8_MODEL_NAME if int8 else None,
-                                                  no_batching=no_batching))
+                                                  no_batching=no_batching, server_log=server_log or ("-" if verbose else None)))
     click.echo(f"labels {server.labels}, thresholds {server.thresholds}")
     server.serve_forever()
     click.echo("server stopped")

@@ -692,9 +692,7 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
             log.error("%d more error rows not logged: see the output's error column", logged - MAX_LOGGED_ERRORS)
         summary.stats_text = ds.stats()
         summary.stages = stage_throughput(summary.stats_text)
-    except Face2hbeError:
-        raise
-    except Exception as exc:  # Ray wraps what a task or an actor raised: report our error, in one line
+    except ray.exceptions.RayError as exc:  # Ray wraps what a task or an actor raised: report our error, in one line
         raise _user_error(exc) from None
     finally:
         if owns_ray:

@@ -17,6 +17,12 @@ PIL (1000 px, detected on the client's 800 px copy), every detector on the same 
 CPU above wall means the detector used more than one thread.
 
 Every photo goes through `load_rgb` and `detect_faces` with the client's settings, as the client runs them.
+
+--score (end to end): the found face is cropped with `face_crops` (the client's framing) and scored by the
+repository's ONNX model on the CPU; a label counts as given when its score reaches the served threshold.
+Recall over the positives and false-positive rate over the negatives, re-weighted like the found rates (a
+face the detector missed gives no label). Run it with --timing-photos 0 so its scoring does not share the
+machine with a timing pass.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from face2hbe.contract import LABELS
-from face2hbe.detection import DETECTOR_MODELS, DetectorSettings, detect_faces
+from face2hbe.detection import DETECTOR_MODELS, DetectorSettings, detect_faces, face_crops
 from face2hbe.imaging import load_rgb
 from face2hbe.training.data import load_celeba, load_lfw, split_by_group
 
@@ -52,8 +58,10 @@ def stratified_sample(targets: np.ndarray, others: int, seed: int):
     return np.concatenate([keep, drawn]), weights
 
 
-def found_celeba(boxes, height, width) -> bool:
-    return any(width / 3 <= (b.left + b.right) / 2 <= 2 * width / 3 and height / 3 <= (b.top + b.bottom) / 2 <= 2 * height / 3 for b in boxes)
+def found_celeba(boxes, height, width):
+    """The box (nearest the centre) whose centre lies in the middle third of the image on both axes, or None."""
+    inside = [b for b in boxes if width / 3 <= (b.left + b.right) / 2 <= 2 * width / 3 and height / 3 <= (b.top + b.bottom) / 2 <= 2 * height / 3]
+    return min(inside, key=lambda b: (b.top + b.bottom - height) ** 2 + (b.left + b.right - width) ** 2) if inside else None
 
 
 def centre_box(boxes, height, width):
@@ -62,19 +70,26 @@ def centre_box(boxes, height, width):
     return min(inside, key=lambda b: (b.top + b.bottom - height) ** 2 + (b.left + b.right - width) ** 2) if inside else None
 
 
-def found_rates(name, labeled, index, weights, detectors, found_fn, log):
-    """Per detector: found flags per sampled photo, and the rates per label."""
+def found_rates(name, labeled, index, weights, detectors, found_fn, log, scorer=None):
+    """Per detector: found flags per sampled photo, and the rates per label (and, with `scorer`, the found face's scores)."""
     targets = labeled.targets[index]
     hits = {d: np.zeros(len(index), bool) for d in detectors}
     centre = {d: [None] * len(index) for d in detectors}
+    scores = {d: np.full((len(index), len(LABELS)), np.nan) for d in detectors}
     start = time.time()
     for k, i in enumerate(index):
         image = load_rgb(labeled.paths[i])
         h, w = image.shape[:2]
         for d in detectors:
             boxes = detect_faces(image, DetectorSettings(model=d))
-            hits[d][k] = found_fn(boxes, h, w)
-            centre[d][k] = centre_box(boxes, h, w)
+            centre[d][k] = found_fn(boxes, h, w)
+            hits[d][k] = centre[d][k] is not None
+        if scorer is not None:
+            found = [d for d in detectors if hits[d][k]]
+            if found:
+                out = scorer(face_crops(image, [centre[d][k] for d in found]))
+                for d, row in zip(found, out):
+                    scores[d][k] = row
         if (k + 1) % 100 == 0:
             log(f"{name}: {k + 1}/{len(index)} photos, {time.time() - start:.0f} s")
     rows = {}
@@ -86,7 +101,37 @@ def found_rates(name, labeled, index, weights, detectors, found_fn, log):
                           "rate": float(np.average(hits[d][pos], weights=weights[pos])) if pos.any() else None}
         row["all"] = {"found": int(hits[d].sum()), "of": len(index), "rate": float(np.average(hits[d], weights=weights))}
         rows[d] = row
-    return rows, hits, centre
+    scored = None
+    if scorer is not None:  # end to end: the label is given when the face is found and its score reaches the served threshold
+        scored = {}
+        for d in detectors:
+            row = {}
+            for j, label in enumerate(LABELS):
+                given = hits[d] & (np.nan_to_num(scores[d][:, j], nan=-1.0) >= scorer.thresholds[label])
+                pos, neg = targets[:, j] == 1, targets[:, j] == 0
+                row[label] = {"recall": float(np.average(given[pos], weights=weights[pos])) if pos.any() else None,
+                              "false_positive_rate": float(np.average(given[neg], weights=weights[neg])) if neg.any() else None,
+                              "positives": int(pos.sum()), "negatives": int(neg.sum())}
+            scored[d] = row
+    return rows, scored, centre
+
+
+class Scorer:
+    """The served model (repository's face2hbe ONNX graph) on uint8 crops, on the CPU; scores in LABELS order."""
+
+    def __init__(self, repository: Path):
+        import onnxruntime as ort
+
+        from face2hbe import contract
+        from face2hbe.repository import labels_and_thresholds, validate_model_dir
+
+        config, onnx_path = validate_model_dir(Path(repository) / contract.MODEL_NAME)
+        self.labels, self.thresholds = labels_and_thresholds(config)
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.order = [self.labels.index(label) for label in LABELS]
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.session.get_inputs()[0].name: crops})[0][:, self.order]
 
 
 def geometry_vs_hog(centre, detectors):
@@ -163,22 +208,36 @@ def machine():
     return info
 
 
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
 def table(result) -> str:
     detectors = result["detectors"]
     lines = ["| set | detector | eyewear found | beard found* | hat found | all found* |", "|---|---|---|---|---|---|"]
     for name in ("celeba", "lfw"):
         for d in detectors:
             row = result["found"][name]["rates"][d]
-            cells = [f"{100 * row[k]['rate']:.1f} % ({row[k]['found']}/{row[k]['of']})" for k in (*LABELS, "all")]
+            cells = [f"{pct(row[k]['rate'])} ({row[k]['found']}/{row[k]['of']})" for k in (*LABELS, "all")]
             lines.append(f"| {name} {result['split']} | {d} | " + " | ".join(cells) + " |")
     lines += ["", "\\* beard and all: re-weighted to the whole split (the sample holds every eyewear and hat positive, "
-              "and a seeded draw of the rest); the counts are the sample's.",
-              "", "| photo size | detector | median ms | p90 ms | median CPU ms | ratio to HOG | load avg (1 min) |", "|---|---|---|---|---|---|---|"]
-    for size, t in result["timing"].items():
+              "and a seeded draw of the rest); the counts are the sample's."]
+    if result.get("timing"):
+        lines += ["", "| photo size | detector | median ms | p90 ms | median CPU ms | ratio to HOG | load avg (1 min) |", "|---|---|---|---|---|---|---|"]
+    for size, t in result.get("timing", {}).items():
         for d in detectors:
             r = t["detectors"][d]
             lines.append(f"| {size} | {d} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['median_cpu_ms']:.1f} | {r['ratio_to_hog'] or float('nan'):.2f} | "
                          f"{t['load_avg_1min']['min']:.1f}–{t['load_avg_1min']['max']:.1f} |")
+    if any("end_to_end" in result["found"][name] for name in ("celeba", "lfw")):
+        lines += ["", "", "End to end (label given = face found and its crop's score reaches the served threshold; recall over positives, "
+                  "false-positive rate over negatives, both re-weighted to the split):",
+                  "", "| set | detector | " + " | ".join(f"{label} recall / FPR" for label in LABELS) + " |", "|---|---|" + "---|" * len(LABELS)]
+        for name in ("celeba", "lfw"):
+            for d in detectors:
+                row = result["found"][name].get("end_to_end", {}).get(d)
+                if row:
+                    lines.append(f"| {name} {result['split']} | {d} | " + " | ".join(f"{pct(row[k]['recall'])} / {pct(row[k]['false_positive_rate'])}" for k in LABELS) + " |")
     geo = result["found"]["lfw"].get("box_vs_hog", {})
     if geo:
         lines += ["", "| detector | LFW photos with both centre boxes | median IoU with HOG | side / HOG side | centre shift down (HOG sides) |", "|---|---|---|---|---|"]
@@ -196,6 +255,8 @@ def main(argv=None):
     parser.add_argument("--timing-photos", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", default=",".join(DETECTOR_MODELS), help=f"comma-separated, from {', '.join(DETECTOR_MODELS)}")
+    parser.add_argument("--score", action="store_true", help="also score the found face's crop with the served ONNX model (onnxruntime, CPU) at its thresholds")
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository", help="model repository for --score")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here (e.g. docs/bench/detectors.json)")
     args = parser.parse_args(argv)
     detectors = args.detectors.split(",")
@@ -212,7 +273,10 @@ def main(argv=None):
               "sampling": "all eyewear and hat positives of the split + `others` drawn from the rest; beard and all re-weighted by the inverse sampling fraction"}
     start = time.time()
     sets = {"celeba": (load_celeba(args.data / "celeba"), found_celeba),
-            "lfw": (load_lfw(args.data / "lfw", soft=False), lambda boxes, h, w: centre_box(boxes, h, w) is not None)}
+            "lfw": (load_lfw(args.data / "lfw", soft=False), centre_box)}
+    scorer = Scorer(args.repository) if args.score else None
+    if scorer:
+        result["model"] = {"repository": os.path.relpath(args.repository, ROOT), "thresholds": scorer.thresholds}
     lfw_index = None
     for name, (labeled, found_fn) in sets.items():
         split = split_by_group(labeled.groups, seed=0)[SPLITS[args.split]]
@@ -221,15 +285,17 @@ def main(argv=None):
             sample, weights = sample[: args.limit], weights[: args.limit]
         index = split[sample]
         log(f"{name}: {len(split)} photos in the {args.split} split, {len(index)} sampled")
-        rates, _, centre = found_rates(name, labeled, index, weights, detectors, found_fn, log)
+        rates, scored, centre = found_rates(name, labeled, index, weights, detectors, found_fn, log, scorer)
         result["found"][name] = {"split_photos": int(len(split)), "sampled": int(len(index)),
                                  "split_positives": {label: int((labeled.targets[split][:, j] == 1).sum()) for j, label in enumerate(LABELS)},
                                  "rates": rates}
+        if scored:
+            result["found"][name]["end_to_end"] = scored
         if name == "lfw":
             lfw_index = split
             if "hog" in detectors:
                 result["found"][name]["box_vs_hog"] = geometry_vs_hog(centre, detectors)
-    if args.timing_photos:
+    if args.timing_photos and lfw_index is not None:
         result["timing"] = timing(sets["lfw"][0], lfw_index, detectors, args.timing_photos, args.seed, log)
     result["machine"]["load_avg_at_end"] = list(os.getloadavg())
     result["seconds"] = round(time.time() - start)

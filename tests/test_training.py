@@ -118,6 +118,7 @@ def test_optimizer_state_carries_across_epochs_and_stages(celeba_dir, tmp_path):
     assert not (tmp_path / "run" / "backup").exists()  # BackupAndRestore's files go when the run is done
 
 
+@pytest.mark.slow  # a real training run: make test-all
 def test_interrupted_run_resumes_from_its_backup(celeba_dir, tmp_path):
     """A run stopped after epoch 1 and run again continues at epoch 2 with its optimizer state."""
     import keras

@@ -133,8 +133,8 @@ def _check(result: SoakResult, bound_mb: float) -> None:
 
 
 def test_short_soak(server_process):
-    """40 requests from 4 users after the warm-up: part of the normal suite."""
-    result = soak(server_process.grpc_url, server_process.proc.pid, users=4, requests=40, warmup_requests=12)
+    """30 requests from 3 users after the warm-up: part of the normal suite."""
+    result = soak(server_process.grpc_url, server_process.proc.pid, users=3, requests=30, warmup_requests=9)
     _check(result, bound_mb=150)
     assert server_process.proc.poll() is None
 

@@ -21,6 +21,22 @@ OUTPUT_DTYPE = "FP32"
 LABELS = ("eyewear", "beard", "hat")
 OUTPUT_SHAPE = (len(LABELS),)
 
+# The photo model: one encoded photo in (JPEG, PNG, WebP, GIF first frame, BMP, TIFF, HEIC), every
+# face's box, label scores and detection score out. Detection and cropping run on the server with the
+# client's own functions; the crops are scored by MODEL_NAME, so its dynamic batcher gathers faces
+# from many photos. Not batched itself (outputs have one row per face): max_batch_size 0.
+PHOTO_MODEL_NAME = f"{MODEL_NAME}_photo"
+PHOTO_INPUT_NAME = "photo"
+PHOTO_INPUT_DTYPE = "BYTES"
+PHOTO_INPUT_SHAPE = (1,)
+BOXES_NAME = "boxes"  # (top, right, bottom, left) in pixels of the EXIF-rotated photo
+BOXES_DTYPE = "INT32"
+BOXES_SHAPE = (-1, 4)
+DETECTION_SCORES_NAME = "detection_scores"
+DETECTION_SCORES_DTYPE = "FP32"
+DETECTION_SCORES_SHAPE = (-1,)
+PHOTO_SCORES_SHAPE = (-1, len(LABELS))  # OUTPUT_NAME / OUTPUT_DTYPE, one row per face
+
 # Largest batch one request may carry (Triton max_batch_size).
 MAX_BATCH_SIZE = 32
 
@@ -39,7 +55,7 @@ PARAM_THRESHOLDS = "thresholds"
 DEFAULT_THRESHOLD = 0.5
 
 # Every other spelling of a datatype derives from its KServe v2 name above.
-_NUMPY_NAMES = {"UINT8": "uint8", "FP32": "float32", "BYTES": "object"}
+_NUMPY_NAMES = {"UINT8": "uint8", "INT32": "int32", "FP32": "float32", "BYTES": "object"}
 
 
 def numpy_dtype(datatype: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from face2hbe import contract
-from face2hbe.errors import InferenceError, ServerUnavailableError
+from face2hbe.errors import BadImageError, InferenceError, ServerUnavailableError
 from face2hbe.net import host_port
 from face2hbe.repository import config_from_json, labels_and_thresholds
 
@@ -30,6 +30,8 @@ DEFAULT_URLS = {"grpc": f"{contract.DEFAULT_HOST}:{contract.GRPC_PORT}", "http":
 
 TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.NOT_FOUND"}
 TRANSIENT_HTTP = {"404", "429", "502", "503", "504"}
+# The photo model's answer to a photo it cannot take (unreadable, above a limit): the photo's fault, not the server's.
+REFUSED_PHOTO = {"StatusCode.INVALID_ARGUMENT", "400"}
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,37 @@ class AsyncScorer:
         else:
             result = await asyncio.wait_for(self._client.infer(s.model_name, inputs, outputs=outputs), timeout=s.timeout_s)
         return result.as_numpy(contract.OUTPUT_NAME)
+
+    async def score_photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes int32 [N,4] top/right/bottom/left, scores [N,labels], detection scores [N]) of one encoded photo.
+
+        The photo model (contract.PHOTO_MODEL_NAME) decodes, detects and crops on the server and scores the
+        crops through the face model. A photo the server refuses (unreadable, too large: INVALID_ARGUMENT,
+        HTTP 400) raises BadImageError with the server's reason; other failures as for `score`.
+        """
+        async with self._semaphore:
+            return await self._with_retries(lambda: self._infer_photo(data, name), f"infer photo {name!r}")
+
+    async def _infer_photo(self, data: bytes, name: str):
+        from tritonclient.utils import InferenceServerException
+
+        t, s = self._triton, self.settings
+        inputs = [t.InferInput(contract.PHOTO_INPUT_NAME, list(contract.PHOTO_INPUT_SHAPE), contract.PHOTO_INPUT_DTYPE)]
+        inputs[0].set_data_from_numpy(np.array([data], dtype=object))
+        names = (contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME)
+        outputs = [t.InferRequestedOutput(n) for n in names]
+        try:
+            if s.protocol == "grpc":
+                result = await self._client.infer(contract.PHOTO_MODEL_NAME, inputs, outputs=outputs, client_timeout=s.timeout_s)
+            else:
+                result = await asyncio.wait_for(self._client.infer(contract.PHOTO_MODEL_NAME, inputs, outputs=outputs), timeout=s.timeout_s)
+        except InferenceServerException as exc:
+            if str(exc.status()) in REFUSED_PHOTO:
+                raise BadImageError(name, f"refused by the server: {one_line(exc.message() or exc)}") from None
+            raise
+        boxes = result.as_numpy(contract.BOXES_NAME).reshape(-1, 4)
+        scores = result.as_numpy(contract.OUTPUT_NAME).reshape(len(boxes), -1)
+        return boxes, scores, result.as_numpy(contract.DETECTION_SCORES_NAME).reshape(-1)
 
     async def _with_retries(self, call, what: str):
         """`call()`, retried on transient failures; InferenceError / ServerUnavailableError otherwise."""

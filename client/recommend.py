@@ -32,7 +32,16 @@ import numpy as np
 
 from face2hbe.detection import DetectorSettings, detect_and_crop, load_detector
 from face2hbe.errors import BadImageError, CatalogError, InferenceError, ServerUnavailableError
-from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Box, decode_rgb, load_rgb
+from face2hbe.imaging import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    Box,
+    decode_rgb,
+    load_rgb,
+    photo_size,
+    read_image_file,
+)
 
 from .catalog import Catalog, load_catalog
 from .inference import AsyncScorer, ClientSettings, ModelInfo
@@ -43,6 +52,10 @@ log = logging.getLogger(__name__)
 # Test hook: "K:FILE" makes a batch run wait, after its K-th record, until FILE exists, so a
 # test can kill the server or the client at a point it controls instead of racing the machine.
 HOLD_ENV = "FACE2HBE_TEST_HOLD_AFTER"
+
+# Where faces are found: "local" (this process's detection workers; the crops are sent to the face model)
+# or "server" (the photo bytes go to the photo model, which detects, crops and scores on the server).
+DETECT_MODES = ("local", "server")
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,7 @@ class Prepared:
     crops: np.ndarray | None = None
     faces_total: int = 0
     error: dict | None = None
+    photo: bytes | None = None  # --detect server: the encoded photo, sent as it is (memory only)
 
 
 @dataclass
@@ -141,6 +155,16 @@ def prepare_image(path: str, detector: DetectorSettings, limits: Limits, data: b
     return prepare_array(image, path, detector, limits)
 
 
+def read_photo(path: str, limits: Limits) -> Prepared:
+    """`--detect server`: read one photo's bytes and its upright size from the header; errors become part of the result."""
+    try:
+        data = read_image_file(path, limits.max_file_bytes)
+        width, height = photo_size(data, path, limits.max_pixels, limits.max_file_bytes)
+    except BadImageError as exc:
+        return Prepared(path, error={"kind": "bad_image", "message": exc.reason})
+    return Prepared(path, width, height, photo=data)
+
+
 def _die_with_parent() -> None:
     """Linux: the kernel sends SIGKILL to this worker when its parent dies, even by SIGKILL."""
     try:
@@ -205,9 +229,13 @@ class Recommender:
         skus_per_face: int = 3,
         workers: int | None = None,
         client: ClientSettings | None = None,
+        detect: str = DETECT_MODES[0],
     ):
         if client is not None and (url is not None or protocol != "grpc"):
             raise ValueError("give the server either as url/protocol or as client=ClientSettings(...), not both")
+        if detect not in DETECT_MODES:
+            raise ValueError(f"detect must be one of {', '.join(DETECT_MODES)}, not {detect!r}")
+        self.detect = detect
         self.client_settings = client or ClientSettings(url=url, protocol=protocol)
         self._catalog_source = catalog
         self.catalog: Catalog | None = catalog if isinstance(catalog, Catalog) else None
@@ -275,7 +303,12 @@ class Recommender:
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise BadImageError(name, f"expected an RGB uint8 array [H,W,3], got {image.dtype} {list(image.shape)}")
-            prepared = await asyncio.to_thread(prepare_array, image, name, self.detector, self.limits)
+            if self.detect == "server":
+                prepared = await asyncio.to_thread(_encoded, image, name)
+            else:
+                prepared = await asyncio.to_thread(prepare_array, image, name, self.detector, self.limits)
+        elif self.detect == "server":
+            prepared = await asyncio.to_thread(read_photo, str(image), self.limits)
         else:
             prepared = await asyncio.to_thread(prepare_image, str(image), self.detector, self.limits)
         return await self._score(prepared, None, self._scorer)
@@ -295,8 +328,21 @@ class Recommender:
         return scorer
 
     async def _score(self, prepared: Prepared, profile: str | None, scorer: AsyncScorer) -> ImageResult:
+        if prepared.photo is not None and not prepared.error:
+            return await self._score_photo(prepared, profile, scorer)
         scores = await scorer.score(prepared.crops) if prepared.crops is not None and not prepared.error else None
         return score_image(prepared, profile, scores, scorer.info, self.catalog, self.skus_per_face)
+
+    async def _score_photo(self, prepared: Prepared, profile: str | None, scorer: AsyncScorer) -> ImageResult:
+        """--detect server: the photo model finds, crops and scores the faces; the record is the local path's."""
+        try:
+            boxes, scores, _ = await scorer.score_photo(prepared.photo, prepared.path)
+        except BadImageError as exc:
+            failed = Prepared(prepared.path, prepared.width, prepared.height, error={"kind": "bad_image", "message": exc.reason})
+            return score_image(failed, profile, None, scorer.info, self.catalog, self.skus_per_face)
+        kept = [Box(top=int(t), right=int(r), bottom=int(b), left=int(left)) for t, r, b, left in boxes[: self.limits.max_faces]]
+        found = Prepared(prepared.path, prepared.width, prepared.height, kept, faces_total=len(boxes))
+        return score_image(found, profile, scores[: len(kept)] if kept else None, scorer.info, self.catalog, self.skus_per_face)
 
     # --- batches ------------------------------------------------------------------
 
@@ -348,7 +394,9 @@ class Recommender:
         loop = asyncio.get_running_loop()
         # The output first: a results file this run cannot write fails the run before any work, and
         # an older one is gone (or, with resume, compacted) before anything can go wrong.
-        with JsonlWriter(output, resume=resume) as writer, detection_pool(self.workers, self.detector.model) as pool:
+        local = self.detect == "local"
+        with JsonlWriter(output, resume=resume) as writer, (detection_pool(self.workers, self.detector.model) if local else
+                                                            ThreadPoolExecutor(self.workers, thread_name_prefix="read")) as pool:
             warm = loop.run_in_executor(pool, int)  # workers load the detector while we connect
             scorer = await self._connect()
             picture, draw_pool = self._pictures(annotate, summary)
@@ -366,8 +414,8 @@ class Recommender:
         """prepare_image in a worker, with a deadline: an image that hangs gets an error record, the run goes on."""
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(pool, prepare_image, str(path), self.detector, self.limits),
-                                          self.limits.image_timeout_s)
+            work = (prepare_image, str(path), self.detector, self.limits) if self.detect == "local" else (read_photo, str(path), self.limits)
+            return await asyncio.wait_for(loop.run_in_executor(pool, *work), self.limits.image_timeout_s)
         except asyncio.TimeoutError:
             return Prepared(str(path), error={"kind": "image_timeout", "message": f"not read and detected within {self.limits.image_timeout_s:g} s"})
 
@@ -452,6 +500,17 @@ class Recommender:
             summary.recommendations[result.top_label] += 1
         if result.reason:
             summary.reasons[result.reason] += 1
+
+
+def _encoded(image: np.ndarray, name: str) -> Prepared:
+    """--detect server with an in-memory array: sent as PNG (lossless, so the server sees these very pixels)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return Prepared(name, image.shape[1], image.shape[0], photo=buffer.getvalue())
 
 
 def _hold_point() -> tuple[int, Path] | None:

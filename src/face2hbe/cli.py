@@ -291,6 +291,12 @@ def _photo_options(*names):
     return decorate
 
 
+def _detect_modes():
+    from .client.recommend import DETECT_MODES
+
+    return DETECT_MODES
+
+
 DETECTION_OPTIONS = ("detector", "upsample", "retry_upsample", "min_score", "max_side", "min_face", "max_faces", "max_pixels", "max_file_mb")
 
 
@@ -310,13 +316,16 @@ def _detection_settings(detector, upsample, retry_upsample, min_score, max_side,
 @click.option("--output", type=click.Path(path_type=Path), default=Path("results.jsonl"), help="JSONL file, one record per image, written as each image finishes.")
 @click.option("--resume", is_flag=True, help="Keep records already in --output and skip those images.")
 @_photo_options("catalog", *DETECTION_OPTIONS, "image_timeout")
+@click.option("--detect", type=click.Choice(_detect_modes()), default=_detect_modes()[0],
+              help="Where faces are found: local (detection workers here, crops sent to the face model) or server (photo bytes "
+                   "sent to the photo model, face2hbe_photo; the detector options then are the server's).")
 @click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count - 1, at least 1).")
 @_photo_options("in_flight", "timeout", "retries", "wait_ready", "skus_per_face")
 @click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s.")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Also write a JPEG copy of each photo to DIR (same names) with face boxes, labels, scores and products.")
 def recommend(paths, url, protocol, output, resume, catalog, detector, upsample, retry_upsample, min_score, max_side, min_face,
-              max_faces, max_pixels, max_file_mb, image_timeout, workers, in_flight, timeout, retries, wait_ready, skus_per_face,
+              max_faces, max_pixels, max_file_mb, image_timeout, detect, workers, in_flight, timeout, retries, wait_ready, skus_per_face,
               progress, annotate):
     """Recommend products for the faces in PATHS (image files; a folder is one profile)."""
     from .client.inference import ClientSettings
@@ -332,6 +341,7 @@ def recommend(paths, url, protocol, output, resume, catalog, detector, upsample,
         skus_per_face=skus_per_face,
         workers=workers,
         client=ClientSettings(url=url, protocol=protocol, timeout_s=timeout, retries=retries, max_in_flight=in_flight, wait_ready_s=wait_ready),
+        detect=detect,
     )
     summary = rec.run(paths, output, resume=resume, progress=progress, on_result=None, annotate=annotate)
     print_report(output, summary, rec.catalog)

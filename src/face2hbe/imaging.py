@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from .contract import INPUT_SIZE
 from .errors import BadImageError
@@ -146,6 +146,35 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
         raise BadImageError(name, "not a recognised image format" + ("" if _register_heif() else " (HEIC needs pillow-heif)")) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(name, f"corrupt or truncated image ({' '.join(str(exc).split())[:200]})") from None
+
+
+def photo_size(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[int, int]:
+    """(width, height) of encoded image bytes as `decode_rgb` would return them (EXIF-rotated), from the header only.
+
+    The same checks as decode_rgb's before decoding (size, pixel count, format); no pixel is decoded,
+    so a corrupt body is found only by whoever decodes it (the photo model, with server-side detection).
+    """
+    if len(data) == 0:
+        raise BadImageError(name, "empty file (0 bytes)")
+    if len(data) > max_file_bytes:
+        raise BadImageError(name, f"file is {len(data)} bytes, above the {max_file_bytes}-byte limit")
+    _register_heif()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise BadImageError(name, f"image is {width}x{height} pixels, above the {max_pixels}-pixel limit")
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise BadImageError(name, f"image is above the {max_pixels}-pixel limit") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(name, "not a recognised image format" + ("" if _register_heif() else " (HEIC needs pillow-heif)")) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(name, f"corrupt or truncated image ({' '.join(str(exc).split())[:200]})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 90/270-degree EXIF rotations
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:

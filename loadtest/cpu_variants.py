@@ -1,0 +1,130 @@
+"""The CPU serving default, chosen by measurement: fp32 / INT8 x mirror-averaged / plain graph.
+
+    python -m face2hbe.loadtest.cpu_variants --output docs/bench/cpu-variants.json
+
+For each of the four graphs (the repository's two files; "plain" derived in memory by
+face2hbe.graphs.plain_graph): faces/s through onnxruntime at batch 1, 8 and 32, timed
+interleaved round by round so that the ratios hold on a shared machine, and ROC AUC per
+label on the CelebA and LFW test splits (the seeded identity split training and
+`face2hbe evaluate` use; LFW through real detection). Writes JSON and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from face2hbe import contract
+from face2hbe.repository import ONNX_FILE
+
+VARIANTS = (("fp32", "mirror"), ("fp32", "plain"), ("int8", "mirror"), ("int8", "plain"))
+BATCHES = (1, 8, 32)
+
+
+def sessions(repository: Path, threads: int | None) -> dict[str, object]:
+    import onnxruntime as ort
+
+    from face2hbe.graphs import load_graph
+
+    files = {"fp32": repository / contract.MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE,
+             "int8": repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE}
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return {f"{precision} {graph}": ort.InferenceSession(load_graph(files[precision], graph), sess_options=options,
+                                                         providers=["CPUExecutionProvider"])
+            for precision, graph in VARIANTS}
+
+
+def test_crops(data: str, cache_dir: Path | None):
+    """(crops, targets for LABELS, groups) of a data spec's test split, as `face2hbe evaluate` builds them."""
+    from face2hbe.evaluate import SPLITS
+    from face2hbe.training.data import build_crops, split_by_group
+    from face2hbe.training.train import load_sets
+
+    (dataset,) = load_sets([data], attributes=False, limit=None)
+    dataset = dataset.subset(split_by_group(dataset.groups, seed=0)[SPLITS["test"]])
+    crops, kept = build_crops(dataset, cache_dir, progress=False)
+    return crops, dataset.targets[kept][:, : len(contract.LABELS)]
+
+
+def auc_per_label(targets: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    from sklearn.metrics import roc_auc_score
+
+    from face2hbe.training.metrics import has_both_classes, known_binary
+
+    out = {}
+    for j, label in enumerate(contract.LABELS):
+        known, y = known_binary(targets[:, j])
+        out[label] = round(float(roc_auc_score(y, scores[known, j])), 4) if has_both_classes(y) else None
+    return out
+
+
+def faces_per_second(runs: dict, crops: np.ndarray, batch: int, rounds: int) -> dict[str, float]:
+    x = np.resize(crops, (batch, *crops.shape[1:])) if len(crops) < batch else crops[:batch]
+    times = {name: [] for name in runs}
+    for s in runs.values():
+        s.run(None, {contract.INPUT_NAME: x})  # warm-up
+    for _ in range(rounds):
+        for name, s in runs.items():
+            t0 = time.perf_counter()
+            s.run(None, {contract.INPUT_NAME: x})
+            times[name].append(time.perf_counter() - t0)
+    return {name: batch / float(np.median(t)) for name, t in times.items()}
+
+
+def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
+    parts = [session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0] for i in range(0, len(crops), batch)]
+    return np.concatenate(parts)
+
+
+def markdown(result: dict) -> str:
+    sets = list(result["auc"])
+    head = "| graph | " + " | ".join(f"faces/s b{b}" for b in BATCHES) + " | " + " | ".join(
+        f"{s} AUC {label}" for s in sets for label in contract.LABELS) + " |"
+    lines = [head, "|" + "---|" * (1 + len(BATCHES) + len(sets) * len(contract.LABELS))]
+    for name in result["faces_per_second"]:
+        fps = result["faces_per_second"][name]
+        aucs = [result["auc"][s][name][label] for s in sets for label in contract.LABELS]
+        lines.append(f"| {name} | " + " | ".join(f"{fps[str(b)]:.1f}" for b in BATCHES) + " | "
+                     + " | ".join("n/a" if a is None else f"{a:.4f}" for a in aucs) + " |")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--repository", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("model_repository"))
+@click.option("--data", "data_specs", multiple=True, default=("celeba:../shared/data/celeba", "lfw:../shared/data/lfw"),
+              show_default=True, help="Labelled sets (KIND:PATH) whose test split gives the AUC columns.")
+@click.option("--rounds", default=9, show_default=True, help="Timed runs per graph and batch size (median kept).")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's, all cores).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Cache of the test crops (training data only).")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the measurements as JSON here.")
+def main(repository, data_specs, rounds, threads, cache_dir, output):
+    from face2hbe.loadtest.bench import machine_info
+    from face2hbe.paths import portable_spec
+
+    runs = sessions(repository, threads)
+    result = {"machine": machine_info(), "threads": threads, "rounds": rounds, "faces_per_second": {n: {} for n in runs}, "auc": {}}
+    timing_crops = None
+    for spec in data_specs:
+        crops, targets = test_crops(spec, cache_dir)
+        timing_crops = crops if timing_crops is None else timing_crops
+        name = spec.partition(":")[0] + " test"
+        result["auc"][name] = {n: auc_per_label(targets, score(s, crops)) for n, s in runs.items()}
+        result.setdefault("faces", {})[name] = int(len(crops))
+        result.setdefault("data", []).append(portable_spec(spec))
+    for batch in BATCHES:
+        for name, fps in faces_per_second(runs, timing_crops, batch, rounds).items():
+            result["faces_per_second"][name][str(batch)] = round(fps, 2)
+    table = markdown(result)
+    click.echo(table)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({**result, "table": table}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

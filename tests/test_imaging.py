@@ -85,3 +85,21 @@ def test_crop_frames_face_and_pads_outside():
     assert crop.shape == (150, 150, 3) and crop.dtype == np.uint8
     assert crop[0, 75].max() == 0  # padded above the image
     assert crop[100, 75].min() == 200  # image content below
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_photo_size_reads_the_upright_size_from_the_header(orientation):
+    """--detect server reports the size decode_rgb would give, without decoding a pixel."""
+    from face2hbe.imaging import decode_rgb, photo_size
+
+    image = Image.new("RGB", (50, 30), (0, 0, 255))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", exif=exif.tobytes())
+    height, width = decode_rgb(buf.getvalue()).shape[:2]
+    assert photo_size(buf.getvalue()) == (width, height)
+    with pytest.raises(BadImageError, match="pixel limit"):
+        photo_size(buf.getvalue(), "big.jpg", max_pixels=100)
+    with pytest.raises(BadImageError, match="not a recognised image format"):
+        photo_size(b"not a photo" * 10, "text.jpg")

@@ -1,12 +1,17 @@
 #!/usr/bin/env node
-// Score a raw uint8 batch with the face2hbe model over KServe v2 gRPC, from Node.js.
+// Score face crops (face2hbe) or a whole photo (face2hbe_photo) over KServe v2 gRPC, from Node.js.
 //
 //   node infer.js --url 127.0.0.1:8001 --model face2hbe --batch 2 < faces.u8
+//   node infer.js --url 127.0.0.1:8001 --model face2hbe_photo < photo.jpg
 //
-// stdin: batch x H x W x C bytes (RGB face crops, row-major, channels last; H, W, C as the model says).
-// stdout: one JSON object {model, labels, thresholds, scores: [[eyewear, beard, hat], ...]}.
+// Crops (the model's input is UINT8): stdin holds batch x H x W x C bytes (RGB face crops, row-major,
+// channels last; H, W, C as the model says); stdout gets one JSON object
+// {model, labels, thresholds, scores: [[eyewear, beard, hat], ...]}.
+// Photo (the model's input is BYTES): stdin holds one encoded photo (JPEG, PNG, ...), sent as it is;
+// the server finds the faces; stdout gets {model, labels, thresholds, faces: [{box: [top, right,
+// bottom, left], scores: [...], detection_score}, ...]} (no face: an empty list).
 // Everything about the model comes from the server's model config, as any client should read it:
-// the input's name, datatype and dims, the output's name, the labels and thresholds (parameters).
+// the input's name, datatype and dims, the outputs' names, the labels and thresholds (parameters).
 // Uses Triton's own grpc_service.proto / model_config.proto (proto/, BSD-3-Clause, NVIDIA).
 "use strict";
 
@@ -64,15 +69,23 @@ async function main() {
   if (config.input.length !== 1 || config.output.length < 1) throw new Error(`model ${args.model} does not take one input tensor`);
   const input = config.input[0];
   const output = config.output[0];
-  const dims = input.dims.map(Number); // per item; the batch dimension comes first on the wire
-  const datatype = input.data_type.replace(/^TYPE_/, "");
-  if (datatype !== "UINT8") throw new Error(`input ${input.name} is ${datatype}: this client sends raw bytes (UINT8)`);
-  const expected = args.batch * dims.reduce((a, b) => a * b, 1);
-  if (pixels.length !== expected) throw new Error(`stdin has ${pixels.length} bytes, expected ${expected} for batch ${args.batch} of [${dims}]`);
   const params = config.parameters || {};
   if (!params.labels) throw new Error(`model ${args.model} publishes no 'labels' parameter`);
   const labels = params.labels.string_value.split(",");
-  const thresholds = params.thresholds ? JSON.parse(params.thresholds.string_value) : {};
+  const published = params.thresholds ? JSON.parse(params.thresholds.string_value) : {};
+  // The thresholds of the labels this client reads (the config may publish more, for other outputs).
+  const thresholds = Object.fromEntries(labels.filter((l) => l in published).map((l) => [l, published[l]]));
+  const datatype = input.data_type.replace(/^TYPE_/, "");
+  if (datatype === "STRING") {
+    const faces = await photo(stub, args, config, labels, pixels);
+    stub.close();
+    process.stdout.write(JSON.stringify({ model: args.model, labels, thresholds, faces }) + "\n");
+    return;
+  }
+  const dims = input.dims.map(Number); // per item; the batch dimension comes first on the wire
+  if (datatype !== "UINT8") throw new Error(`input ${input.name} is ${datatype}: this client sends raw bytes (UINT8) or a photo (STRING/BYTES)`);
+  const expected = args.batch * dims.reduce((a, b) => a * b, 1);
+  if (pixels.length !== expected) throw new Error(`stdin has ${pixels.length} bytes, expected ${expected} for batch ${args.batch} of [${dims}]`);
 
   const response = await call(
     stub,
@@ -94,6 +107,53 @@ async function main() {
   for (let i = 0; i < args.batch; i += 1) scores.push(Array.from(flat.subarray(i * labels.length, (i + 1) * labels.length)));
   stub.close();
   process.stdout.write(JSON.stringify({ model: response.model_name, labels, thresholds, scores }) + "\n");
+}
+
+// KServe v2 BYTES on the wire: each element is a 4-byte little-endian length, then its bytes.
+function bytesElement(data) {
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(data.length, 0);
+  return Buffer.concat([length, data]);
+}
+
+// A raw output as a typed array of its datatype (copied into an aligned buffer first).
+function typed(raw, datatype) {
+  const bytes = new Uint8Array(raw);
+  if (datatype === "FP32") return new Float32Array(bytes.buffer);
+  if (datatype === "INT32") return new Int32Array(bytes.buffer);
+  throw new Error(`output datatype ${datatype} is not handled by this client`);
+}
+
+// The photo model: one encoded photo in; per face a box, its label scores and its detection score out.
+async function photo(stub, args, config, labels, data) {
+  if (data.length === 0) throw new Error("stdin is empty: pipe one encoded photo (JPEG, PNG, ...) into this client");
+  const input = config.input[0];
+  const names = config.output.map((o) => o.name);
+  const response = await call(
+    stub,
+    "ModelInfer",
+    {
+      model_name: args.model,
+      inputs: [{ name: input.name, datatype: "BYTES", shape: input.dims.map(Number) }],
+      outputs: names.map((name) => ({ name })),
+      raw_input_contents: [bytesElement(data)],
+    },
+    args.timeout,
+  );
+  const out = {};
+  response.outputs.forEach((o, i) => {
+    out[o.name] = { shape: o.shape.map(Number), values: typed(response.raw_output_contents[i], o.datatype) };
+  });
+  for (const name of ["boxes", "scores", "detection_scores"]) if (!out[name]) throw new Error(`response has no '${name}' output`);
+  const faces = [];
+  for (let i = 0; i < out.boxes.shape[0]; i += 1) {
+    faces.push({
+      box: Array.from(out.boxes.values.subarray(i * 4, (i + 1) * 4)),
+      scores: Array.from(out.scores.values.subarray(i * labels.length, (i + 1) * labels.length)),
+      detection_score: out.detection_scores.values[i],
+    });
+  }
+  return faces;
 }
 
 main().catch((err) => {

@@ -267,6 +267,9 @@ class EmbeddedServer:
             grpc_port=s.grpc_port,
             metrics_address=s.host,
             metrics_port=s.metrics_port,
+            # The model runs on onnxruntime's CPU provider here, so no nv_gpu_* metrics: their DCGM
+            # start-up would print "Error: Failed to initialize NVML" on machines without a GPU.
+            allow_gpu_metrics=False,
             log_verbose=s.log_verbose,
             log_file=None if s.server_log == "-" else Path(s.server_log or self._workspace / "triton.log"),
             exit_on_error=True,
@@ -373,6 +376,11 @@ class EmbeddedServer:
 
     def stop(self) -> None:
         if self._triton is not None:
+            # pytriton echoes tritonserver's console to stdout (its log goes to a file); while
+            # stopping that is only "Signal (2) received.", so the echo ends here.
+            console = getattr(self._triton, "_triton_server", None)
+            if console is not None:
+                console._verbose = False
             self._triton.stop()
             self._triton = None
         self._remove_workspace()

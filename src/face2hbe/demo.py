@@ -23,6 +23,16 @@ def default_repository() -> Path:
     return Path(__file__).resolve().parents[2] / "model_repository"
 
 
+def recommend_samples(url: str, output: Path, photos=None):
+    """The demo's run against the server at `url`: recommend on `photos` (default: the bundled
+    samples, one profile), write the JSONL to `output`; returns (summary, catalog)."""
+    from face2hbe.client import Recommender
+
+    rec = Recommender(url=url)
+    summary = rec.run(photos or [sample_photos_dir()], output, progress=False)
+    return summary, rec.catalog
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repository", type=Path, default=default_repository())
@@ -32,7 +42,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pytriton").setLevel(logging.WARNING)  # its start-up banner; tritonserver's log goes to a file
 
-    from face2hbe.client import Recommender
     from face2hbe.client.report import print_report
     from face2hbe.errors import Face2hbeError
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
@@ -40,9 +49,8 @@ def main(argv=None) -> int:
     ports = dict(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     try:
         with EmbeddedServer(ServerSettings(args.repository, **ports)):
-            rec = Recommender(url=f"127.0.0.1:{ports['grpc_port']}")
-            summary = rec.run(args.photos or [sample_photos_dir()], args.output, progress=False)
-            print_report(args.output, summary, rec.catalog)
+            summary, catalog = recommend_samples(f"127.0.0.1:{ports['grpc_port']}", args.output, args.photos)
+            print_report(args.output, summary, catalog)
     except Face2hbeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

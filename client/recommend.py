@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face2hbe.detection import DetectorSettings, detect_and_crop, load_detector
+from face2hbe.detection import DEFAULT_MAX_FACES, DetectorSettings, detect_and_crop, load_detector
 from face2hbe.errors import BadImageError, CatalogError, InferenceError, ServerUnavailableError
 from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Box, decode_rgb, load_rgb
 
@@ -49,7 +49,7 @@ HOLD_ENV = "FACE2HBE_TEST_HOLD_AFTER"
 class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    max_faces: int = 20  # per image; the largest faces are kept
+    max_faces: int = DEFAULT_MAX_FACES  # per image; the largest faces are kept
     image_timeout_s: float = 60.0  # reading, decoding and detecting one image; past it the image gets an error record
 
 

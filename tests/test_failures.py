@@ -44,7 +44,12 @@ def _tree_rss(pid: int) -> int:
 
 
 def _stub(server: ServerProcess) -> psutil.Process:
-    (stub,) = [p for p in _tree(server.proc.pid) if p.name() == "triton_python_backend_stub"]
+    """The face2hbe model's one stub. A model's stubs share their model.py (argument 1); the photo model has 4."""
+    groups: dict[str, list[psutil.Process]] = {}
+    for p in _tree(server.proc.pid):
+        if p.name() == "triton_python_backend_stub":
+            groups.setdefault(p.cmdline()[1], []).append(p)
+    (stub,) = [stubs[0] for stubs in groups.values() if len(stubs) == 1]
     return stub
 
 

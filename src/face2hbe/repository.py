@@ -134,3 +134,39 @@ def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERS
     if labels != list(contract.LABELS):
         raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: labels {labels} differ from contract {list(contract.LABELS)}")
     return config, onnx_path
+
+
+def photo_io() -> tuple[list[tuple], list[tuple]]:
+    """The photo model's (name, ModelConfig data type, dims) inputs and outputs, from the contract."""
+    inputs = [(contract.PHOTO_INPUT_NAME, config_type(contract.PHOTO_INPUT_DTYPE), list(contract.PHOTO_INPUT_SHAPE))]
+    outputs = [
+        (contract.BOXES_NAME, config_type(contract.BOXES_DTYPE), list(contract.BOXES_SHAPE)),
+        (contract.OUTPUT_NAME, config_type(contract.OUTPUT_DTYPE), list(contract.PHOTO_SCORES_SHAPE)),
+        (contract.DETECTION_SCORES_NAME, config_type(contract.DETECTION_SCORES_DTYPE), list(contract.DETECTION_SCORES_SHAPE)),
+    ]
+    return inputs, outputs
+
+
+def validate_photo_dir(model_dir: str | Path):
+    """Check the photo model's folder (config.pbtxt) against the contract; return its config.
+
+    Raises ModelRepositoryError naming the first problem found.
+    """
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    where = model_dir / CONFIG_FILE
+    if config.name and config.name != model_dir.name:
+        raise ModelRepositoryError(f"{where}: name {config.name!r} differs from folder {model_dir.name!r}")
+    if config.max_batch_size != 0:
+        raise ModelRepositoryError(f"{where}: max_batch_size must be 0 (one photo per request), not {config.max_batch_size}")
+    want_in, want_out = photo_io()
+    got_in = [(t.name, t.data_type, list(t.dims)) for t in config.input]
+    got_out = [(t.name, t.data_type, list(t.dims)) for t in config.output]
+    if got_in != want_in:
+        raise ModelRepositoryError(f"{where}: input {got_in} differs from contract {want_in}")
+    if got_out != want_out:
+        raise ModelRepositoryError(f"{where}: output {got_out} differs from contract {want_out}")
+    labels, _ = labels_and_thresholds(config)
+    if labels != list(contract.LABELS):
+        raise ModelRepositoryError(f"{where}: labels {labels} differ from contract {list(contract.LABELS)}")
+    return config

@@ -84,6 +84,19 @@ def is_server_failure(exc: BaseException) -> bool:
     return isinstance(exc, (InferenceServerException, asyncio.TimeoutError, OSError, aiohttp.ClientError))
 
 
+def refused_photo_reason(exc) -> str | None:
+    """The server's one-line reason when the photo model refused a photo (the photo's fault, not retried), else None."""
+    message = str(exc.message() or exc)
+    status = str(exc.status())
+    if status in REFUSED_PHOTO:
+        return " ".join(message.split())[:300]
+    marker = f"{contract.PHOTO_REFUSED_MARKER}: "
+    if status in {"StatusCode.INTERNAL", "500"} and marker in message:  # the embedded server (see contract)
+        reason = message.split(marker, 1)[1].splitlines()[0]
+        return " ".join(reason.removeprefix(f"{contract.PHOTO_INPUT_NAME}: ").split())[:300]
+    return None
+
+
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300] or type(exc).__name__
 
@@ -229,11 +242,12 @@ class AsyncScorer:
             else:
                 result = await asyncio.wait_for(self._client.infer(contract.PHOTO_MODEL_NAME, inputs, outputs=outputs), timeout=s.timeout_s)
         except InferenceServerException as exc:
-            if str(exc.status()) in REFUSED_PHOTO:
-                raise BadImageError(name, f"refused by the server: {one_line(exc.message() or exc)}") from None
+            reason = refused_photo_reason(exc)
+            if reason is not None:
+                raise BadImageError(name, f"refused by the server: {reason}") from None
             raise
         boxes = result.as_numpy(contract.BOXES_NAME).reshape(-1, 4)
-        scores = result.as_numpy(contract.OUTPUT_NAME).reshape(len(boxes), -1)
+        scores = result.as_numpy(contract.OUTPUT_NAME).reshape(len(boxes), len(self.info.labels))
         return boxes, scores, result.as_numpy(contract.DETECTION_SCORES_NAME).reshape(-1)
 
     async def _with_retries(self, call, what: str):

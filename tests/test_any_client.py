@@ -57,3 +57,36 @@ def test_node_client_reports_errors_in_one_line(node, grpc_url):
     too_big = _run(node, grpc_url, np.zeros((contract.MAX_BATCH_SIZE + 1, *contract.INPUT_SHAPE), np.uint8))
     assert too_big.returncode == 1  # the server refuses batches above max_batch_size
     assert len(too_big.stderr.decode().strip().splitlines()) == 1
+
+
+def test_node_photo_mode_matches_the_python_clients_records(node, grpc_url):
+    """Photo bytes from Node.js to face2hbe_photo: the Python client's boxes, scores within 1e-4, on every sample."""
+    from face2hbe.client import Recommender
+    from face2hbe.imaging import IMAGE_SUFFIXES
+
+    from conftest import SAMPLES
+
+    photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    faces_seen = 0
+    with Recommender(grpc_url) as rec:
+        for photo in photos:
+            done = subprocess.run([node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.PHOTO_MODEL_NAME],
+                                  input=photo.read_bytes(), capture_output=True, timeout=120)
+            assert done.returncode == 0, done.stderr.decode()
+            printed = json.loads(done.stdout)
+            record = rec.recommend(photo)
+            assert printed["labels"] == list(contract.LABELS) and set(printed["thresholds"]) == set(contract.LABELS)
+            assert [f["box"] for f in printed["faces"]] == [f.box for f in record.faces], photo.name
+            for face, want in zip(printed["faces"], record.faces):
+                np.testing.assert_allclose(face["scores"], [want.scores[k] for k in contract.LABELS], atol=1e-4)
+                assert face["detection_score"] > 0
+            faces_seen += len(record.faces)
+    assert faces_seen >= 5  # the samples hold several faces (the group photo alone has three)
+
+
+def test_node_photo_mode_reports_a_refused_photo_in_one_line(node, grpc_url):
+    done = subprocess.run([node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.PHOTO_MODEL_NAME],
+                          input=b"not a photo\n" * 20, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "not a recognised image format" in lines[0]

@@ -218,3 +218,49 @@ def test_served_config_and_health_cover_the_photo_model(server, http_url):
     }
     # check_health watches one stub per instance of both models.
     assert len(server._stubs) == server._instance_count() + server._photo_instance_count() > server._instance_count()
+
+
+def test_refused_marker_is_the_servers_exception_name():
+    from face2hbe.serving.embedded import PhotoRequestError
+
+    assert PhotoRequestError.__name__ == contract.PHOTO_REFUSED_MARKER
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_recommend_detect_server_gives_the_local_records(grpc_url, http_url, tmp_path, protocol):
+    """`recommend --detect server`: same records as local detection; a photo the server refuses is a bad_image record."""
+    import json
+    import os
+
+    from face2hbe.client import Recommender
+    from face2hbe.client.inference import ClientSettings
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("grace_hopper.jpg", "group_apollo_11_crew.jpg", "no_face_china.jpg"):
+        os.symlink(SAMPLES / name, folder / name)
+    good = (SAMPLES / "grace_hopper.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(good[: len(good) // 3])  # its header reads fine: only the server finds it cut
+    (folder / "text.jpg").write_bytes(b"not a photo\n" * 20)  # refused by the client's header check, as locally
+    url = grpc_url if protocol == "grpc" else http_url
+
+    def run(detect: str) -> dict[str, dict]:
+        out = tmp_path / f"{detect}-{protocol}.jsonl"
+        Recommender(client=ClientSettings(url=url, protocol=protocol), detect=detect, workers=1).run([folder], out, progress=False)
+        return {json.loads(line)["path"]: json.loads(line) for line in out.read_text().splitlines()}
+
+    local, remote = run("local"), run("server")
+    assert set(local) == set(remote) and len(remote) == 5
+    for path, want in local.items():
+        got = remote[path]
+        assert set(got) == set(want), path  # the same record form
+        if path.endswith("cut.jpg"):
+            assert got["error"]["kind"] == want["error"]["kind"] == "bad_image"
+            assert "refused by the server" in got["error"]["message"] and "truncated" in got["error"]["message"]
+            continue
+        assert got.get("error") == want.get("error") and (got["width"], got["height"]) == (want["width"], want["height"])
+        assert [f["box"] for f in got["faces"]] == [f["box"] for f in want["faces"]], path
+        for g, w in zip(got["faces"], want["faces"]):
+            np.testing.assert_allclose([g["scores"][k] for k in contract.LABELS], [w["scores"][k] for k in contract.LABELS], atol=1e-4)
+            assert [s["sku"] for s in g["skus"]] == [s["sku"] for s in w["skus"]]
+    assert len(remote[str(folder / "group_apollo_11_crew.jpg")]["faces"]) >= 3

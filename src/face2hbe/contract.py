@@ -36,6 +36,10 @@ DETECTION_SCORES_NAME = "detection_scores"
 DETECTION_SCORES_DTYPE = "FP32"
 DETECTION_SCORES_SHAPE = (-1,)
 PHOTO_SCORES_SHAPE = (-1, len(LABELS))  # OUTPUT_NAME / OUTPUT_DTYPE, one row per face
+# A refused photo (unreadable, above a limit): INVALID_ARGUMENT (HTTP 400) from NVIDIA's container. The
+# embedded server (pytriton 0.7) cannot choose a status code: it answers INTERNAL (HTTP 500) with this
+# exception name before the one-line reason, which is how clients tell the photo's fault from the server's.
+PHOTO_REFUSED_MARKER = "PhotoRequestError"
 
 # Largest batch one request may carry (Triton max_batch_size).
 MAX_BATCH_SIZE = 32

@@ -156,7 +156,17 @@ async function photo(stub, args, config, labels, data) {
   return faces;
 }
 
+// One line per error. A refused photo (gRPC INVALID_ARGUMENT from NVIDIA's container; INTERNAL from the
+// embedded server, whose message names PhotoRequestError before the reason) shows just the reason.
+function oneLine(err) {
+  const message = String(err.message || err);
+  const marker = "PhotoRequestError: ";
+  const at = message.indexOf(marker);
+  const text = at >= 0 ? `photo refused: ${message.slice(at + marker.length).split("\n")[0].replace(/^photo: /, "")}` : message;
+  return text.split(/\s+/).join(" ").trim();
+}
+
 main().catch((err) => {
-  process.stderr.write(`error: ${err.message || err}\n`);
+  process.stderr.write(`error: ${oneLine(err)}\n`);
   process.exit(1);
 });

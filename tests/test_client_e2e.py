@@ -102,7 +102,7 @@ def strict_server(tmp_path_factory):
     thresholds["eyewear"] = 1.01
     config.parameters["thresholds"].string_value = json.dumps(thresholds)
     write_config(config, model_dir)
-    settings = ServerSettings(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    settings = ServerSettings(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), precision="fp32", photo=False)
     with EmbeddedServer(settings) as srv:
         yield srv
 

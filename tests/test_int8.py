@@ -81,25 +81,41 @@ def test_int8_auc_drop_on_heldout_celeba(celeba_dir):
     assert report.mean_abs_diff <= MEAN_ABS_TOL
 
 
-def test_serve_int8_under_the_contract_name():
-    """`face2hbe serve --int8`: clients keep calling `face2hbe` and get the INT8 model's scores."""
+def _served_scores(grpc_url: str, batch: np.ndarray) -> np.ndarray:
     import tritonclient.grpc as grpcclient
 
+    client = grpcclient.InferenceServerClient(grpc_url)
+    inp = grpcclient.InferInput(contract.INPUT_NAME, list(batch.shape), contract.INPUT_DTYPE)
+    inp.set_data_from_numpy(batch)
+    assert contract.PARAM_THRESHOLDS in client.get_model_config(contract.MODEL_NAME).config.parameters
+    return client.infer(contract.MODEL_NAME, [inp]).as_numpy(contract.OUTPUT_NAME)
+
+
+def test_the_cpu_default_is_int8_under_the_contract_name(server, grpc_url):
+    """`face2hbe serve` (the CPU default, docs/serving.md): clients call `face2hbe` and get the INT8 file's scores."""
     from face2hbe.export.quantize import _session
+
+    assert server.onnx_path == INT8 and server.settings.graph == "mirror"
+    batch = np.random.default_rng(3).integers(0, 256, (2, *contract.INPUT_SHAPE), dtype=np.uint8)
+    (direct,) = _session(INT8).run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})
+    np.testing.assert_allclose(_served_scores(grpc_url, batch), direct, atol=1e-6)
+
+
+def test_fp32_and_plain_graph_are_one_flag_away():
+    """`face2hbe serve --precision fp32 --graph plain`: the fp32 file without its mirror pass, still called `face2hbe`."""
+    import onnxruntime as ort
+
+    from face2hbe.graphs import load_graph
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
     from conftest import free_port
 
     settings = ServerSettings(REPOSITORY, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              model_folder=INT8.parent.parent.name)
+                              precision="fp32", graph="plain", photo=False)
     batch = np.random.default_rng(3).integers(0, 256, (2, *contract.INPUT_SHAPE), dtype=np.uint8)
     with EmbeddedServer(settings) as server:
-        assert server.onnx_path == INT8
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{settings.grpc_port}")
-        inp = grpcclient.InferInput(contract.INPUT_NAME, list(batch.shape), contract.INPUT_DTYPE)
-        inp.set_data_from_numpy(batch)
-        served = client.infer(contract.MODEL_NAME, [inp]).as_numpy(contract.OUTPUT_NAME)
-        params = client.get_model_config(contract.MODEL_NAME).config.parameters
-        assert contract.PARAM_THRESHOLDS in params
-    (direct,) = _session(INT8).run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})
+        assert server.onnx_path == FP32
+        served = _served_scores(f"127.0.0.1:{settings.grpc_port}", batch)
+    plain = ort.InferenceSession(load_graph(FP32, "plain"), providers=["CPUExecutionProvider"])
+    (direct,) = plain.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})
     np.testing.assert_allclose(served, direct, atol=1e-6)

@@ -223,6 +223,18 @@ def server_options(f):
     return f
 
 
+def _server_default(name: str, choices: bool = False):
+    from .serving.embedded import PRECISION_FOLDERS, ServerSettings
+
+    return tuple(PRECISION_FOLDERS) if choices else _default(ServerSettings, name)
+
+
+def _graphs():
+    from .graphs import GRAPHS
+
+    return GRAPHS
+
+
 def settings_from_options(repository, host, http_port, grpc_port, metrics_port, threads, instances, **extra):
     from .serving.embedded import ServerSettings
 
@@ -232,20 +244,23 @@ def settings_from_options(repository, host, http_port, grpc_port, metrics_port, 
 
 @cli.command()
 @server_options
-@click.option("--int8", is_flag=True, help="Serve the INT8 CPU model (<repository>/face2hbe_int8, from `export --format int8`) under the name face2hbe, so clients need no change.")
+@click.option("--precision", type=click.Choice(_server_default("precision", choices=True)), default=_server_default("precision"), show_default=True,
+              help="Which file serves face2hbe on this CPU server: int8 (<repository>/face2hbe_int8) or fp32 (<repository>/face2hbe). "
+                   "Clients call face2hbe either way. Chosen by measurement: docs/serving.md, CPU default.")
+@click.option("--graph", type=click.Choice(_graphs()), default=_server_default("graph"), show_default=True,
+              help="mirror: each face and its mirror image, averaged (as exported); plain: one pass per face (faster, AUC 0.001-0.003 lower).")
 @click.option("--no-batching", is_flag=True, help="Disable the dynamic batcher (benchmarks).")
 @click.option("--no-photo", is_flag=True, help=f"Do not serve the photo model ({contract.PHOTO_MODEL_NAME}: photo bytes in, every face out) "
               "even when its folder is in the repository.")
 @click.option("--server-log", default=None, metavar="FILE",
               help="tritonserver's own log: FILE, or - for stdout (default: a file in the server's workspace; its errors are shown).")
 @click.pass_context
-def serve(ctx, int8, no_batching, no_photo, server_log, **options):
+def serve(ctx, precision, graph, no_batching, no_photo, server_log, **options):
     """Run the embedded Triton server (nvidia-pytriton) on the model repository until Ctrl-C/SIGTERM."""
     from .serving.embedded import EmbeddedServer
 
     verbose = ctx.find_root().params.get("verbose")
-    server = EmbeddedServer(settings_from_options(**options, model_folder=contract.INT8_MODEL_NAME if int8 else None,
-                                                  no_batching=no_batching, photo=not no_photo,
+    server = EmbeddedServer(settings_from_options(**options, precision=precision, graph=graph, no_batching=no_batching, photo=not no_photo,
                                                   server_log=server_log or ("-" if verbose else None)))
     click.echo(f"labels {server.labels}, thresholds {server.thresholds}")
     server.serve_forever()

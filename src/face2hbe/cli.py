@@ -142,9 +142,17 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
               help="int8: CelebA folder for calibration (images 1-300) and the fp32-vs-int8 check (7001-8000); absent: calibrate on the sample photos' faces.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="int8: markdown file whose INT8 section receives the measured table (e.g. docs/serving.md).")
-def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, celeba, report):
+@click.option("--add-attributes", is_flag=True,
+              help="Upgrade the repository's existing face2hbe and face2hbe_int8 graphs in place with the `attributes` output "
+                   "(a Gather from the head `scores` is sliced from; weights untouched), after checking with onnxruntime on "
+                   "real crops (CelebA test images from --celeba, else the sample photos' faces) that `scores` stay bit-identical.")
+def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, celeba, report, add_attributes):
     """Export to the Triton model repository: ONNX (preprocessing inside), its INT8 CPU variant, or a TensorRT plan."""
     from .export.repository import rewrite_config
+
+    if add_attributes:
+        _add_attributes(repository, celeba)
+        return
 
     batching = BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
                                 preferred_batch_sizes=tuple(b for b in _default(BatchingSettings, "preferred_batch_sizes") if b <= max_batch_size) or (max_batch_size,),
@@ -177,6 +185,26 @@ def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, cel
 
     model_dir = export_repository(run_dir, repository, batching)
     click.echo(f"wrote {model_dir}")
+
+
+def _add_attributes(repository: Path, celeba: Path) -> None:
+    import importlib.util
+
+    from .export.attributes import CHECK_RANGE, upgrade_repository
+    from .export.quantize import celeba_crops, sample_crops
+
+    if (celeba / "labels.csv").is_file():
+        crops, _ = celeba_crops(celeba, *CHECK_RANGE)
+        where = f"CelebA images {CHECK_RANGE[0]}-{CHECK_RANGE[1]}"
+    else:
+        crops = sample_crops(Path(importlib.util.find_spec("face2hbe.client").origin).parent / "samples")
+        where = "the sample photos' faces"
+    checks = upgrade_repository(repository, crops)
+    if not checks:
+        click.echo(f"{repository}: every model already has the {contract.ATTRIBUTES_NAME!r} output; nothing to do")
+    for check in checks:
+        click.echo(f"upgraded {check.model}: scores bit-identical on {check.faces} faces from {where}; "
+                   f"attributes = head columns {list(contract.ATTRIBUTE_COLUMNS)}")
 
 
 # --- evaluate ----------------------------------------------------------------------

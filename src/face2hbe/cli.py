@@ -207,6 +207,54 @@ def _add_attributes(repository: Path, celeba: Path) -> None:
                    f"attributes = head columns {list(contract.ATTRIBUTE_COLUMNS)}")
 
 
+# --- thresholds --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), help="CelebA folder (labels.csv + list_attr_celeba.txt).")
+@click.option("--lfw", type=click.Path(path_type=Path), default=Path("../shared/data/lfw"), help="LFW folder (labels.csv with FaRL pseudo-labels).")
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph is scored (onnxruntime, CPU).")
+@click.option("--seed", default=0, type=int, help="Split seed; must match the training run's.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the thresholds and per-domain metrics as JSON here.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file whose thresholds section receives the tables (docs/model.md).")
+@click.option("--write", is_flag=True, help="Write the chosen thresholds into face2hbe's and face2hbe_int8's config.pbtxt.")
+@click.option("--no-test", is_flag=True, help="Skip the test-split measurement (choose on val only; faster).")
+def thresholds(celeba, lfw, repository, seed, cache_dir, output, report, write, no_test):
+    """Choose every served label's threshold on a CelebA + LFW validation mix; report P/R/F1 per domain and test ROC AUC."""
+    from .paths import portable, portable_spec
+    from .thresholds import apply, markdown, run, save_json, write_report
+
+    for folder in (celeba, lfw):
+        if not (folder / "labels.csv").is_file():
+            raise click.ClickException(f"{folder}: no labels.csv (see ../shared/data/README.md)")
+    result = run(str(celeba), str(lfw), repository, cache_dir, seed, with_test=not no_test)
+    result["data"] = [portable_spec(f"celeba:{celeba}"), portable_spec(f"lfw:{lfw}")]
+    click.echo(markdown(result))
+    if output:
+        save_json(result, output)
+    if report:
+        write_report(result, report, f"face2hbe thresholds --celeba {portable(celeba)} --lfw {portable(lfw)} "
+                                     f"--write --report {report}" + (f" --output {output}" if output else ""))
+    if write:
+        for path in apply(repository, result["thresholds"]):
+            click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for review.html and corrections.csv.")
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph scores the photos (onnxruntime, CPU).")
+@click.option("--per-kind", default=12, type=click.IntRange(1), help="How many false positives and false negatives to show per label.")
+def review(folder, output, repository, per_kind):
+    """Worst false positives/negatives per label on a labelled folder (eyewear/ beard/ hat/ none/): an HTML page and a corrections CSV."""
+    from .review import review as run_review
+
+    result = run_review(folder, output, repository, per_kind)
+    click.echo(f"{result['photos']} photos, {result['faces']} with a face, {result['mistakes']} mistakes shown: "
+               f"{result['html']}, {result['csv']} (save corrected as {folder / 'corrections.csv'})")
+
+
 # --- evaluate ----------------------------------------------------------------------
 
 

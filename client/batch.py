@@ -296,14 +296,16 @@ class ScoreStage:
             self._session, self.info = _local_session(settings)
         self.labels, self.thresholds, self.max_batch = self.info.labels, self.info.thresholds, self.info.max_batch_size
         self.model = {"model_name": self.info.name, "model_version": self.info.version, "engine": self.engine,
-                      "thresholds": json.dumps(self.thresholds)}
+                      "thresholds": json.dumps({label: self.thresholds[label] for label in self.info.score_labels}),
+                      "attribute_thresholds": json.dumps({label: self.thresholds[label] for label in self.info.attribute_labels})}
         self.catalog = load_catalog(settings.catalog, labels=self.labels)
 
     def _score(self, crops: np.ndarray) -> np.ndarray:
         if self.engine == "triton":
             return self._loop.run(self._scorer.score(crops))
         step = self.max_batch or len(crops)
-        parts = [self._session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + step]})[0] for i in range(0, len(crops), step)]
+        parts = [np.concatenate(self._session.run(self.info.outputs, {contract.INPUT_NAME: crops[i : i + step]}), axis=1)
+                 for i in range(0, len(crops), step)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def __call__(self, batch: dict) -> dict:
@@ -354,15 +356,14 @@ def _local_session(settings: BatchSettings):
     """An onnxruntime session on the repository's model, checked against the contract, and its ModelInfo."""
     import onnxruntime as ort
 
-    from face2hbe.repository import labels_and_thresholds, validate_model_dir
+    from face2hbe.repository import validate_model_dir
 
     config, onnx_path = validate_model_dir(Path(settings.repository) / contract.MODEL_NAME)
-    labels, thresholds = labels_and_thresholds(config)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # one core per actor; more actors for more cores
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-    return session, ModelInfo(labels, thresholds, int(config.max_batch_size), contract.MODEL_NAME, contract.MODEL_VERSION)
+    return session, ModelInfo.from_config(config, contract.MODEL_NAME, contract.MODEL_VERSION)
 
 
 # --- output: Parquet parts ---------------------------------------------------------------
@@ -374,26 +375,30 @@ def _schema():
     sku = pa.struct([("sku", pa.string()), ("label", pa.string()), ("name", pa.string()), ("price", pa.float64()),
                      ("url", pa.string()), ("min_score", pa.float64()), ("priority", pa.float64()), ("rank_score", pa.float64())])
     face = pa.struct([("box", pa.list_(pa.int32())), ("scores", pa.map_(pa.string(), pa.float64())),
-                      ("labels", pa.list_(pa.string())), ("skus", pa.list_(sku))])
+                      ("labels", pa.list_(pa.string())), ("skus", pa.list_(sku)),
+                      ("attributes", pa.map_(pa.string(), pa.float64())), ("attribute_labels", pa.list_(pa.string()))])
     return pa.schema([
         ("path", pa.string()), ("sha256", pa.string()), ("profile", pa.string()),
         ("width", pa.int32()), ("height", pa.int32()), ("faces", pa.list_(face)), ("faces_total", pa.int32()),
         ("top_label", pa.string()), ("recommendation", sku), ("reason", pa.string()),
         ("error", pa.struct([("kind", pa.string()), ("message", pa.string())])), ("error_kind", pa.string()),
         ("model_name", pa.string()), ("model_version", pa.string()), ("thresholds", pa.map_(pa.string(), pa.float64())),
-        ("engine", pa.string()),
+        ("engine", pa.string()), ("attribute_thresholds", pa.map_(pa.string(), pa.float64())),
     ])
 
 
 def _row(record: dict, sha256: str, model: dict) -> dict:
     return {**record, "sha256": sha256, "error_kind": (record.get("error") or {}).get("kind"),
             "model_name": model["model_name"], "model_version": model["model_version"],
-            "thresholds": json.loads(model["thresholds"]), "engine": model["engine"]}
+            "thresholds": json.loads(model["thresholds"]), "engine": model["engine"],
+            "attribute_thresholds": json.loads(model.get("attribute_thresholds") or "{}")}
 
 
 def record_from_row(row: dict) -> dict:
     """recommend's JSON record (results.ImageResult) from one output row."""
-    faces = [{"box": list(f["box"]), "scores": dict(f["scores"]), "labels": list(f["labels"]), "skus": list(f["skus"])} for f in row.get("faces") or []]
+    faces = [{"box": list(f["box"]), "scores": dict(f["scores"]), "labels": list(f["labels"]), "skus": list(f["skus"]),
+              "attributes": dict(f.get("attributes") or []), "attribute_labels": list(f.get("attribute_labels") or [])}
+             for f in row.get("faces") or []]
     record = {"path": row["path"], "profile": row["profile"], "width": row["width"], "height": row["height"], "faces": faces,
               "top_label": row["top_label"], "recommendation": row["recommendation"], "reason": row["reason"], "error": row["error"]}
     if row.get("faces_total") is not None:
@@ -476,7 +481,7 @@ def write_stage(batch: dict, output: str) -> dict:
             skipped += 1
             continue
         record = json.loads(batch["record"][i])
-        model = {k: batch[k][i] for k in ("model_name", "model_version", "thresholds", "engine")}
+        model = {k: batch[k][i] for k in ("model_name", "model_version", "thresholds", "engine", "attribute_thresholds")}
         rows.append(_row(record, str(batch["sha256"][i]), model))
         result = image_result_from_record(record)
         _count(summary, result)

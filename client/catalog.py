@@ -5,9 +5,12 @@ The format is chosen by the file suffix: `.csv` is CSV, anything else YAML.
 Catalog file (YAML):
 
     currency: EUR            # optional, shown in tables
+    thresholds:              # optional: this catalog's own threshold for a served label (overrides the model's)
+      earrings: 0.6
     products:
       - sku: EW-1001         # unique id
-        label: eyewear       # one of the model's labels
+        label: eyewear       # one of the served labels: the scores' (eyewear, beard, hat) or the attributes'
+                             # (earrings, necklace, necktie, lipstick, makeup, mustache, goatee, bald, gray_hair)
         name: Round acetate frames
         price: 89.0
         url: https://shop.example/ew-1001   # optional
@@ -15,14 +18,14 @@ Catalog file (YAML):
         priority: 1.2        # optional: ranking weight (default 1.0)
 
 Catalog file (CSV, header row required; empty optional cells take the defaults;
-CSV has no currency):
+CSV has no currency and no thresholds):
 
     sku,label,name,price,url,min_score,priority
     EW-1001,eyewear,Round acetate frames,89.0,https://shop.example/ew-1001,,
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -47,6 +50,7 @@ class Product:
 class Catalog:
     products: tuple[Product, ...]
     currency: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)  # the catalog's overrides of served labels' thresholds
 
     def for_label(self, label: str) -> list[Product]:
         return [p for p in self.products if p.label == label]
@@ -54,12 +58,15 @@ class Catalog:
     def rank(self, label_scores: dict[str, float], thresholds: dict[str, float], limit: int = 3) -> list[dict]:
         """Products for every label whose score passes its threshold, best first.
 
+        The threshold is the catalog's own for that label when it sets one, else `thresholds` (the model's).
+
         Rank score = face score x product priority; a product also needs the
         face score to reach its own `min_score`. Each passing label's best
         product comes first (so a strong beard cannot crowd out the glasses),
         then the rest by rank score.
         """
         ranked = []
+        thresholds = {**thresholds, **self.thresholds}
         for label, score in label_scores.items():
             if score < thresholds.get(label, 1.0):
                 continue
@@ -99,13 +106,29 @@ def load_catalog(path: str | Path | None = None, labels: list[str] | None = None
     except UnicodeDecodeError as exc:
         raise CatalogError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if path.suffix.lower() == ".csv":
-        rows, currency = _read_csv(path, text), ""
+        rows, currency, thresholds = _read_csv(path, text), "", {}
     else:
-        rows, currency = _read_yaml(path, text)
-    return Catalog(_validate(path, rows, labels), currency)
+        rows, currency, thresholds = _read_yaml(path, text)
+    return Catalog(_validate(path, rows, labels), currency, _validate_thresholds(path, thresholds, labels))
 
 
-def _read_yaml(path: Path, text: str) -> tuple[list, str]:
+def _validate_thresholds(path: Path, thresholds, labels: list[str] | None) -> dict[str, float]:
+    if not isinstance(thresholds, dict):
+        raise CatalogError(f"{path}: 'thresholds' must map labels to numbers")
+    out = {}
+    for label, value in thresholds.items():
+        if labels is not None and label not in labels:
+            raise CatalogError(f"{path}: threshold for {label!r}, not one of the served labels {labels}")
+        try:
+            out[str(label)] = float(value)
+        except (TypeError, ValueError):
+            raise CatalogError(f"{path}: threshold for {label!r} is not a number ({value!r})") from None
+        if not 0.0 <= out[str(label)] <= 1.0:
+            raise CatalogError(f"{path}: threshold for {label!r} is {value}, outside 0..1")
+    return out
+
+
+def _read_yaml(path: Path, text: str) -> tuple[list, str, dict]:
     import yaml
 
     try:
@@ -114,7 +137,7 @@ def _read_yaml(path: Path, text: str) -> tuple[list, str]:
         raise CatalogError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("products"), list):
         raise CatalogError(f"{path}: expected a mapping with a 'products' list")
-    return doc["products"], str(doc.get("currency") or "")
+    return doc["products"], str(doc.get("currency") or ""), doc.get("thresholds") or {}
 
 
 def _read_csv(path: Path, text: str) -> list[dict]:
@@ -150,7 +173,7 @@ def _validate(path: Path, rows: list, labels: list[str] | None) -> tuple[Product
         if unknown:
             raise CatalogError(f"{path}: product {row['sku']!r} has unknown fields {sorted(unknown)}")
         if labels is not None and row["label"] not in labels:
-            raise CatalogError(f"{path}: product {row['sku']!r} has label {row['label']!r}, not one of {labels}")
+            raise CatalogError(f"{path}: product {row['sku']!r} has label {row['label']!r}, not one of the served labels {labels}")
         if row["sku"] in seen:
             raise CatalogError(f"{path}: duplicate sku {row['sku']!r}")
         seen.add(row["sku"])

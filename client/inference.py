@@ -22,7 +22,7 @@ import numpy as np
 from face2hbe import contract
 from face2hbe.errors import BadImageError, InferenceError, ServerUnavailableError
 from face2hbe.net import host_port
-from face2hbe.repository import config_from_json, labels_and_thresholds
+from face2hbe.repository import config_from_json, labels_and_thresholds, output_labels
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,28 @@ REFUSED_PHOTO = {"StatusCode.INVALID_ARGUMENT", "400"}
 
 @dataclass(frozen=True)
 class ModelInfo:
-    labels: list[str]
+    labels: list[str]  # every served label: the scores' labels, then the attributes' (when served)
     thresholds: dict[str, float]
     max_batch_size: int
     name: str = contract.MODEL_NAME
     version: str = contract.MODEL_VERSION
+    attribute_labels: tuple[str, ...] = ()  # the tail of `labels` that the attributes output carries
+
+    @classmethod
+    def from_config(cls, config, name: str = contract.MODEL_NAME, version: str = contract.MODEL_VERSION) -> "ModelInfo":
+        labels, thresholds = labels_and_thresholds(config)
+        attributes = tuple(output_labels(config).get(contract.ATTRIBUTES_NAME, ()))
+        return cls(labels, thresholds, int(config.max_batch_size), name, version, attributes)
+
+    @property
+    def score_labels(self) -> list[str]:
+        """The labels of the `scores` output."""
+        return self.labels[: len(self.labels) - len(self.attribute_labels)]
+
+    @property
+    def outputs(self) -> list[str]:
+        """Output tensors to request; their columns, concatenated, follow `labels`."""
+        return [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME] if self.attribute_labels else [contract.OUTPUT_NAME]
 
 
 @dataclass(frozen=True)
@@ -135,10 +152,8 @@ class AsyncScorer:
         await self._wait_ready()
         config = await self._with_retries(self._read_config, "read model config")
         metadata = await self._with_retries(self._read_metadata, "read model metadata")
-        labels, thresholds = labels_and_thresholds(config)
         versions = [str(v) for v in metadata.get("versions", [])] or [contract.MODEL_VERSION]
-        self.info = ModelInfo(labels=labels, thresholds=thresholds, max_batch_size=int(config.max_batch_size),
-                              name=s.model_name, version=max(versions, key=lambda v: (len(v), v)))
+        self.info = ModelInfo.from_config(config, name=s.model_name, version=max(versions, key=lambda v: (len(v), v)))
         return self.info
 
     async def _wait_ready(self) -> None:
@@ -194,7 +209,10 @@ class AsyncScorer:
             self._client = None
 
     async def score(self, crops: np.ndarray) -> np.ndarray:
-        """Scores [N, labels] for crops [N,150,150,3] uint8, split into max-batch requests."""
+        """Scores [N, len(info.labels)] for crops [N,150,150,3] uint8, split into max-batch requests.
+
+        The columns follow `info.labels`: the `scores` output's, then the `attributes` output's when served.
+        """
         if crops.ndim != 4 or crops.shape[1:] != contract.INPUT_SHAPE or crops.dtype != contract.numpy_dtype(contract.INPUT_DTYPE):
             raise InferenceError(f"crops must be uint8 [N,{','.join(map(str, contract.INPUT_SHAPE))}], got {crops.dtype} {list(crops.shape)}")
         if len(crops) == 0:
@@ -211,12 +229,12 @@ class AsyncScorer:
         t, s = self._triton, self.settings
         inputs = [t.InferInput(contract.INPUT_NAME, list(batch.shape), contract.INPUT_DTYPE)]
         inputs[0].set_data_from_numpy(batch)
-        outputs = [t.InferRequestedOutput(contract.OUTPUT_NAME)]
+        outputs = [t.InferRequestedOutput(name) for name in self.info.outputs]
         if s.protocol == "grpc":
             result = await self._client.infer(s.model_name, inputs, outputs=outputs, client_timeout=s.timeout_s)
         else:
             result = await asyncio.wait_for(self._client.infer(s.model_name, inputs, outputs=outputs), timeout=s.timeout_s)
-        return result.as_numpy(contract.OUTPUT_NAME)
+        return np.concatenate([result.as_numpy(name) for name in self.info.outputs], axis=1)
 
     async def score_photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(boxes int32 [N,4] top/right/bottom/left, scores [N,labels], detection scores [N]) of one encoded photo.

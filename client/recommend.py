@@ -200,19 +200,27 @@ def detection_pool(workers: int, model: str) -> ProcessPoolExecutor:
 def score_image(prepared: Prepared, profile: str | None, scores: np.ndarray | None, info: ModelInfo, catalog: Catalog,
                 skus_per_face: int) -> ImageResult:
     """One image's record from its detections and their scores: per-face labels and SKUs, the image's pick."""
-    result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None,
-                         model={"name": info.name, "version": info.version, "thresholds": dict(info.thresholds)})
+    score_labels, attribute_labels = info.score_labels, list(info.attribute_labels)
+    model = {"name": info.name, "version": info.version, "thresholds": {label: info.thresholds[label] for label in score_labels}}
+    if attribute_labels:
+        model["attribute_thresholds"] = {label: info.thresholds[label] for label in attribute_labels}
+    result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None, model=model)
     if prepared.error:
         result.error = prepared.error
         return result
     if prepared.faces_total > len(prepared.boxes):
         result.faces_total = prepared.faces_total
+
+    def passing(values: dict[str, float]) -> list[str]:
+        return sorted((label for label in values if values[label] >= info.thresholds[label]), key=lambda label: -values[label])
+
     if scores is not None:
         for box, row in zip(prepared.boxes, scores):
-            label_scores = {label: round(float(s), 6) for label, s in zip(info.labels, row)}
-            passed = sorted((label for label in info.labels if label_scores[label] >= info.thresholds[label]), key=lambda label: -label_scores[label])
-            skus = catalog.rank(label_scores, info.thresholds, skus_per_face)
-            result.faces.append(FaceResult(box.as_list(), label_scores, passed, skus))
+            every = {label: round(float(s), 6) for label, s in zip(info.labels, row)}
+            label_scores = {label: every[label] for label in score_labels}
+            attributes = {label: every[label] for label in attribute_labels}
+            skus = catalog.rank(every, info.thresholds, skus_per_face)
+            result.faces.append(FaceResult(box.as_list(), label_scores, passing(label_scores), skus, attributes, passing(attributes)))
     return summarise_image(result, catalog)
 
 
@@ -485,7 +493,7 @@ class Recommender:
                 bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
         bar.close()
         summary.not_processed = len(todo) - summary.images
-        labels = scorer.info.labels
+        labels = scorer.info.score_labels  # profiles share the scores' labels (the image's pick comes from them)
         summary.profiles = [aggregate_profile(p, r, labels, self.catalog) for p, r in by_profile.items()]
 
     @staticmethod

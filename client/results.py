@@ -22,7 +22,9 @@ class FaceResult:
     box: list[int]  # [top, right, bottom, left] in the full-resolution, upright image
     scores: dict[str, float]
     labels: list[str]  # labels whose score passes its threshold, best first
-    skus: list[dict]
+    skus: list[dict]  # ranked over every served label that passes (scores' and attributes')
+    attributes: dict[str, float] = field(default_factory=dict)  # the attributes output's scores, when served
+    attribute_labels: list[str] = field(default_factory=list)  # attribute labels that pass their threshold, best first
 
 
 @dataclass
@@ -37,7 +39,7 @@ class ImageResult:
     reason: str | None = None  # why nothing was recommended
     error: dict | None = None  # {"kind": ..., "message": ...}
     faces_total: int | None = None  # faces detected, when more were found than scored (max faces limit)
-    model: dict | None = None  # {"name", "version", "thresholds"}: the model this record was judged by
+    model: dict | None = None  # {"name", "version", "thresholds", "attribute_thresholds"}: the model this record was judged by
 
     def to_json(self) -> str:
         data = asdict(self)

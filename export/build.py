@@ -9,7 +9,7 @@ from face2hbe.errors import ModelRepositoryError
 from face2hbe.repository import ONNX_FILE, validate_model_dir
 
 from .onnx_export import export_onnx
-from .repository import BatchingSettings, build_config, write_config, write_photo_config
+from .repository import BatchingSettings, build_config, graph_has_attributes, write_config, write_photo_config
 
 
 def load_training_run(run_dir: str | Path):
@@ -26,7 +26,7 @@ def load_training_run(run_dir: str | Path):
 
 
 def export_repository(run_dir: str | Path, repository: str | Path, batching: BatchingSettings = BatchingSettings()) -> Path:
-    """Write <repository>/face2hbe/{config.pbtxt, labels.txt, 1/model.onnx}; return the model folder.
+    """Write <repository>/face2hbe/{config.pbtxt, labels files, 1/model.onnx}; return the model folder.
 
     A photo model folder already in `repository` gets its config regenerated, so it publishes the new thresholds.
     """
@@ -34,7 +34,7 @@ def export_repository(run_dir: str | Path, repository: str | Path, batching: Bat
     model_dir = Path(repository) / contract.MODEL_NAME
     onnx_path = model_dir / contract.MODEL_VERSION / ONNX_FILE
     export_onnx(model, int(summary["working_size"]), onnx_path, mirror_average=bool(summary.get("mirror_average", False)))
-    write_config(build_config(summary["thresholds"], batching), model_dir)
+    write_config(build_config(summary["thresholds"], batching, attributes=graph_has_attributes(model_dir)), model_dir)
     validate_model_dir(model_dir)
     if (Path(repository) / contract.PHOTO_MODEL_NAME).is_dir():
         write_photo_config(repository)

@@ -12,19 +12,22 @@ from pathlib import Path
 from face2hbe import contract
 from face2hbe.photo import PHOTO_INSTANCE_COUNT, PhotoSettings
 from face2hbe.repository import (
+    ATTRIBUTE_LABELS_FILE,
     CONFIG_FILE,
     LABELS_FILE,
     ONNX_FILE,
     config_type,
+    contract_outputs,
     labels_and_thresholds,
     model_config_pb2,
+    onnx_io,
     photo_io,
     read_config,
     validate_photo_dir,
 )
 
-__all__ = ["CONFIG_FILE", "LABELS_FILE", "ONNX_FILE", "BatchingSettings", "TensorRTSettings", "build_config", "build_photo_config",
-           "cpu_batching", "rewrite_config", "write_config", "write_photo_config"]
+__all__ = ["ATTRIBUTE_LABELS_FILE", "CONFIG_FILE", "LABELS_FILE", "ONNX_FILE", "BatchingSettings", "TensorRTSettings", "build_config",
+           "build_photo_config", "cpu_batching", "rewrite_config", "write_config", "write_photo_config"]
 
 
 @dataclass(frozen=True)
@@ -63,18 +66,21 @@ def build_config(
     name: str = contract.MODEL_NAME,
     tensorrt: TensorRTSettings | None = TensorRTSettings(),
     warmup_batch_sizes: tuple[int, ...] = WARMUP_BATCH_SIZES,
+    attributes: bool = True,
 ):
     """A ModelConfig message for the served model, following the contract.
 
-    GPU instances get the TensorRT FP16 accelerator (unless `tensorrt` is None);
-    CPU instances (batching.instance_kind == "KIND_CPU") never do.
+    Outputs: `scores` and (unless `attributes` is False, for graphs exported before it) `attributes`.
+    `thresholds` should cover every served label; an attribute label it lacks gets
+    contract.DEFAULT_THRESHOLD. GPU instances get the TensorRT FP16 accelerator (unless
+    `tensorrt` is None); CPU instances (batching.instance_kind == "KIND_CPU") never do.
     """
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name, platform=platform, max_batch_size=batching.max_batch_size)
     config.input.add(name=contract.INPUT_NAME, data_type=config_type(contract.INPUT_DTYPE), dims=list(contract.INPUT_SHAPE))
-    config.output.add(
-        name=contract.OUTPUT_NAME, data_type=config_type(contract.OUTPUT_DTYPE), dims=list(contract.OUTPUT_SHAPE), label_filename=LABELS_FILE
-    )
+    label_files = {contract.OUTPUT_NAME: LABELS_FILE, contract.ATTRIBUTES_NAME: ATTRIBUTE_LABELS_FILE}
+    for output, (dtype, shape) in contract_outputs(attributes).items():
+        config.output.add(name=output, data_type=config_type(dtype), dims=list(shape), label_filename=label_files[output])
     config.dynamic_batching.preferred_batch_size.extend(b for b in batching.preferred_batch_sizes if b <= batching.max_batch_size)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
     config.instance_group.add(count=batching.instance_count, kind=getattr(pb.ModelInstanceGroup, batching.instance_kind))
@@ -96,7 +102,18 @@ def build_config(
     config.parameters[contract.PARAM_THRESHOLDS].string_value = json.dumps(
         {label: round(float(thresholds[label]), 6) for label in contract.LABELS}
     )
+    if attributes:
+        config.parameters[contract.PARAM_ATTRIBUTE_LABELS].string_value = ",".join(contract.ATTRIBUTE_LABELS)
+        config.parameters[contract.PARAM_ATTRIBUTE_THRESHOLDS].string_value = json.dumps(
+            {label: round(float(thresholds.get(label, contract.DEFAULT_THRESHOLD)), 6) for label in contract.ATTRIBUTE_LABELS}
+        )
     return config
+
+
+def graph_has_attributes(model_dir: str | Path, version: str = contract.MODEL_VERSION) -> bool:
+    """Whether `model_dir`'s ONNX graph has the attributes output (True when there is no graph yet)."""
+    path = Path(model_dir) / version / ONNX_FILE
+    return not path.is_file() or contract.ATTRIBUTES_NAME in onnx_io(path)["outputs"]
 
 
 def cpu_batching(batching: BatchingSettings = BatchingSettings()) -> BatchingSettings:
@@ -106,11 +123,15 @@ def cpu_batching(batching: BatchingSettings = BatchingSettings()) -> BatchingSet
 
 def rewrite_config(model_dir: str | Path, batching: BatchingSettings = BatchingSettings(), *, name: str | None = None,
                    thresholds: dict[str, float] | None = None) -> Path:
-    """Regenerate `model_dir/config.pbtxt` from code, keeping the thresholds it (or `thresholds`) carries."""
+    """Regenerate `model_dir/config.pbtxt` from code, keeping the thresholds it (or `thresholds`) carries.
+
+    The outputs follow the folder's ONNX graph (with or without `attributes`).
+    """
     model_dir = Path(model_dir)
     if thresholds is None:
         _, thresholds = labels_and_thresholds(read_config(model_dir))
-    return write_config(build_config(thresholds, batching, name=name or model_dir.name), model_dir)
+    config = build_config(thresholds, batching, name=name or model_dir.name, attributes=graph_has_attributes(model_dir))
+    return write_config(config, model_dir)
 
 
 def write_config(config, model_dir: Path) -> Path:
@@ -120,6 +141,11 @@ def write_config(config, model_dir: Path) -> Path:
     path = model_dir / CONFIG_FILE
     path.write_text(text_format.MessageToString(config))
     (model_dir / LABELS_FILE).write_text("".join(f"{label}\n" for label in contract.LABELS))
+    attribute_file = model_dir / ATTRIBUTE_LABELS_FILE
+    if any(o.name == contract.ATTRIBUTES_NAME for o in config.output):
+        attribute_file.write_text("".join(f"{label}\n" for label in contract.ATTRIBUTE_LABELS))
+    else:
+        attribute_file.unlink(missing_ok=True)
     return path
 
 

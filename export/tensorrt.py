@@ -13,7 +13,7 @@ from face2hbe import contract
 from face2hbe.errors import Face2hbeError, ModelRepositoryError
 from face2hbe.repository import labels_and_thresholds, read_config, validate_model_dir
 
-from .repository import BatchingSettings, build_config, write_config
+from .repository import BatchingSettings, build_config, graph_has_attributes, write_config
 
 TRT_MODEL_NAME = f"{contract.MODEL_NAME}_trt"
 PLAN_FILE = "model.plan"
@@ -71,7 +71,10 @@ def build_plan(onnx_path: Path, plan_path: Path, max_batch: int = contract.MAX_B
 
 
 def export_tensorrt(repository: Path, batching: BatchingSettings = BatchingSettings()) -> Path:
-    """<repository>/face2hbe/1/model.onnx -> <repository>/face2hbe_trt/{config.pbtxt, labels.txt, 1/model.plan}."""
+    """<repository>/face2hbe/1/model.onnx -> <repository>/face2hbe_trt/{config.pbtxt, labels files, 1/model.plan}.
+
+    The plan has the graph's outputs (scores, and attributes when the graph has them); the config lists the same.
+    """
     repository = Path(repository)
     source_dir = repository / contract.MODEL_NAME
     _, onnx_path = validate_model_dir(source_dir)
@@ -80,6 +83,8 @@ def export_tensorrt(repository: Path, batching: BatchingSettings = BatchingSetti
     target_dir = repository / TRT_MODEL_NAME
     build_plan(onnx_path, target_dir / contract.MODEL_VERSION / PLAN_FILE, max_batch=batching.max_batch_size)
     # The plan already is TensorRT: no accelerator on top; the warm-up still matters.
-    write_config(build_config(thresholds, batching, platform="tensorrt_plan", name=TRT_MODEL_NAME, tensorrt=None), target_dir)
+    config = build_config(thresholds, batching, platform="tensorrt_plan", name=TRT_MODEL_NAME, tensorrt=None,
+                          attributes=graph_has_attributes(source_dir))
+    write_config(config, target_dir)
     read_config(target_dir)  # parses with Triton's proto
     return target_dir

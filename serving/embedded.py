@@ -177,7 +177,8 @@ def remove_leftovers(tmp_root: str | Path | None = None, shm_root: str | Path = 
     return removed
 
 
-def _make_infer_function(session):
+def _make_infer_function(session, outputs: list[str]):
+    """The bound callable: runs `session` and returns the named `outputs` (scores, and attributes when served)."""
     import numpy as np
     from pytriton.decorators import batch
 
@@ -187,8 +188,8 @@ def _make_infer_function(session):
         if images.dtype != np.uint8 or images.shape[1:] != contract.INPUT_SHAPE:
             # Triton validates against the bound tensor spec; this guards the callable itself.
             raise ValueError(f"{contract.INPUT_NAME} must be uint8 [-1,{','.join(map(str, contract.INPUT_SHAPE))}]")
-        (scores,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: images})
-        return {contract.OUTPUT_NAME: scores.astype(np.float32, copy=False)}
+        results = session.run(outputs, {contract.INPUT_NAME: images})
+        return {name: result.astype(np.float32, copy=False) for name, result in zip(outputs, results)}
 
     return infer
 
@@ -388,6 +389,8 @@ class EmbeddedServer:
         from pytriton.model_config import Tensor
         from pytriton.triton import Triton, TritonConfig
 
+        from face2hbe.repository import contract_outputs
+
         s = self.settings
         for leftover in remove_leftovers():
             log.info("removed leftover of a crashed earlier server: %s", leftover)
@@ -422,9 +425,11 @@ class EmbeddedServer:
             triton.bind(
                 model_name=s.model_name,
                 model_version=int(s.version),
-                infer_func=[_make_infer_function(sess) for sess in sessions],
+                infer_func=[_make_infer_function(sess, [o.name for o in self.config.output]) for sess in sessions],
                 inputs=[Tensor(name=contract.INPUT_NAME, dtype=np.uint8, shape=contract.INPUT_SHAPE)],
-                outputs=[Tensor(name=contract.OUTPUT_NAME, dtype=np.float32, shape=contract.OUTPUT_SHAPE)],
+                # The outputs config.pbtxt declares (validate_model_dir checked them against the contract and the graph).
+                outputs=[Tensor(name=name, dtype=np.dtype(contract.numpy_dtype(dtype)), shape=shape)
+                         for name, (dtype, shape) in contract_outputs(attributes=len(self.config.output) > 1).items()],
                 config=self._model_config(),
                 strict=True,
             )

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from face2hbe import contract
 from face2hbe.client.catalog import load_catalog
 from face2hbe.client.results import NO_FACE, NO_ITEMS, FaceResult, ImageResult, JsonlWriter, aggregate_profile, summarise_image
 from face2hbe.errors import CatalogError
@@ -15,7 +16,7 @@ THRESHOLDS = {"eyewear": 0.5, "beard": 0.5, "hat": 0.5}
 
 @pytest.fixture
 def catalog():
-    return load_catalog(labels=LABELS)
+    return load_catalog(labels=list(contract.SERVED_LABELS))
 
 
 def _face(scores, catalog):
@@ -24,7 +25,23 @@ def _face(scores, catalog):
 
 
 def test_bundled_catalog_covers_every_label(catalog):
-    assert {p.label for p in catalog.products} == set(LABELS)
+    assert {p.label for p in catalog.products} == set(contract.SERVED_LABELS)
+
+
+def test_catalog_accepts_attribute_labels_and_overrides_thresholds(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text("thresholds: {earrings: 0.8}\nproducts:\n  - {sku: E1, label: earrings, name: Hoops, price: 10}\n"
+                    "  - {sku: G1, label: eyewear, name: Frames, price: 10}\n")
+    catalog = load_catalog(path, labels=list(contract.SERVED_LABELS))
+    served = {"eyewear": 0.5, "earrings": 0.5}
+    assert [r["sku"] for r in catalog.rank({"eyewear": 0.6, "earrings": 0.7}, served)] == ["G1"]  # 0.7 < the catalog's 0.8
+    assert [r["sku"] for r in catalog.rank({"eyewear": 0.6, "earrings": 0.9}, served)] == ["E1", "G1"]
+    with pytest.raises(CatalogError, match="'earrings', not one of the served labels") as info:
+        load_catalog(path, labels=list(contract.LABELS))  # a model that serves no attributes
+    assert "\n" not in str(info.value)
+    path.write_text("thresholds: {sparkle: 0.8}\nproducts: []\n")
+    with pytest.raises(CatalogError, match="threshold for 'sparkle'"):
+        load_catalog(path, labels=list(contract.SERVED_LABELS))
 
 
 def test_rank_uses_threshold_priority_and_min_score(catalog):

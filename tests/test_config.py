@@ -1,6 +1,8 @@
 """config.pbtxt carries everything NVIDIA's Triton needs, parsed with Triton's own ModelConfig proto."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
@@ -18,7 +20,9 @@ from face2hbe.repository import labels_and_thresholds, read_config, validate_mod
 from conftest import REPOSITORY
 
 INT8_DIR = REPOSITORY / f"{contract.MODEL_NAME}_int8"
-THRESHOLDS = {"eyewear": 0.4, "beard": 0.3, "hat": 0.2}
+# Every served label, with a distinct value each, so a round trip that mixes them up fails.
+THRESHOLDS = {"eyewear": 0.4, "beard": 0.3, "hat": 0.2,
+              **{label: round(0.11 + 0.07 * i, 2) for i, label in enumerate(contract.ATTRIBUTE_LABELS)}}
 
 
 def _check_common(config, name: str) -> None:
@@ -28,7 +32,8 @@ def _check_common(config, name: str) -> None:
     batching = config.dynamic_batching
     assert list(batching.preferred_batch_size) and max(batching.preferred_batch_size) <= contract.MAX_BATCH_SIZE
     assert batching.max_queue_delay_microseconds > 0
-    assert config.output[0].label_filename == "labels.txt"
+    assert [(o.name, o.label_filename) for o in config.output] == [(contract.OUTPUT_NAME, "labels.txt"),
+                                                                     (contract.ATTRIBUTES_NAME, "attribute_labels.txt")]
     warm = {w.batch_size: w for w in config.model_warmup}
     assert set(WARMUP_BATCH_SIZES) <= set(warm)
     for w in warm.values():
@@ -36,7 +41,7 @@ def _check_common(config, name: str) -> None:
         assert sample.data_type == pb.TYPE_UINT8 and list(sample.dims) == list(contract.INPUT_SHAPE)
         assert sample.zero_data or sample.random_data
     labels, _ = labels_and_thresholds(config)
-    assert labels == list(contract.LABELS)
+    assert labels == list(contract.SERVED_LABELS)
 
 
 def _tensorrt(config):
@@ -54,8 +59,13 @@ def test_gpu_config_has_every_field(tmp_path):
     assert int(trt.parameters["max_workspace_size_bytes"]) >= 1 << 28
     assert trt.parameters["trt_engine_cache_enable"] in ("1", "true")
     assert trt.parameters["trt_engine_cache_path"].startswith("/")
-    assert labels_and_thresholds(config)[1] == THRESHOLDS
+    assert labels_and_thresholds(config)[1] == THRESHOLDS  # every served label's threshold round-trips
     assert (tmp_path / contract.MODEL_NAME / "labels.txt").read_text().split() == list(contract.LABELS)
+    assert (tmp_path / contract.MODEL_NAME / "attribute_labels.txt").read_text().split() == list(contract.ATTRIBUTE_LABELS)
+    params = config.parameters  # the scores' pair stays as it was (clients that read only it index `scores` by it)
+    assert params[contract.PARAM_LABELS].string_value == ",".join(contract.LABELS)
+    assert set(json.loads(params[contract.PARAM_THRESHOLDS].string_value)) == set(contract.LABELS)
+    assert params[contract.PARAM_ATTRIBUTE_LABELS].string_value == ",".join(contract.ATTRIBUTE_LABELS)
 
 
 def test_cpu_variant_writes_kind_cpu_without_tensorrt(tmp_path):

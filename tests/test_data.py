@@ -63,10 +63,10 @@ def test_thresholds_round_trip_into_model_config(tmp_path):
     from face2hbe.export.repository import build_config, write_config
     from face2hbe.repository import labels_and_thresholds, read_config
 
-    thresholds = {"eyewear": 0.31, "beard": 0.42, "hat": 0.27}
+    thresholds = {"eyewear": 0.31, "beard": 0.42, "hat": 0.27, **{label: 0.61 for label in contract.ATTRIBUTE_LABELS}}
     write_config(build_config(thresholds), tmp_path / contract.MODEL_NAME)
     labels, read_back = labels_and_thresholds(read_config(tmp_path / contract.MODEL_NAME))
-    assert labels == list(contract.LABELS)
+    assert labels == list(contract.SERVED_LABELS)
     assert read_back == pytest.approx(thresholds)
 
 

@@ -40,7 +40,8 @@ def real_crops(celeba_dir):
 def test_int8_graph_io_matches_contract():
     io = onnx_io(INT8)
     assert io["inputs"] == {contract.INPUT_NAME: ("uint8", [-1, *contract.INPUT_SHAPE])}
-    assert io["outputs"] == {contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)])}
+    assert io["outputs"] == {contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)]),
+                             contract.ATTRIBUTES_NAME: ("float32", [-1, len(contract.ATTRIBUTE_LABELS)])}
 
 
 def test_int8_is_quantized_and_smaller():

@@ -22,15 +22,17 @@ def test_committed_repository_matches_contract_and_graph():
     assert config.HasField("dynamic_batching")
     io = onnx_io(onnx_path)
     assert io["inputs"] == {contract.INPUT_NAME: ("uint8", [-1, *contract.INPUT_SHAPE])}
-    assert io["outputs"] == {contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)])}
+    assert io["outputs"] == {contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)]),
+                             contract.ATTRIBUTES_NAME: ("float32", [-1, len(contract.ATTRIBUTE_LABELS)])}
     labels_file = MODEL_DIR / config.output[0].label_filename
     assert labels_file.read_text().split() == list(contract.LABELS)
+    assert (MODEL_DIR / config.output[1].label_filename).read_text().split() == list(contract.ATTRIBUTE_LABELS)
 
 
 def test_thresholds_are_published_as_parameters():
     labels, thresholds = labels_and_thresholds(read_config(MODEL_DIR))
-    assert labels == list(contract.LABELS)
-    assert set(thresholds) == set(contract.LABELS)
+    assert labels == list(contract.SERVED_LABELS)  # scores' labels, then the attributes'
+    assert set(thresholds) == set(contract.SERVED_LABELS)
     assert all(0.0 < t < 1.0 for t in thresholds.values())
 
 
@@ -51,6 +53,9 @@ def _copy_model_dir(tmp_path):
         (lambda t: t.replace('name: "scores"', 'name: "probs"'), "output"),
         (lambda t: t + "\nthis is not protobuf {", "not a valid Triton model config"),
         (lambda t: t.replace("eyewear,beard,hat", "beard,eyewear,hat"), "labels"),
+        (lambda t: t.replace("earrings,necklace", "necklace,earrings"), "labels"),
+        (lambda t: t.replace('name: "attributes"', 'name: "extra"'), "output"),
+        (lambda t: t.replace("dims: 9", "dims: 40"), "output"),
     ],
 )
 def test_validation_names_the_problem(tmp_path, edit, message):
@@ -66,3 +71,16 @@ def test_validation_reports_missing_model_file(tmp_path):
     (model_dir / "1" / "model.onnx").unlink()
     with pytest.raises(ModelRepositoryError, match="missing model file"):
         validate_model_dir(model_dir)
+
+
+def test_single_output_config_of_older_models_stays_readable(tmp_path):
+    """A config written before the attributes output: scores' labels and thresholds only, defaults elsewhere."""
+    from face2hbe.export.repository import build_config, write_config
+    from face2hbe.repository import output_labels
+
+    write_config(build_config({"eyewear": 0.4, "beard": 0.3, "hat": 0.2}, attributes=False), tmp_path / contract.MODEL_NAME)
+    config = read_config(tmp_path / contract.MODEL_NAME)
+    assert [o.name for o in config.output] == [contract.OUTPUT_NAME]
+    assert not (tmp_path / contract.MODEL_NAME / "attribute_labels.txt").exists()
+    assert output_labels(config) == {contract.OUTPUT_NAME: list(contract.LABELS)}
+    assert labels_and_thresholds(config) == (list(contract.LABELS), {"eyewear": 0.4, "beard": 0.3, "hat": 0.2})

@@ -95,12 +95,19 @@ def _read_celeba_attributes(path: Path) -> tuple[list[str], dict[str, list[float
     return names, attrs
 
 
+CORRECTIONS_FILE = "corrections.csv"
+# corrections.csv: these columns, then one per label (1 / 0 / empty = unknown); `face2hbe review` writes it.
+CORRECTIONS_COLUMNS = ("file", "path", "review")
+
+
 def load_folders(root: str | Path) -> LabeledSet:
     """The prototype's layout: root/eyewear/, root/beard/, root/hat/, root/none/.
 
     A photo in `eyewear/` is positive for eyewear and unknown for the other
     labels (masked), a photo in `none/` negative for all. A photo found in
     several label folders (same file name) is positive for each.
+    A person's corrections in root/corrections.csv (column `file` = the photo's
+    name, one column per label: 1, 0 or empty for unknown) replace those labels.
     """
     root = Path(root)
     if not root.is_dir():
@@ -119,6 +126,7 @@ def load_folders(root: str | Path) -> LabeledSet:
                 t[LABELS.index(folder)] = 1.0
     if not found:
         raise DataError(f"{root}: no images in any of {', '.join([*LABELS, 'none'])}/")
+    _apply_corrections(root / CORRECTIONS_FILE, found)
     keys = sorted(found)
     return LabeledSet(
         name=root.name,
@@ -129,6 +137,25 @@ def load_folders(root: str | Path) -> LabeledSet:
         aligned=False,
         root=root,
     )
+
+
+def _apply_corrections(path: Path, found: dict[str, list[float]]) -> None:
+    """Overwrite `found` targets with a corrections CSV's label cells (1 / 0 / empty = unknown)."""
+    if not path.is_file():
+        return
+    reader = csv.DictReader(path.open(newline="", encoding="utf-8"))
+    columns = [label for label in LABELS if label in (reader.fieldnames or [])]
+    if "file" not in (reader.fieldnames or []) or not columns:
+        raise DataError(f"{path}: expected a 'file' column and label columns of {', '.join(LABELS)}")
+    for line, row in enumerate(reader, start=2):
+        name = row["file"]
+        if name not in found:
+            raise DataError(f"{path}: line {line}: {name!r} is in none of the label folders")
+        for label in columns:
+            cell = (row[label] or "").strip()
+            if cell not in ("1", "0", ""):
+                raise DataError(f"{path}: line {line}: {label} must be 1, 0 or empty, not {cell!r}")
+            found[name][LABELS.index(label)] = float(cell) if cell else UNKNOWN
 
 
 def load_lfw(root: str | Path, with_attributes: bool = False, soft: bool = True) -> LabeledSet:

@@ -142,9 +142,17 @@ def train(data, output, weights, batchnorm, schedule, image_size, epochs, head_e
               help="int8: CelebA folder for calibration (images 1-300) and the fp32-vs-int8 check (7001-8000); absent: calibrate on the sample photos' faces.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="int8: markdown file whose INT8 section receives the measured table (e.g. docs/serving.md).")
-def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, celeba, report):
+@click.option("--add-attributes", is_flag=True,
+              help="Upgrade the repository's existing face2hbe and face2hbe_int8 graphs in place with the `attributes` output "
+                   "(a Gather from the head `scores` is sliced from; weights untouched), after checking with onnxruntime on "
+                   "real crops (CelebA test images from --celeba, else the sample photos' faces) that `scores` stay bit-identical.")
+def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, celeba, report, add_attributes):
     """Export to the Triton model repository: ONNX (preprocessing inside), its INT8 CPU variant, or a TensorRT plan."""
     from .export.repository import rewrite_config
+
+    if add_attributes:
+        _add_attributes(repository, celeba)
+        return
 
     batching = BatchingSettings(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
                                 preferred_batch_sizes=tuple(b for b in _default(BatchingSettings, "preferred_batch_sizes") if b <= max_batch_size) or (max_batch_size,),
@@ -177,6 +185,74 @@ def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, cel
 
     model_dir = export_repository(run_dir, repository, batching)
     click.echo(f"wrote {model_dir}")
+
+
+def _add_attributes(repository: Path, celeba: Path) -> None:
+    import importlib.util
+
+    from .export.attributes import CHECK_RANGE, upgrade_repository
+    from .export.quantize import celeba_crops, sample_crops
+
+    if (celeba / "labels.csv").is_file():
+        crops, _ = celeba_crops(celeba, *CHECK_RANGE)
+        where = f"CelebA images {CHECK_RANGE[0]}-{CHECK_RANGE[1]}"
+    else:
+        crops = sample_crops(Path(importlib.util.find_spec("face2hbe.client").origin).parent / "samples")
+        where = "the sample photos' faces"
+    checks = upgrade_repository(repository, crops)
+    if not checks:
+        click.echo(f"{repository}: every model already has the {contract.ATTRIBUTES_NAME!r} output; nothing to do")
+    for check in checks:
+        click.echo(f"upgraded {check.model}: scores bit-identical on {check.faces} faces from {where}; "
+                   f"attributes = head columns {list(contract.ATTRIBUTE_COLUMNS)}")
+
+
+# --- thresholds --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), help="CelebA folder (labels.csv + list_attr_celeba.txt).")
+@click.option("--lfw", type=click.Path(path_type=Path), default=Path("../shared/data/lfw"), help="LFW folder (labels.csv with FaRL pseudo-labels).")
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph is scored (onnxruntime, CPU).")
+@click.option("--seed", default=0, type=int, help="Split seed; must match the training run's.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the thresholds and per-domain metrics as JSON here.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file whose thresholds section receives the tables (docs/model.md).")
+@click.option("--write", is_flag=True, help="Write the chosen thresholds into face2hbe's and face2hbe_int8's config.pbtxt.")
+@click.option("--no-test", is_flag=True, help="Skip the test-split measurement (choose on val only; faster).")
+def thresholds(celeba, lfw, repository, seed, cache_dir, output, report, write, no_test):
+    """Choose every served label's threshold on a CelebA + LFW validation mix; report P/R/F1 per domain and test ROC AUC."""
+    from .paths import portable, portable_spec
+    from .thresholds import apply, markdown, run, save_json, write_report
+
+    for folder in (celeba, lfw):
+        if not (folder / "labels.csv").is_file():
+            raise click.ClickException(f"{folder}: no labels.csv (see ../shared/data/README.md)")
+    result = run(str(celeba), str(lfw), repository, cache_dir, seed, with_test=not no_test)
+    result["data"] = [portable_spec(f"celeba:{celeba}"), portable_spec(f"lfw:{lfw}")]
+    click.echo(markdown(result))
+    if output:
+        save_json(result, output)
+    if report:
+        write_report(result, report, f"face2hbe thresholds --celeba {portable(celeba)} --lfw {portable(lfw)} "
+                                     f"--write --report {report}" + (f" --output {output}" if output else ""))
+    if write:
+        for path in apply(repository, result["thresholds"]):
+            click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for review.html and corrections.csv.")
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph scores the photos (onnxruntime, CPU).")
+@click.option("--per-kind", default=12, type=click.IntRange(1), help="How many false positives and false negatives to show per label.")
+def review(folder, output, repository, per_kind):
+    """Worst false positives/negatives per label on a labelled folder (eyewear/ beard/ hat/ none/): an HTML page and a corrections CSV."""
+    from .review import review as run_review
+
+    result = run_review(folder, output, repository, per_kind)
+    click.echo(f"{result['photos']} photos, {result['faces']} with a face, {result['mistakes']} mistakes shown: "
+               f"{result['html']}, {result['csv']} (save corrected as {folder / 'corrections.csv'})")
 
 
 # --- evaluate ----------------------------------------------------------------------

@@ -21,6 +21,37 @@ OUTPUT_DTYPE = "FP32"
 LABELS = ("eyewear", "beard", "hat")
 OUTPUT_SHAPE = (len(LABELS),)
 
+# Second output: more product labels from the same 43-sigmoid head (LABELS + CelebA's 40 attributes,
+# in list_attr_celeba.txt order). Each served attribute label maps to the CelebA attribute it reads.
+ATTRIBUTES_NAME = "attributes"
+ATTRIBUTES_DTYPE = "FP32"
+ATTRIBUTE_SOURCES = {
+    "earrings": "Wearing_Earrings",
+    "necklace": "Wearing_Necklace",
+    "necktie": "Wearing_Necktie",
+    "lipstick": "Wearing_Lipstick",
+    "makeup": "Heavy_Makeup",
+    "mustache": "Mustache",
+    "goatee": "Goatee",
+    "bald": "Bald",
+    "gray_hair": "Gray_Hair",
+}
+ATTRIBUTE_LABELS = tuple(ATTRIBUTE_SOURCES)
+ATTRIBUTES_SHAPE = (len(ATTRIBUTE_LABELS),)
+# The head's 40 CelebA attributes after LABELS (training/data.py reads them in this order from list_attr_celeba.txt).
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee",
+    "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
+    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
+    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+HEAD_WIDTH = len(LABELS) + len(CELEBA_ATTRIBUTES)  # 43
+# Column of each attribute label in the head's [N, HEAD_WIDTH] output.
+ATTRIBUTE_COLUMNS = tuple(len(LABELS) + CELEBA_ATTRIBUTES.index(ATTRIBUTE_SOURCES[label]) for label in ATTRIBUTE_LABELS)
+# Every label the model serves: the outputs' labels in output order (scores, then attributes).
+SERVED_LABELS = LABELS + ATTRIBUTE_LABELS
+
 # The photo model: one encoded photo in (JPEG, PNG, WebP, GIF first frame, BMP, TIFF, HEIC), every
 # face's box, label scores and detection score out. Detection and cropping run on the server with the
 # client's own functions; the crops are scored by MODEL_NAME, so its dynamic batcher gathers faces
@@ -56,6 +87,11 @@ METRICS_PORT = 8002
 # Model config parameter keys that carry the label order and thresholds to clients.
 PARAM_LABELS = "labels"
 PARAM_THRESHOLDS = "thresholds"
+# The attributes output's label order and thresholds. They have parameters of their own so the
+# `labels`/`thresholds` pair keeps describing `scores` alone (clients that read only those, like the
+# Node client, index the scores tensor by `labels`).
+PARAM_ATTRIBUTE_LABELS = "attribute_labels"
+PARAM_ATTRIBUTE_THRESHOLDS = "attribute_thresholds"
 DEFAULT_THRESHOLD = 0.5
 
 # Every other spelling of a datatype derives from its KServe v2 name above.

@@ -14,6 +14,7 @@ from . import contract
 from .errors import ModelRepositoryError
 
 LABELS_FILE = "labels.txt"
+ATTRIBUTE_LABELS_FILE = "attribute_labels.txt"
 CONFIG_FILE = "config.pbtxt"
 ONNX_FILE = "model.onnx"
 
@@ -54,19 +55,41 @@ def config_from_json(config: dict):
     return json_format.ParseDict(config, model_config_pb2().ModelConfig(), ignore_unknown_fields=True)
 
 
-def labels_and_thresholds(config) -> tuple[list[str], dict[str, float]]:
-    """Label order and per-label thresholds from a ModelConfig's parameters."""
+def _split_labels(value: str) -> list[str]:
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+def _thresholds_param(params, key: str) -> dict[str, float]:
+    if key not in params:
+        return {}
+    try:
+        return {k: float(v) for k, v in json.loads(params[key].string_value).items()}
+    except (ValueError, AttributeError) as exc:
+        raise ModelRepositoryError(f"model parameter {key!r} is not a JSON object of numbers ({exc})") from None
+
+
+def output_labels(config) -> dict[str, list[str]]:
+    """Each labelled output's label order, in output order: {"scores": [...]} plus {"attributes": [...]} when served.
+
+    Configs written before the attributes output (no `attribute_labels` parameter) give `scores` alone.
+    """
     params = config.parameters
-    if contract.PARAM_LABELS in params:
-        labels = [s.strip() for s in params[contract.PARAM_LABELS].string_value.split(",") if s.strip()]
-    else:
-        labels = list(contract.LABELS)
+    labels = _split_labels(params[contract.PARAM_LABELS].string_value) if contract.PARAM_LABELS in params else list(contract.LABELS)
+    outputs = {contract.OUTPUT_NAME: labels}
+    if contract.PARAM_ATTRIBUTE_LABELS in params:
+        outputs[contract.ATTRIBUTES_NAME] = _split_labels(params[contract.PARAM_ATTRIBUTE_LABELS].string_value)
+    return outputs
+
+
+def labels_and_thresholds(config) -> tuple[list[str], dict[str, float]]:
+    """Every served label (the outputs' labels in output order) and its threshold, from a ModelConfig's parameters.
+
+    Labels without a threshold get contract.DEFAULT_THRESHOLD.
+    """
+    labels = [label for names in output_labels(config).values() for label in names]
     thresholds = {label: contract.DEFAULT_THRESHOLD for label in labels}
-    if contract.PARAM_THRESHOLDS in params:
-        try:
-            thresholds.update({k: float(v) for k, v in json.loads(params[contract.PARAM_THRESHOLDS].string_value).items()})
-        except (ValueError, AttributeError) as exc:
-            raise ModelRepositoryError(f"model parameter {contract.PARAM_THRESHOLDS!r} is not a JSON object of numbers ({exc})") from None
+    thresholds.update(_thresholds_param(config.parameters, contract.PARAM_THRESHOLDS))
+    thresholds.update(_thresholds_param(config.parameters, contract.PARAM_ATTRIBUTE_THRESHOLDS))
     return labels, thresholds
 
 
@@ -115,24 +138,29 @@ def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERS
     if config.name and config.name != model_dir.name:
         raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: name {config.name!r} differs from folder {model_dir.name!r}")
     expected_in = (contract.INPUT_NAME, config_type(contract.INPUT_DTYPE), list(contract.INPUT_SHAPE))
-    expected_out = (contract.OUTPUT_NAME, config_type(contract.OUTPUT_DTYPE), list(contract.OUTPUT_SHAPE))
     got_in = [(t.name, t.data_type, list(t.dims)) for t in config.input]
     got_out = [(t.name, t.data_type, list(t.dims)) for t in config.output]
     if got_in != [expected_in]:
         raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: input {got_in} differs from contract {[expected_in]}")
-    if got_out != [expected_out]:
-        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: output {got_out} differs from contract {[expected_out]}")
+    # Either the original single output or scores + attributes (both readable; export writes the latter).
+    outputs = contract_outputs(attributes=len(got_out) > 1)
+    expected_out = [(name, config_type(dtype), list(shape)) for name, (dtype, shape) in outputs.items()]
+    if got_out != expected_out:
+        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: output {got_out} differs from contract {expected_out}")
     try:
         io = onnx_io(onnx_path)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ModelRepositoryError(f"{onnx_path}: cannot read ONNX graph ({exc})") from None
     want_in = {contract.INPUT_NAME: (contract.numpy_dtype(contract.INPUT_DTYPE), [-1, *contract.INPUT_SHAPE])}
-    want_out = {contract.OUTPUT_NAME: (contract.numpy_dtype(contract.OUTPUT_DTYPE), [-1, *contract.OUTPUT_SHAPE])}
+    want_out = {name: (contract.numpy_dtype(dtype), [-1, *shape]) for name, (dtype, shape) in outputs.items()}
     if io["inputs"] != want_in or io["outputs"] != want_out:
         raise ModelRepositoryError(f"{onnx_path}: graph io {io} differs from contract inputs {want_in}, outputs {want_out}")
-    labels, _ = labels_and_thresholds(config)
-    if labels != list(contract.LABELS):
-        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: labels {labels} differ from contract {list(contract.LABELS)}")
+    labels = output_labels(config)
+    want_labels = {contract.OUTPUT_NAME: list(contract.LABELS)}
+    if len(outputs) > 1:
+        want_labels[contract.ATTRIBUTES_NAME] = list(contract.ATTRIBUTE_LABELS)
+    if labels != want_labels:
+        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: labels {labels} differ from contract {want_labels}")
     return config, onnx_path
 
 
@@ -170,3 +198,11 @@ def validate_photo_dir(model_dir: str | Path):
     if labels != list(contract.LABELS):
         raise ModelRepositoryError(f"{where}: labels {labels} differ from contract {list(contract.LABELS)}")
     return config
+
+
+def contract_outputs(attributes: bool = True) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The served outputs, name -> (datatype, per-item shape): scores, and attributes unless `attributes` is False."""
+    outputs = {contract.OUTPUT_NAME: (contract.OUTPUT_DTYPE, contract.OUTPUT_SHAPE)}
+    if attributes:
+        outputs[contract.ATTRIBUTES_NAME] = (contract.ATTRIBUTES_DTYPE, contract.ATTRIBUTES_SHAPE)
+    return outputs

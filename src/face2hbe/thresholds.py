@@ -1,0 +1,169 @@
+"""Thresholds that hold across domains: every served label's, chosen on a validation mix of CelebA and LFW.
+
+It sits on top of the stages, like evaluate.py: training's data adapters and splits, export's config writer.
+
+    face2hbe thresholds --celeba ../shared/data/celeba --lfw ../shared/data/lfw --write --report docs/model.md
+
+Rule: per label, the threshold (grid 0.005..0.995, step 0.005) that maximises the MEAN of the F1 on
+CelebA val and the F1 on LFW val (identities, seeded split as in training; never the test split), so
+neither domain's size decides it. Targets: CelebA's human labels; LFW's labels.csv eyewear/beard/hat
+(p_* at 0.5) and FaRL pseudo-labels farl_<Attribute> at 0.5. Reported per domain on the val split
+(where chosen) and on the test split, with ROC AUC. Crops come from the client's detector and crop
+(aligned CelebA: its measured framing) and are scored once per run with onnxruntime on the served
+fp32 graph (both outputs), kept in memory.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from face2hbe import contract
+
+SPLITS = {"val": 1, "test": 2}
+GRID = np.round(np.arange(0.005, 1.0, 0.005), 3)
+RULE = "max of the mean of CelebA-val F1 and LFW-val F1 (grid step 0.005)"
+REPORT_START, REPORT_END = "<!-- thresholds-report:start -->", "<!-- thresholds-report:end -->"
+
+
+def target_name(label: str) -> str:
+    """The data adapters' target column of a served label (CelebA attributes as `celeba_<Attribute>`)."""
+    return label if label in contract.LABELS else f"celeba_{contract.ATTRIBUTE_SOURCES[label]}"
+
+
+@dataclass
+class Domain:
+    name: str  # "celeba" | "lfw"
+    split: str
+    crops: np.ndarray
+    targets: np.ndarray  # [N, len(SERVED_LABELS)], -1 unknown, soft targets binarised at 0.5 by the metrics
+    images: int
+    scores: np.ndarray | None = field(default=None, repr=False)
+
+
+def load_domain(spec: str, split: str, cache_dir: Path | None, seed: int = 0, progress: bool = True) -> Domain:
+    from face2hbe.training.data import build_crops, split_by_group
+    from face2hbe.training.train import load_sets
+
+    (dataset,) = load_sets([spec], attributes=True, limit=None)
+    dataset = dataset.subset(split_by_group(dataset.groups, seed=seed)[SPLITS[split]])
+    crops, kept = build_crops(dataset, cache_dir, progress=progress)
+    columns = [dataset.target_names.index(target_name(label)) for label in contract.SERVED_LABELS]
+    return Domain(spec.partition(":")[0], split, crops, dataset.targets[kept][:, columns], len(dataset))
+
+
+def score_onnx(onnx_path: Path, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
+    """[N, len(SERVED_LABELS)]: the graph's scores then attributes, onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
+    parts = [np.concatenate(session.run(names, {contract.INPUT_NAME: crops[i : i + batch]}), axis=1) for i in range(0, len(crops), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, len(contract.SERVED_LABELS)), np.float32)
+
+
+def _f1_curve(targets: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+    """F1 at every GRID threshold for one label (None when the domain has no positive)."""
+    from face2hbe.training.metrics import known_binary
+
+    known, y = known_binary(targets)
+    if y.sum() == 0:
+        return None
+    pred = scores[known, None] >= GRID[None, :]
+    tp = (pred & (y[:, None] == 1)).sum(0)
+    fp = (pred & (y[:, None] == 0)).sum(0)
+    fn = y.sum() - tp
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+
+
+def choose(domains: list[Domain]) -> dict[str, float]:
+    """Per served label: the GRID threshold with the best mean F1 over the domains (those with positives)."""
+    out = {}
+    for j, label in enumerate(contract.SERVED_LABELS):
+        curves = [c for d in domains if (c := _f1_curve(d.targets[:, j], d.scores[:, j])) is not None]
+        out[label] = float(GRID[int(np.argmax(np.mean(curves, axis=0)))]) if curves else contract.DEFAULT_THRESHOLD
+    return out
+
+
+def domain_metrics(domain: Domain, thresholds: dict[str, float]) -> dict:
+    from face2hbe.training.metrics import per_label_metrics
+
+    labels = list(contract.SERVED_LABELS)
+    return {"data": domain.name, "split": domain.split, "images": domain.images, "faces": int(len(domain.crops)),
+            "metrics": per_label_metrics(domain.targets, domain.scores, labels, thresholds)}
+
+
+def markdown(result: dict) -> str:
+    """Model-card tables: thresholds, then per label P/R/F1 per domain (val, test) and ROC AUC (test)."""
+    th = result["thresholds"]
+    by = {(r["data"], r["split"]): r for r in result["domains"]}
+    lines = [f"Threshold rule: {result['rule']}. Faces: " + ", ".join(
+        f"{r['data']} {r['split']} {r['faces']}" for r in result["domains"]) + ".", "",
+        "| label | source | threshold | CelebA val P / R / F1 | LFW val P / R / F1 | CelebA test P / R / F1 | LFW test P / R / F1 "
+        "| ROC AUC CelebA test | ROC AUC LFW test |",
+        "|---|---|---:|---|---|---|---|---:|---:|"]
+
+    def prf(key, label):
+        m = by.get(key, {}).get("metrics", {}).get(label, {})
+        if "f1" not in m or not m.get("positives"):
+            return "n/a"
+        return f"{m['precision']:.2f} / {m['recall']:.2f} / {m['f1']:.2f} ({m['positives']}+)"
+
+    def auc(key, label):
+        m = by.get(key, {}).get("metrics", {}).get(label, {})
+        return f"{m['roc_auc']:.3f}" if "roc_auc" in m else "n/a"
+
+    for label in contract.SERVED_LABELS:
+        source = contract.ATTRIBUTE_SOURCES.get(label, "labels.csv")
+        lines.append(f"| {label} | {source} | {th[label]:.3f} | {prf(('celeba', 'val'), label)} | {prf(('lfw', 'val'), label)} | "
+                     f"{prf(('celeba', 'test'), label)} | {prf(('lfw', 'test'), label)} | {auc(('celeba', 'test'), label)} | "
+                     f"{auc(('lfw', 'test'), label)} |")
+    return "\n".join(lines)
+
+
+def write_report(result: dict, markdown_file: Path, command: str) -> None:
+    """Replace the thresholds section between the report markers in `markdown_file` (append if absent)."""
+    block = f"{REPORT_START}\nMeasured by `{command}`:\n\n{markdown(result)}\n{REPORT_END}"
+    text = markdown_file.read_text() if markdown_file.is_file() else ""
+    if REPORT_START in text and REPORT_END in text:
+        head, rest = text.split(REPORT_START, 1)
+        text = head + block + rest.split(REPORT_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    markdown_file.write_text(text)
+
+
+def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, seed: int = 0, progress: bool = True,
+        with_test: bool = True) -> dict:
+    """Load, score (once each), choose on val, measure on val and test. Nothing is written."""
+    from face2hbe.repository import validate_model_dir
+
+    _, onnx_path = validate_model_dir(Path(repository) / contract.MODEL_NAME)
+    specs = [f"celeba:{celeba}", f"lfw:{lfw}"]
+    splits = ["val", "test"] if with_test else ["val"]
+    domains = [load_domain(spec, split, cache_dir, seed, progress) for split in splits for spec in specs]
+    for d in domains:
+        d.scores = score_onnx(onnx_path, d.crops)
+    thresholds = choose([d for d in domains if d.split == "val"])
+    return {"rule": RULE, "seed": seed, "thresholds": thresholds, "domains": [domain_metrics(d, thresholds) for d in domains]}
+
+
+def apply(repository: Path, thresholds: dict[str, float]) -> list[Path]:
+    """Write the thresholds into face2hbe's and face2hbe_int8's config.pbtxt (regenerated by code)."""
+    from face2hbe.export.attributes import batching_of
+    from face2hbe.export.repository import rewrite_config
+    from face2hbe.repository import read_config
+
+    written = []
+    for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME):
+        model_dir = Path(repository) / name
+        if (model_dir / "config.pbtxt").is_file():
+            written.append(rewrite_config(model_dir, batching_of(read_config(model_dir)), thresholds=thresholds))
+    return written
+
+
+def save_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))

@@ -99,14 +99,14 @@ def build_config(
         sample.dims.extend(contract.INPUT_SHAPE)
         sample.zero_data = True
     config.parameters[contract.PARAM_LABELS].string_value = ",".join(contract.LABELS)
+    served = list(contract.LABELS) + (list(contract.ATTRIBUTE_LABELS) if attributes else [])
+    # One `thresholds` object for every served label (scores' and attributes'); a client reads the ones it needs.
     config.parameters[contract.PARAM_THRESHOLDS].string_value = json.dumps(
-        {label: round(float(thresholds[label]), 6) for label in contract.LABELS}
+        {label: round(float(thresholds.get(label, contract.DEFAULT_THRESHOLD) if label not in contract.LABELS else thresholds[label]), 6)
+         for label in served}
     )
     if attributes:
         config.parameters[contract.PARAM_ATTRIBUTE_LABELS].string_value = ",".join(contract.ATTRIBUTE_LABELS)
-        config.parameters[contract.PARAM_ATTRIBUTE_THRESHOLDS].string_value = json.dumps(
-            {label: round(float(thresholds.get(label, contract.DEFAULT_THRESHOLD)), 6) for label in contract.ATTRIBUTE_LABELS}
-        )
     return config
 
 
@@ -164,8 +164,10 @@ def build_photo_config(model_config, settings: PhotoSettings = PhotoSettings(), 
     for name, data_type, dims in outputs:
         config.output.add(name=name, data_type=data_type, dims=dims, label_filename=LABELS_FILE if name == contract.OUTPUT_NAME else "")
     config.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
-    for key in (contract.PARAM_LABELS, contract.PARAM_THRESHOLDS):
-        config.parameters[key].string_value = model_config.parameters[key].string_value
+    labels, thresholds = labels_and_thresholds(model_config)
+    scores_labels = labels[: len(contract.LABELS)]  # the photo model returns `scores` (not yet `attributes`)
+    config.parameters[contract.PARAM_LABELS].string_value = ",".join(scores_labels)
+    config.parameters[contract.PARAM_THRESHOLDS].string_value = json.dumps({label: thresholds[label] for label in scores_labels})
     for key, value in settings.parameters().items():
         config.parameters[key].string_value = value
     return config

@@ -36,7 +36,7 @@ def _with_head_output(model_dir, tmp_path):
     return path, head
 
 
-def test_served_model_returns_attributes_and_unchanged_scores(grpc_url, lfw_crops, tmp_path):
+def test_served_model_returns_attributes_and_unchanged_scores(server, grpc_url, lfw_crops, tmp_path):
     """Over the wire: scores = the head's first 3 columns (as before the upgrade), attributes = its attribute columns."""
     import onnxruntime as ort
     import tritonclient.grpc as grpcclient
@@ -50,7 +50,7 @@ def test_served_model_returns_attributes_and_unchanged_scores(grpc_url, lfw_crop
     assert scores.shape == (len(lfw_crops), len(contract.LABELS)) and scores.dtype == np.float32
     assert attributes.shape == (len(lfw_crops), len(contract.ATTRIBUTE_LABELS)) and attributes.dtype == np.float32
 
-    path, head_name = _with_head_output(FP32, tmp_path)
+    path, head_name = _with_head_output(server.onnx_path.parents[1], tmp_path)  # the served folder (INT8: the CPU default)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (head,) = session.run([head_name], {contract.INPUT_NAME: lfw_crops})
     assert head.shape == (len(lfw_crops), contract.HEAD_WIDTH)

@@ -62,9 +62,10 @@ def test_gpu_config_has_every_field(tmp_path):
     assert labels_and_thresholds(config)[1] == THRESHOLDS  # every served label's threshold round-trips
     assert (tmp_path / contract.MODEL_NAME / "labels.txt").read_text().split() == list(contract.LABELS)
     assert (tmp_path / contract.MODEL_NAME / "attribute_labels.txt").read_text().split() == list(contract.ATTRIBUTE_LABELS)
-    params = config.parameters  # the scores' pair stays as it was (clients that read only it index `scores` by it)
+    params = config.parameters  # `labels` stays the scores' order (clients that read only it index `scores` by it)
     assert params[contract.PARAM_LABELS].string_value == ",".join(contract.LABELS)
-    assert set(json.loads(params[contract.PARAM_THRESHOLDS].string_value)) == set(contract.LABELS)
+    served = [*contract.LABELS, *contract.ATTRIBUTE_LABELS]  # one `thresholds` object holds every served label
+    assert list(json.loads(params[contract.PARAM_THRESHOLDS].string_value)) == served
     assert params[contract.PARAM_ATTRIBUTE_LABELS].string_value == ",".join(contract.ATTRIBUTE_LABELS)
 
 
@@ -153,7 +154,8 @@ def test_committed_photo_config_is_generated_by_code(tmp_path):
     assert read_config(tmp_path / contract.PHOTO_MODEL_NAME) == committed
     assert (PHOTO_DIR / "labels.txt").read_text() == (tmp_path / contract.PHOTO_MODEL_NAME / "labels.txt").read_text()
     assert committed.backend == "python" and committed.max_batch_size == 0 and not committed.HasField("dynamic_batching")
-    assert labels_and_thresholds(committed) == labels_and_thresholds(read_config(REPOSITORY / contract.MODEL_NAME))
+    labels, thresholds = labels_and_thresholds(read_config(REPOSITORY / contract.MODEL_NAME))
+    assert labels_and_thresholds(committed) == (list(contract.LABELS), {k: thresholds[k] for k in contract.LABELS})  # scores' labels only
     assert [g.kind for g in committed.instance_group] == [pb.ModelInstanceGroup.KIND_CPU] and committed.instance_group[0].count > 1
     assert (PHOTO_DIR / contract.MODEL_VERSION / "model.py").is_file()
 

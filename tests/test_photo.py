@@ -204,8 +204,11 @@ def test_served_config_and_health_cover_the_photo_model(server, http_url):
     client = httpclient.InferenceServerClient(http_url)
     photo, crops = client.get_model_config(contract.PHOTO_MODEL_NAME), client.get_model_config(contract.MODEL_NAME)
     assert photo["max_batch_size"] == 0
-    for key in (contract.PARAM_LABELS, contract.PARAM_THRESHOLDS):
-        assert photo["parameters"][key] == crops["parameters"][key]
+    import json
+
+    assert photo["parameters"][contract.PARAM_LABELS] == crops["parameters"][contract.PARAM_LABELS]
+    served = json.loads(crops["parameters"][contract.PARAM_THRESHOLDS]["string_value"])  # scores' and attributes' labels
+    assert json.loads(photo["parameters"][contract.PARAM_THRESHOLDS]["string_value"]) == {k: served[k] for k in contract.LABELS}
     for key, value in PhotoSettings().parameters().items():
         assert photo["parameters"][key]["string_value"] == value
     metadata = client.get_model_metadata(contract.PHOTO_MODEL_NAME)

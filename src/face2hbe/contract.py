@@ -86,12 +86,10 @@ METRICS_PORT = 8002
 
 # Model config parameter keys that carry the label order and thresholds to clients.
 PARAM_LABELS = "labels"
-PARAM_THRESHOLDS = "thresholds"
-# The attributes output's label order and thresholds. They have parameters of their own so the
-# `labels`/`thresholds` pair keeps describing `scores` alone (clients that read only those, like the
-# Node client, index the scores tensor by `labels`).
+PARAM_THRESHOLDS = "thresholds"  # a JSON object: every served label (scores' and attributes') -> its threshold
+# The attributes output's label order. `labels` keeps describing `scores` alone, so clients that read
+# only those (like the Node client) still index the scores tensor by `labels` and take its thresholds.
 PARAM_ATTRIBUTE_LABELS = "attribute_labels"
-PARAM_ATTRIBUTE_THRESHOLDS = "attribute_thresholds"
 DEFAULT_THRESHOLD = 0.5
 
 # Every other spelling of a datatype derives from its KServe v2 name above.

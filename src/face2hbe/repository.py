@@ -89,7 +89,6 @@ def labels_and_thresholds(config) -> tuple[list[str], dict[str, float]]:
     labels = [label for names in output_labels(config).values() for label in names]
     thresholds = {label: contract.DEFAULT_THRESHOLD for label in labels}
     thresholds.update(_thresholds_param(config.parameters, contract.PARAM_THRESHOLDS))
-    thresholds.update(_thresholds_param(config.parameters, contract.PARAM_ATTRIBUTE_THRESHOLDS))
     return labels, thresholds
 
 

@@ -237,7 +237,7 @@ class AsyncScorer:
         return np.concatenate([result.as_numpy(name) for name in self.info.outputs], axis=1)
 
     async def score_photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(boxes int32 [N,4] top/right/bottom/left, scores [N,labels], detection scores [N]) of one encoded photo.
+        """(boxes int32 [N,4] top/right/bottom/left, scores [N, info.labels], detection scores [N]) of one encoded photo.
 
         The photo model (contract.PHOTO_MODEL_NAME) decodes, detects and crops on the server and scores the
         crops through the face model. A photo the server refuses (unreadable, too large: INVALID_ARGUMENT,
@@ -252,7 +252,8 @@ class AsyncScorer:
         t, s = self._triton, self.settings
         inputs = [t.InferInput(contract.PHOTO_INPUT_NAME, list(contract.PHOTO_INPUT_SHAPE), contract.PHOTO_INPUT_DTYPE)]
         inputs[0].set_data_from_numpy(np.array([data], dtype=object))
-        names = (contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME)
+        names = (contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME) + (
+            (contract.ATTRIBUTES_NAME,) if self.info.attribute_labels else ())
         outputs = [t.InferRequestedOutput(n) for n in names]
         try:
             if s.protocol == "grpc":
@@ -265,8 +266,10 @@ class AsyncScorer:
                 raise BadImageError(name, f"refused by the server: {reason}") from None
             raise
         boxes = result.as_numpy(contract.BOXES_NAME).reshape(-1, 4)
-        scores = result.as_numpy(contract.OUTPUT_NAME).reshape(len(boxes), len(self.info.labels))
-        return boxes, scores, result.as_numpy(contract.DETECTION_SCORES_NAME).reshape(-1)
+        # One row per face in self.info.labels order: the scores' labels, then the attributes'.
+        rows = np.concatenate([result.as_numpy(name).reshape(len(boxes), width) for name, width in (
+            (contract.OUTPUT_NAME, len(self.info.score_labels)), (contract.ATTRIBUTES_NAME, len(self.info.attribute_labels))) if width], axis=1)
+        return boxes, rows, result.as_numpy(contract.DETECTION_SCORES_NAME).reshape(-1)
 
     async def _with_retries(self, call, what: str):
         """`call()`, retried on transient failures; InferenceError / ServerUnavailableError otherwise."""

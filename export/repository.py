@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from face2hbe import contract
+from face2hbe.errors import ModelRepositoryError
 from face2hbe.photo import PHOTO_INSTANCE_COUNT, PhotoSettings
 from face2hbe.repository import (
     ATTRIBUTE_LABELS_FILE,
@@ -159,15 +160,16 @@ def build_photo_config(model_config, settings: PhotoSettings = PhotoSettings(), 
     pb = model_config_pb2()
     config = pb.ModelConfig(name=contract.PHOTO_MODEL_NAME, backend="python", max_batch_size=0)
     inputs, outputs = photo_io()
+    label_files = {contract.OUTPUT_NAME: LABELS_FILE, contract.ATTRIBUTES_NAME: ATTRIBUTE_LABELS_FILE}
     for name, data_type, dims in inputs:
         config.input.add(name=name, data_type=data_type, dims=dims)
     for name, data_type, dims in outputs:
-        config.output.add(name=name, data_type=data_type, dims=dims, label_filename=LABELS_FILE if name == contract.OUTPUT_NAME else "")
+        config.output.add(name=name, data_type=data_type, dims=dims, label_filename=label_files.get(name, ""))
     config.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
-    labels, thresholds = labels_and_thresholds(model_config)
-    scores_labels = labels[: len(contract.LABELS)]  # the photo model returns `scores` (not yet `attributes`)
-    config.parameters[contract.PARAM_LABELS].string_value = ",".join(scores_labels)
-    config.parameters[contract.PARAM_THRESHOLDS].string_value = json.dumps({label: thresholds[label] for label in scores_labels})
+    for key in (contract.PARAM_LABELS, contract.PARAM_ATTRIBUTE_LABELS, contract.PARAM_THRESHOLDS):
+        if key not in model_config.parameters:
+            raise ModelRepositoryError(f"{contract.MODEL_NAME}'s config has no {key!r} parameter: export its graph with attributes first")
+        config.parameters[key].string_value = model_config.parameters[key].string_value
     for key, value in settings.parameters().items():
         config.parameters[key].string_value = value
     return config

@@ -239,15 +239,16 @@ def _make_photo_function(grpc_address: str, model_name: str, photo_settings, tim
     import tritonclient.grpc as grpcclient
 
     from face2hbe.errors import BadImageError
-    from face2hbe.photo import photo_bytes, score_photo
+    from face2hbe.photo import FACE_OUTPUT_NAMES, photo_bytes, score_photo
 
     client = grpcclient.InferenceServerClient(grpc_address)
-    requested = [grpcclient.InferRequestedOutput(contract.OUTPUT_NAME)]
+    requested = [grpcclient.InferRequestedOutput(name) for name in FACE_OUTPUT_NAMES]
 
-    def score_crops(crops: np.ndarray) -> np.ndarray:
+    def score_crops(crops: np.ndarray) -> dict[str, np.ndarray]:
         inp = grpcclient.InferInput(contract.INPUT_NAME, list(crops.shape), contract.INPUT_DTYPE)
         inp.set_data_from_numpy(crops)
-        return client.infer(model_name, [inp], outputs=requested, client_timeout=timeout_s).as_numpy(contract.OUTPUT_NAME)
+        result = client.infer(model_name, [inp], outputs=requested, client_timeout=timeout_s)
+        return {name: result.as_numpy(name) for name in FACE_OUTPUT_NAMES}
 
     def infer(requests):
         responses = []
@@ -368,7 +369,7 @@ class EmbeddedServer:
                                  for _ in range(self._photo_instance_count())]
         dtype = {name: np.dtype(contract.numpy_dtype(t)) for name, t in (
             (contract.BOXES_NAME, contract.BOXES_DTYPE), (contract.OUTPUT_NAME, contract.OUTPUT_DTYPE),
-            (contract.DETECTION_SCORES_NAME, contract.DETECTION_SCORES_DTYPE))}
+            (contract.DETECTION_SCORES_NAME, contract.DETECTION_SCORES_DTYPE), (contract.ATTRIBUTES_NAME, contract.ATTRIBUTES_DTYPE))}
         triton.bind(
             model_name=contract.PHOTO_MODEL_NAME,
             model_version=int(s.version),
@@ -378,6 +379,7 @@ class EmbeddedServer:
                 Tensor(name=contract.BOXES_NAME, dtype=dtype[contract.BOXES_NAME], shape=contract.BOXES_SHAPE),
                 Tensor(name=contract.OUTPUT_NAME, dtype=dtype[contract.OUTPUT_NAME], shape=contract.PHOTO_SCORES_SHAPE),
                 Tensor(name=contract.DETECTION_SCORES_NAME, dtype=dtype[contract.DETECTION_SCORES_NAME], shape=contract.DETECTION_SCORES_SHAPE),
+                Tensor(name=contract.ATTRIBUTES_NAME, dtype=dtype[contract.ATTRIBUTES_NAME], shape=contract.PHOTO_ATTRIBUTES_SHAPE),
             ],
             config=ModelConfig(batching=False),
             strict=True,

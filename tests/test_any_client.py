@@ -79,6 +79,8 @@ def test_node_photo_mode_matches_the_python_clients_records(node, grpc_url):
             assert [f["box"] for f in printed["faces"]] == [f.box for f in record.faces], photo.name
             for face, want in zip(printed["faces"], record.faces):
                 np.testing.assert_allclose(face["scores"], [want.scores[k] for k in contract.LABELS], atol=1e-4)
+                np.testing.assert_allclose([face["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
+                                           [want.attributes[k] for k in contract.ATTRIBUTE_LABELS], atol=1e-4)
                 assert face["detection_score"] > 0
             faces_seen += len(record.faces)
     assert faces_seen >= 5  # the samples hold several faces (the group photo alone has three)

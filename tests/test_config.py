@@ -154,8 +154,7 @@ def test_committed_photo_config_is_generated_by_code(tmp_path):
     assert read_config(tmp_path / contract.PHOTO_MODEL_NAME) == committed
     assert (PHOTO_DIR / "labels.txt").read_text() == (tmp_path / contract.PHOTO_MODEL_NAME / "labels.txt").read_text()
     assert committed.backend == "python" and committed.max_batch_size == 0 and not committed.HasField("dynamic_batching")
-    labels, thresholds = labels_and_thresholds(read_config(REPOSITORY / contract.MODEL_NAME))
-    assert labels_and_thresholds(committed) == (list(contract.LABELS), {k: thresholds[k] for k in contract.LABELS})  # scores' labels only
+    assert labels_and_thresholds(committed) == labels_and_thresholds(read_config(REPOSITORY / contract.MODEL_NAME))
     assert [g.kind for g in committed.instance_group] == [pb.ModelInstanceGroup.KIND_CPU] and committed.instance_group[0].count > 1
     assert (PHOTO_DIR / contract.MODEL_VERSION / "model.py").is_file()
 

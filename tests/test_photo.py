@@ -20,7 +20,7 @@ from face2hbe.photo import PhotoSettings, find_faces
 from conftest import SAMPLES
 from test_bad_inputs import bomb_png_bytes
 
-OUTPUTS = (contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME)
+OUTPUTS = (contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME, contract.ATTRIBUTES_NAME)
 
 
 def _grpc_infer(grpc_url: str, data: bytes) -> dict[str, np.ndarray]:
@@ -42,12 +42,14 @@ def _local(grpc_url: str, data: bytes) -> dict[str, np.ndarray]:
     boxes = [box for box, _ in found]
     crops = face_crops(image, boxes)
     scores = np.zeros((0, len(contract.LABELS)), np.float32)
+    attributes = np.zeros((0, len(contract.ATTRIBUTE_LABELS)), np.float32)
     if boxes:
         inp = grpcclient.InferInput(contract.INPUT_NAME, list(crops.shape), contract.INPUT_DTYPE)
         inp.set_data_from_numpy(crops)
-        scores = grpcclient.InferenceServerClient(grpc_url).infer(contract.MODEL_NAME, [inp]).as_numpy(contract.OUTPUT_NAME)
+        result = grpcclient.InferenceServerClient(grpc_url).infer(contract.MODEL_NAME, [inp])
+        scores, attributes = result.as_numpy(contract.OUTPUT_NAME), result.as_numpy(contract.ATTRIBUTES_NAME)
     return {contract.BOXES_NAME: np.array([b.as_list() for b in boxes], np.int32).reshape(-1, 4), contract.OUTPUT_NAME: scores,
-            contract.DETECTION_SCORES_NAME: np.array([s for _, s in found], np.float32)}
+            contract.DETECTION_SCORES_NAME: np.array([s for _, s in found], np.float32), contract.ATTRIBUTES_NAME: attributes}
 
 
 def _check_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
@@ -55,6 +57,8 @@ def _check_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> N
     np.testing.assert_array_equal(got[contract.BOXES_NAME], want[contract.BOXES_NAME])
     assert got[contract.OUTPUT_NAME].dtype == np.float32 and got[contract.OUTPUT_NAME].shape == (len(want[contract.BOXES_NAME]), len(contract.LABELS))
     np.testing.assert_allclose(got[contract.OUTPUT_NAME], want[contract.OUTPUT_NAME], atol=1e-4)
+    assert got[contract.ATTRIBUTES_NAME].shape == (len(want[contract.BOXES_NAME]), len(contract.ATTRIBUTE_LABELS))
+    np.testing.assert_allclose(got[contract.ATTRIBUTES_NAME], want[contract.ATTRIBUTES_NAME], atol=1e-4)
     assert got[contract.DETECTION_SCORES_NAME].dtype == np.float32
     np.testing.assert_allclose(got[contract.DETECTION_SCORES_NAME], want[contract.DETECTION_SCORES_NAME], atol=1e-5)
 
@@ -204,11 +208,8 @@ def test_served_config_and_health_cover_the_photo_model(server, http_url):
     client = httpclient.InferenceServerClient(http_url)
     photo, crops = client.get_model_config(contract.PHOTO_MODEL_NAME), client.get_model_config(contract.MODEL_NAME)
     assert photo["max_batch_size"] == 0
-    import json
-
-    assert photo["parameters"][contract.PARAM_LABELS] == crops["parameters"][contract.PARAM_LABELS]
-    served = json.loads(crops["parameters"][contract.PARAM_THRESHOLDS]["string_value"])  # scores' and attributes' labels
-    assert json.loads(photo["parameters"][contract.PARAM_THRESHOLDS]["string_value"]) == {k: served[k] for k in contract.LABELS}
+    for key in (contract.PARAM_LABELS, contract.PARAM_ATTRIBUTE_LABELS, contract.PARAM_THRESHOLDS):
+        assert photo["parameters"][key] == crops["parameters"][key]
     for key, value in PhotoSettings().parameters().items():
         assert photo["parameters"][key]["string_value"] == value
     metadata = client.get_model_metadata(contract.PHOTO_MODEL_NAME)
@@ -218,6 +219,7 @@ def test_served_config_and_health_cover_the_photo_model(server, http_url):
         contract.BOXES_NAME: (contract.BOXES_DTYPE, list(contract.BOXES_SHAPE)),
         contract.OUTPUT_NAME: (contract.OUTPUT_DTYPE, list(contract.PHOTO_SCORES_SHAPE)),
         contract.DETECTION_SCORES_NAME: (contract.DETECTION_SCORES_DTYPE, list(contract.DETECTION_SCORES_SHAPE)),
+        contract.ATTRIBUTES_NAME: (contract.ATTRIBUTES_DTYPE, list(contract.PHOTO_ATTRIBUTES_SHAPE)),
     }
     # check_health watches one stub per instance of both models.
     assert len(server._stubs) == server._instance_count() + server._photo_instance_count() > server._instance_count()
@@ -265,5 +267,7 @@ def test_recommend_detect_server_gives_the_local_records(grpc_url, http_url, tmp
         assert [f["box"] for f in got["faces"]] == [f["box"] for f in want["faces"]], path
         for g, w in zip(got["faces"], want["faces"]):
             np.testing.assert_allclose([g["scores"][k] for k in contract.LABELS], [w["scores"][k] for k in contract.LABELS], atol=1e-4)
+            np.testing.assert_allclose([g["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
+                                       [w["attributes"][k] for k in contract.ATTRIBUTE_LABELS], atol=1e-4)
             assert [s["sku"] for s in g["skus"]] == [s["sku"] for s in w["skus"]]
     assert len(remote[str(folder / "group_apollo_11_crew.jpg")]["faces"]) >= 3

@@ -120,7 +120,7 @@ def _request(pb, data: bytes):
 def test_adapter_reads_its_limits_from_the_config(adapter):
     model, _, _ = adapter
     assert model.settings == PhotoSettings()
-    assert model.output_names == [contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME]
+    assert model.output_names == [contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME, contract.ATTRIBUTES_NAME]
 
 
 def test_adapter_answers_each_request_in_order(adapter, session):
@@ -132,7 +132,8 @@ def test_adapter_answers_each_request_in_order(adapter, session):
     assert len(responses) == 4
     assert calls == [1], "one BLS call for the one face; none for the others"
 
-    want = score_photo(face, lambda crops: session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops})[0])
+    names = [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
+    want = score_photo(face, lambda crops: dict(zip(names, session.run(names, {contract.INPUT_NAME: crops}))))
     good = responses[0]
     assert not good.has_error()
     got = {t.name(): t.as_numpy() for t in good.output_tensors}
@@ -140,6 +141,7 @@ def test_adapter_answers_each_request_in_order(adapter, session):
     np.testing.assert_array_equal(got[contract.BOXES_NAME], want[contract.BOXES_NAME])
     assert got[contract.BOXES_NAME].shape == (1, 4) and got[contract.BOXES_NAME].dtype == np.int32
     np.testing.assert_allclose(got[contract.OUTPUT_NAME], want[contract.OUTPUT_NAME], atol=1e-6)
+    np.testing.assert_allclose(got[contract.ATTRIBUTES_NAME], want[contract.ATTRIBUTES_NAME], atol=1e-6)
     np.testing.assert_allclose(got[contract.DETECTION_SCORES_NAME], want[contract.DETECTION_SCORES_NAME])
 
     for response, reason in ((responses[1], "photo: not a recognised image format"),
@@ -150,7 +152,7 @@ def test_adapter_answers_each_request_in_order(adapter, session):
 
     empty = {t.name(): t.as_numpy() for t in responses[2].output_tensors}
     assert not responses[2].has_error()
-    assert [empty[n].shape for n in model.output_names] == [(0, 4), (0, len(contract.LABELS)), (0,)]
+    assert [empty[n].shape for n in model.output_names] == [(0, 4), (0, len(contract.LABELS)), (0,), (0, len(contract.ATTRIBUTE_LABELS))]
 
 
 def test_a_failing_face2hbe_model_fails_the_request_not_the_adapter(adapter):

@@ -38,6 +38,7 @@ ATTRIBUTE_SOURCES = {
 }
 ATTRIBUTE_LABELS = tuple(ATTRIBUTE_SOURCES)
 ATTRIBUTES_SHAPE = (len(ATTRIBUTE_LABELS),)
+PHOTO_ATTRIBUTES_SHAPE = (-1, len(ATTRIBUTE_LABELS))  # the photo model's attributes: one row per face
 # The head's 40 CelebA attributes after LABELS (training/data.py reads them in this order from list_attr_celeba.txt).
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",

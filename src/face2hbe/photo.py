@@ -103,21 +103,33 @@ def find_faces(data: bytes, settings: PhotoSettings | None = None, name: str = c
     )
 
 
-def photo_outputs(faces: PhotoFaces, scores: np.ndarray) -> dict[str, np.ndarray]:
+# The face model's outputs the photo model passes on, one row per face: (name, datatype, width).
+FACE_OUTPUTS = ((contract.OUTPUT_NAME, contract.OUTPUT_DTYPE, len(contract.LABELS)),
+                (contract.ATTRIBUTES_NAME, contract.ATTRIBUTES_DTYPE, len(contract.ATTRIBUTE_LABELS)))
+FACE_OUTPUT_NAMES = tuple(name for name, _, _ in FACE_OUTPUTS)
+
+
+def photo_outputs(faces: PhotoFaces, scored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The photo model's outputs by contract name, with the contract's datatypes (one row per face)."""
-    scores = np.asarray(scores, dtype=contract.numpy_dtype(contract.OUTPUT_DTYPE)).reshape(-1, len(contract.LABELS))
-    if len(scores) != len(faces.boxes):
-        raise ValueError(f"{len(scores)} score rows for {len(faces.boxes)} faces")
-    return {contract.BOXES_NAME: faces.boxes, contract.OUTPUT_NAME: scores, contract.DETECTION_SCORES_NAME: faces.detection_scores}
+    outputs = {contract.BOXES_NAME: faces.boxes}
+    for name, dtype, width in FACE_OUTPUTS:
+        rows = np.asarray(scored[name], dtype=contract.numpy_dtype(dtype)).reshape(-1, width)
+        if len(rows) != len(faces.boxes):
+            raise ValueError(f"{len(rows)} {name} rows for {len(faces.boxes)} faces")
+        outputs[name] = rows
+    outputs[contract.DETECTION_SCORES_NAME] = faces.detection_scores
+    return outputs
 
 
-def score_photo(data: bytes, score_crops: Callable[[np.ndarray], np.ndarray], settings: PhotoSettings | None = None,
+def score_photo(data: bytes, score_crops: Callable[[np.ndarray], dict[str, np.ndarray]], settings: PhotoSettings | None = None,
                 name: str = contract.PHOTO_INPUT_NAME) -> dict[str, np.ndarray]:
-    """Photo bytes -> the photo model's outputs. `score_crops` maps uint8 crops [n<=MAX_BATCH_SIZE,...] to scores [n, labels].
+    """Photo bytes -> the photo model's outputs.
 
-    No face gives empty outputs (shapes [0,4], [0,labels], [0]) and no call to `score_crops`.
+    `score_crops` maps uint8 crops [n<=MAX_BATCH_SIZE,...] to the face model's outputs by name (FACE_OUTPUT_NAMES:
+    scores [n, labels], attributes [n, attribute labels]). No face gives empty outputs (shapes [0,4], [0,labels],
+    [0], [0,attribute labels]) and no call to `score_crops`.
     """
     faces = find_faces(data, settings, name)
     chunks = [score_crops(faces.crops[i:i + contract.MAX_BATCH_SIZE]) for i in range(0, len(faces.crops), contract.MAX_BATCH_SIZE)]
-    scores = np.concatenate(chunks) if chunks else np.zeros((0, len(contract.LABELS)), np.float32)
-    return photo_outputs(faces, scores)
+    scored = {n: np.concatenate([c[n] for c in chunks]) if chunks else np.zeros((0, width), np.float32) for n, _, width in FACE_OUTPUTS}
+    return photo_outputs(faces, scored)

@@ -170,6 +170,7 @@ def photo_io() -> tuple[list[tuple], list[tuple]]:
         (contract.BOXES_NAME, config_type(contract.BOXES_DTYPE), list(contract.BOXES_SHAPE)),
         (contract.OUTPUT_NAME, config_type(contract.OUTPUT_DTYPE), list(contract.PHOTO_SCORES_SHAPE)),
         (contract.DETECTION_SCORES_NAME, config_type(contract.DETECTION_SCORES_DTYPE), list(contract.DETECTION_SCORES_SHAPE)),
+        (contract.ATTRIBUTES_NAME, config_type(contract.ATTRIBUTES_DTYPE), list(contract.PHOTO_ATTRIBUTES_SHAPE)),
     ]
     return inputs, outputs
 
@@ -194,8 +195,8 @@ def validate_photo_dir(model_dir: str | Path):
     if got_out != want_out:
         raise ModelRepositoryError(f"{where}: output {got_out} differs from contract {want_out}")
     labels, _ = labels_and_thresholds(config)
-    if labels != list(contract.LABELS):
-        raise ModelRepositoryError(f"{where}: labels {labels} differ from contract {list(contract.LABELS)}")
+    if labels != list(contract.SERVED_LABELS):
+        raise ModelRepositoryError(f"{where}: labels {labels} differ from contract {list(contract.SERVED_LABELS)}")
     return config
 
 

@@ -9,7 +9,7 @@
 // {model, labels, thresholds, scores: [[eyewear, beard, hat], ...]}.
 // Photo (the model's input is BYTES): stdin holds one encoded photo (JPEG, PNG, ...), sent as it is;
 // the server finds the faces; stdout gets {model, labels, thresholds, faces: [{box: [top, right,
-// bottom, left], scores: [...], detection_score}, ...]} (no face: an empty list).
+// bottom, left], scores: [...], detection_score, attributes: {label: score}}, ...]} (no face: an empty list).
 // Everything about the model comes from the server's model config, as any client should read it:
 // the input's name, datatype and dims, the outputs' names, the labels and thresholds (parameters).
 // Uses Triton's own grpc_service.proto / model_config.proto (proto/, BSD-3-Clause, NVIDIA).
@@ -152,6 +152,12 @@ async function photo(stub, args, config, labels, data) {
       scores: Array.from(out.scores.values.subarray(i * labels.length, (i + 1) * labels.length)),
       detection_score: out.detection_scores.values[i],
     });
+    if (out.attributes) {
+      // The attributes output, named by the config's attribute_labels (its order).
+      const names = (config.parameters.attribute_labels || { string_value: "" }).string_value.split(",").filter(Boolean);
+      const row = out.attributes.values.subarray(i * names.length, (i + 1) * names.length);
+      faces[i].attributes = Object.fromEntries(names.map((n, k) => [n, row[k]]));
+    }
   }
   return faces;
 }

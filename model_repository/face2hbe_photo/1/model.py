@@ -12,7 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 from face2hbe import contract
 from face2hbe.errors import BadImageError
-from face2hbe.photo import PhotoSettings, photo_bytes, score_photo
+from face2hbe.photo import FACE_OUTPUT_NAMES, PhotoSettings, photo_bytes, score_photo
 
 
 class TritonPythonModel:
@@ -23,16 +23,16 @@ class TritonPythonModel:
         self.output_names = [output["name"] for output in config["output"]]
 
     def _score_crops(self, crops):
-        """The face2hbe model's scores for uint8 crops [n, 150, 150, 3] (BLS; extra outputs are not requested)."""
+        """The face2hbe model's scores and attributes for uint8 crops [n, 150, 150, 3] (BLS), by output name."""
         request = pb_utils.InferenceRequest(
             model_name=contract.MODEL_NAME,
-            requested_output_names=[contract.OUTPUT_NAME],
+            requested_output_names=list(FACE_OUTPUT_NAMES),
             inputs=[pb_utils.Tensor(contract.INPUT_NAME, crops)],
         )
         response = request.exec()
         if response.has_error():
             raise pb_utils.TritonModelException(f"{contract.MODEL_NAME}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, contract.OUTPUT_NAME).as_numpy()
+        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in FACE_OUTPUT_NAMES}
 
     def execute(self, requests):
         responses = []

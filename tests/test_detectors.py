@@ -126,6 +126,23 @@ def test_mapped_boxes_match_hog_s_size_and_place_on_lfw_val_photos(lfw_dir):
     assert abs(np.median(shift["mapped"])) < 0.03, shift
 
 
+def test_tiles_find_the_small_faces_of_a_crowd():
+    """36 faces of 130 px in a 780 px mosaic: 32 px in BlazeFace's 192 px view, mostly missed without the tiles."""
+    from PIL import Image
+
+    with Image.open(SAMPLES / "grace_hopper.jpg") as im:
+        face = im.convert("RGB").crop((87, 46, 459, 418)).resize((130, 130))
+    mosaic = Image.new("RGB", (780, 780))
+    for i in range(36):
+        mosaic.paste(face, ((i % 6) * 130, (i // 6) * 130))
+    image = np.asarray(mosaic)
+    untiled = detect_faces(image, DetectorSettings(tile_above=0))
+    tiled = detect_faces(image)
+    assert len(untiled) < 10 and len(tiled) >= 30, (len(untiled), len(tiled))
+    centres = {((b.top + b.bottom) // 2 // 130, (b.left + b.right) // 2 // 130) for b in tiled}
+    assert len(centres) == len(tiled)  # one box per face: the tiles' duplicates are merged
+
+
 def test_default_finds_nothing_on_the_no_face_sample():
     # The retry (padded copy, lower threshold) runs here, since the plain pass finds nothing.
     assert detect_faces(load_rgb(SAMPLES / "no_face_china.jpg")) == []

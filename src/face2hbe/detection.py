@@ -67,6 +67,10 @@ class DetectorSettings:
     # (CelebA's aligned crops, hats cut by the top edge) are found once they sit inside it. 0 disables.
     retry_pad: float = 0.5
     retry_min_score: float = 0.3  # the retry's score threshold (the plain pass keeps BlazeFace's 0.5)
+    # BlazeFace sees a 192x192 copy, so in a big photo small faces (a group) shrink below what it finds. Along each
+    # side longer than this (in the detection copy's pixels) it also looks at two overlapping halves (60 % each),
+    # and boxes found twice are merged. 0 disables.
+    tile_above: int = 480
     hog_framing: bool = True  # map BlazeFace's boxes onto HOG's (HOG_FRAMING): the served model's crops were framed on HOG-like boxes
 
     def __post_init__(self):
@@ -74,8 +78,8 @@ class DetectorSettings:
             raise ValueError(f"detector must be one of {', '.join(DETECTOR_MODELS)}, not {self.model!r}")
         if self.upsample < 0 or self.max_side < 32 or self.min_face < 1:
             raise ValueError("upsample must be >= 0, max_side >= 32 and min_face >= 1")
-        if not (0 <= self.retry_pad <= 2 and 0 < self.retry_min_score < 1):
-            raise ValueError("retry_pad must be in [0, 2] and retry_min_score in (0, 1)")
+        if not (0 <= self.retry_pad <= 2 and 0 < self.retry_min_score < 1) or self.tile_above < 0:
+            raise ValueError("retry_pad must be in [0, 2], retry_min_score in (0, 1) and tile_above >= 0")
 
 
 def require_detector(model: str) -> None:
@@ -173,6 +177,50 @@ def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, p
     return out
 
 
+TILE_SHARE = 0.6  # each tile's share of a tiled side (two tiles overlap by 20 %: a face up to that size lies whole in one)
+
+
+def _tiled(image: np.ndarray, min_score: float, tile_above: int):
+    """BlazeFace on overlapping tiles of `image` (two along each side longer than `tile_above`), in `image`'s pixels.
+
+    Boxes reaching a tile's inner edge (a face cut by the tile) are dropped: the other tile holds that face whole.
+    """
+    height, width = image.shape[:2]
+    spans = []
+    for length in (height, width):
+        side = int(round(TILE_SHARE * length))
+        spans.append([(0, side), (length - side, length)] if length > tile_above else [(0, length)])
+    if len(spans[0]) == len(spans[1]) == 1:
+        return []
+    found = []
+    for y0, y1 in spans[0]:
+        for x0, x1 in spans[1]:
+            margin = 0.01 * max(y1 - y0, x1 - x0)
+            for (t, r, b, l), score in blazeface_boxes(image[y0:y1, x0:x1]):
+                cut = (y0 > 0 and t < margin) or (y1 < height and b > y1 - y0 - margin) or (x0 > 0 and l < margin) or (x1 < width and r > x1 - x0 - margin)
+                if not cut:
+                    found.append(((t + y0, r + x0, b + y0, l + x0), score))
+    return found
+
+
+def _merge(found):
+    """Boxes by score, dropping one that overlaps a kept box (IoU > 0.3, or half of it inside the kept one)."""
+    kept = []
+    for box, score in sorted(found, key=lambda f: -f[1]):
+        t, r, b, l = box
+        area = max(b - t, 0) * max(r - l, 0)
+        overlaps = False
+        for (kt, kr, kb, kl), _ in kept:
+            inter = max(0, min(b, kb) - max(t, kt)) * max(0, min(r, kr) - max(l, kl))
+            union = area + (kb - kt) * (kr - kl) - inter
+            if inter > 0.3 * union or inter > 0.5 * area:
+                overlaps = True
+                break
+        if not overlaps:
+            kept.append((box, score))
+    return kept
+
+
 def to_hog_framing(box):
     """A BlazeFace (top, right, bottom, left) box mapped onto HOG's framing by HOG_FRAMING's coefficients."""
     top, right, bottom, left = box
@@ -206,7 +254,10 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) ->
         return [box for box, score in found if settings.model != "hog" or score >= settings.min_score]
 
     def blazeface(pad: float, min_score: float):
-        found = [box for box, _ in blazeface_boxes(small, min_score, pad)]
+        found = blazeface_boxes(small, min_score, pad)
+        if not pad and settings.tile_above:
+            found = _merge(found + _tiled(small, min_score, settings.tile_above))
+        found = [box for box, _ in found]
         return [to_hog_framing(box) for box in found] if settings.hog_framing else found
 
     def full_size(found):

@@ -291,6 +291,15 @@ def table(result) -> str:
                 row = result["found"][name].get("end_to_end", {}).get(d)
                 if row:
                     lines.append(f"| {name} {result['split']} | {d} | " + " | ".join(f"{pct(row[k]['recall'])} / {pct(row[k]['false_positive_rate'])}" for k in LABELS) + " |")
+        auc_rows = [(name, d, result["found"][name]["end_to_end"][d]["roc_auc"]) for name in ("celeba", "lfw") for d in detectors
+                    if "roc_auc" in result["found"][name].get("end_to_end", {}).get(d, {})]
+        if auc_rows:
+            lines += ["", "ROC AUC of the served model's scores on the found face's crop (photos this detector found / photos every detector found):",
+                      "", "| set | detector | " + " | ".join(f"{label} AUC" for label in LABELS) + " | photos |", "|---|---|" + "---|" * (len(LABELS) + 1)]
+            for name, d, auc in auc_rows:
+                cells = [" / ".join("–" if auc[label][k] is None else f"{auc[label][k]:.4f}" for k in ("found", "found_by_all")) for label in LABELS]
+                photos = auc[LABELS[0]]["photos"]
+                lines.append(f"| {name} {result['split']} | {d} | " + " | ".join(cells) + f" | {photos['found']} / {photos['found_by_all']} |")
     geo = result["found"]["lfw"].get("box_vs_hog", {})
     if geo:
         lines += ["", "| detector | LFW photos with both centre boxes | median IoU with HOG | side / HOG side | centre shift down (HOG sides) |", "|---|---|---|---|---|"]

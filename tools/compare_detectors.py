@@ -4,7 +4,7 @@
     .venv/bin/python tools/compare_detectors.py --fit-framing --split train   # refit detection.HOG_FRAMING
 
 Detectors: the DetectorSettings models by name (blazeface = the default option set: retry on a padded copy,
-boxes mapped onto HOG's framing) plus "blazeface-plain" (BlazeFace's full-range pass alone, its own boxes:
+boxes mapped onto HOG's framing) plus "blazeface-plain" (BlazeFace's full-range pass alone, no tiles, its own boxes:
 the option set before issue #15's retry and mapping).
 
 Found rate, on a seeded sample of the chosen split (`split_by_group(groups, seed=0)`, as training uses),
@@ -55,7 +55,7 @@ from face2hbe.training.data import load_celeba, load_lfw, split_by_group
 ROOT = Path(__file__).resolve().parents[1]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
-VARIANTS = {"blazeface-plain": dict(model="blazeface", retry_pad=0.0, hog_framing=False)}  # named option sets beyond the models
+VARIANTS = {"blazeface-plain": dict(model="blazeface", retry_pad=0.0, tile_above=0, hog_framing=False)}  # named option sets beyond the models
 
 
 def settings_for(name: str) -> DetectorSettings:

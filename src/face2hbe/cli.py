@@ -359,7 +359,7 @@ def _photo_options(*names):
         "url": click.option("--url", default=None, help="Server address host:port (default 127.0.0.1:8001 for gRPC, :8000 for HTTP)."),
         "protocol": click.option("--protocol", type=click.Choice(["grpc", "http"]), default=C("protocol"), help="KServe v2 protocol to call the server with."),
         "catalog": click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="Product catalog: YAML, or CSV when the name ends in .csv (columns sku,label,name,price,url,min_score,priority; see docs/client.md). Default: the bundled example."),
-        "detector": click.option("--detector", type=click.Choice(DETECTOR_MODELS), default=D("model"), help="Face detector: dlib HOG, dlib CNN, or BlazeFace (needs face2hbe[detectors])."),
+        "detector": click.option("--detector", type=click.Choice(DETECTOR_MODELS), default=D("model"), help="Face detector: BlazeFace (default: retry on a padded copy, boxes framed like HOG's), dlib HOG, or dlib CNN (slow)."),
         "upsample": click.option("--upsample", default=D("upsample"), type=click.IntRange(0, 3), help="Detector up-sampling steps (finds smaller faces, 4x cost per step)."),
         "retry_upsample": click.option("--retry-upsample", default=D("retry_upsample"), type=click.IntRange(0, 3), help="When no face is found, look again with this many up-samplings (0 = never)."),
         "min_score": click.option("--min-score", default=D("min_score"), type=float, help="Drop HOG detections scoring below this (weak hits on badges and patterns); ignored for cnn."),
@@ -397,9 +397,10 @@ DETECTION_OPTIONS = ("detector", "upsample", "retry_upsample", "min_score", "max
 def _detection_settings(detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb, image_timeout=None):
     """(DetectorSettings, Limits) from the shared options."""
     from .client.recommend import Limits
-    from .detection import DetectorSettings
+    from .detection import DetectorSettings, require_detector
 
     limits = dict(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces)
+    require_detector(detector)  # a missing package fails here, in one line, before any worker starts
     return (DetectorSettings(model=detector, upsample=upsample, retry_upsample=retry_upsample, min_score=min_score, max_side=max_side, min_face=min_face),
             Limits(**limits, **({"image_timeout_s": image_timeout} if image_timeout is not None else {})))
 

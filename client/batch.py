@@ -356,9 +356,10 @@ def _local_session(settings: BatchSettings):
     """An onnxruntime session on the repository's model, checked against the contract, and its ModelInfo."""
     import onnxruntime as ort
 
-    from face2hbe.repository import validate_model_dir
+    from face2hbe.repository import CPU_PRECISION, PRECISION_FOLDERS, validate_model_dir
 
-    config, onnx_path = validate_model_dir(Path(settings.repository) / contract.MODEL_NAME)
+    # The CPU default graph, as `face2hbe serve` runs it (docs/serving.md "CPU default"), so both engines agree.
+    config, onnx_path = validate_model_dir(Path(settings.repository) / PRECISION_FOLDERS[CPU_PRECISION])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # one core per actor; more actors for more cores
     options.inter_op_num_threads = 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from face2hbe import contract
 from face2hbe.errors import Face2hbeError, ModelRepositoryError
-from face2hbe.repository import model_config_pb2
+from face2hbe.repository import CPU_PRECISION, PRECISION_FOLDERS, model_config_pb2
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class ServerSettings:
     # the INT8 file (face2hbe_int8) at 2.7x the fp32 file's faces/s with the same test AUC (within 0.0006),
     # mirror-averaged as exported. "fp32" serves face2hbe's own file; graph "plain" drops the mirror pass
     # (1.8x faster again, AUC 0.001-0.003 lower).
-    precision: str = "int8"
+    precision: str = CPU_PRECISION
     graph: str = "mirror"
     model_folder: str | None = None  # repository folder to serve under model_name; None = by precision (face2hbe / face2hbe_int8)
     version: str = contract.MODEL_VERSION
@@ -54,9 +54,6 @@ class ServerSettings:
     # Also serve the photo model (contract.PHOTO_MODEL_NAME) when its folder is in the repository.
     photo: bool = True
     photo_instance_count: int | None = None  # None = its config.pbtxt's instance_group count
-
-
-PRECISION_FOLDERS = {"int8": contract.INT8_MODEL_NAME, "fp32": contract.MODEL_NAME}  # ServerSettings.precision -> folder
 
 
 def model_folder(settings: ServerSettings) -> str:

@@ -151,7 +151,7 @@ def test_broken_repository_refuses_to_start_with_one_line(tmp_path):
         repo = _broken_repository(tmp_path, kind)
         ports = [str(free_port()) for _ in range(3)]
         procs[kind] = subprocess.Popen(
-            [sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(repo),
+            [sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(repo), "--precision", "fp32",
              "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
             start_new_session=True,

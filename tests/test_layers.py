@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-CORE = {"face2hbe.contract", "face2hbe.errors", "face2hbe.imaging", "face2hbe.detection", "face2hbe.photo", "face2hbe.repository", "face2hbe.net",
+CORE = {"face2hbe.contract", "face2hbe.errors", "face2hbe.imaging", "face2hbe.detection", "face2hbe.photo", "face2hbe.graphs", "face2hbe.repository", "face2hbe.net",
         "face2hbe.paths"}
 STAGES = {"face2hbe.training", "face2hbe.export", "face2hbe.client", "face2hbe.serving"}
 ALLOWED_STAGE_IMPORTS = {("face2hbe.export", "face2hbe.training")}  # export converts what training built

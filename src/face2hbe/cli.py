@@ -300,7 +300,8 @@ def server_options(f):
 
 
 def _server_default(name: str, choices: bool = False):
-    from .serving.embedded import PRECISION_FOLDERS, ServerSettings
+    from .repository import PRECISION_FOLDERS
+    from .serving.embedded import ServerSettings
 
     return tuple(PRECISION_FOLDERS) if choices else _default(ServerSettings, name)
 

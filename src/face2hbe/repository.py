@@ -18,6 +18,12 @@ ATTRIBUTE_LABELS_FILE = "attribute_labels.txt"
 CONFIG_FILE = "config.pbtxt"
 ONNX_FILE = "model.onnx"
 
+# Which repository folder serves MODEL_NAME at each precision, and the CPU default, chosen by measurement
+# (docs/serving.md "CPU default": INT8 at 2.7x fp32's faces/s, test AUC within 0.0006). `face2hbe serve` and
+# `face2hbe batch --engine local` run it; NVIDIA's container serves each folder under its own name.
+PRECISION_FOLDERS = {"int8": contract.INT8_MODEL_NAME, "fp32": contract.MODEL_NAME}
+CPU_PRECISION = "int8"
+
 # Recorded in the ONNX metadata, so a served model says how it was built (warm starts and tests read it).
 WORKING_SIZE_KEY = "face2hbe.working_size"
 MIRROR_AVERAGE_KEY = "face2hbe.mirror_average"

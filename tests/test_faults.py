@@ -184,6 +184,7 @@ def test_server_down_at_start(tmp_path):
     assert out.read_text() == "", "a failed run must not leave an older run's results looking current"
 
 
+@pytest.mark.slow  # 17 s; test_server_killed_mid_batch_then_resume_loses_nothing keeps the outage path in the default suite
 def test_server_restarted_mid_run_loses_no_image(tmp_path, photos):
     """The client waits for a restarting server (connection refused, then model not loaded yet): no error record, exit 0."""
     server = ServerProcess(REPOSITORY, tmp_path / "server.log", env=_env(tmp_path)).start()

@@ -103,6 +103,7 @@ def _tiny_config(celeba_dir, tmp_path, **overrides):
     return TrainConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow  # 15 s of training steps; the CLI smoke test keeps training in the default suite
 def test_optimizer_state_carries_across_epochs_and_stages(celeba_dir, tmp_path):
     """One optimizer per run from scratch: its step count keeps rising through epochs and sizes."""
     from face2hbe.training.train import train

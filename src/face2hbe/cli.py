@@ -207,6 +207,30 @@ def _add_attributes(repository: Path, celeba: Path) -> None:
                    f"attributes = head columns {list(contract.ATTRIBUTE_COLUMNS)}")
 
 
+# --- slices ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), help="CelebA folder (labels.csv + list_attr_celeba.txt).")
+@click.option("--lfw", type=click.Path(path_type=Path), default=Path("../shared/data/lfw"), help="LFW folder (labels.csv with FaRL pseudo-labels).")
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph is scored (onnxruntime, CPU).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the slice metrics as JSON here.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file whose slices section receives the table (docs/model.md).")
+def slices(celeba, lfw, repository, cache_dir, output, report):
+    """Recall at the served thresholds and ROC AUC per slice (grey hair, moustache without goatee, sex, age, pale skin) of the test splits."""
+    from . import slices as slice_report
+    from .paths import portable
+
+    result = slice_report.run(str(celeba), str(lfw), repository, cache_dir)
+    click.echo(slice_report.markdown(result))
+    if output:
+        slice_report.save_json(result, output)
+    if report:
+        command = f"face2hbe slices --celeba {portable(celeba)} --lfw {portable(lfw)} --report {portable(report)}" + (f" --output {portable(output)}" if output else "")
+        slice_report.write_report(result, report, command)
+
+
 # --- thresholds --------------------------------------------------------------------
 
 

@@ -212,14 +212,9 @@ def compare(fp32_path: Path, int8_path: Path, crops: np.ndarray, targets: np.nda
 
 def write_report(report: Int8Report, markdown_file: Path, command: str) -> None:
     """Replace the INT8 section between the report markers in `markdown_file` (append if absent)."""
-    block = f"{REPORT_START}\nMeasured by `{command}`:\n\n{report.markdown()}\n{REPORT_END}"
-    text = markdown_file.read_text() if markdown_file.is_file() else ""
-    if REPORT_START in text and REPORT_END in text:
-        head, rest = text.split(REPORT_START, 1)
-        text = head + block + rest.split(REPORT_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    markdown_file.write_text(text)
+    from face2hbe.paths import write_marked_section
+
+    write_marked_section(markdown_file, REPORT_START, REPORT_END, command, report.markdown())
 
 
 # --- repository entry ------------------------------------------------------------------------

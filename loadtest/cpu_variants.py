@@ -11,13 +11,13 @@ label on the CelebA and LFW test splits (the seeded identity split training and
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
 import numpy as np
 
 from face2hbe import contract
+from face2hbe.export.quantize import faces_per_second
 from face2hbe.repository import ONNX_FILE
 
 VARIANTS = (("fp32", "mirror"), ("fp32", "plain"), ("int8", "mirror"), ("int8", "plain"))
@@ -63,19 +63,6 @@ def auc_per_label(targets: np.ndarray, scores: np.ndarray) -> dict[str, float | 
     return out
 
 
-def faces_per_second(runs: dict, crops: np.ndarray, batch: int, rounds: int) -> dict[str, float]:
-    x = np.resize(crops, (batch, *crops.shape[1:])) if len(crops) < batch else crops[:batch]
-    times = {name: [] for name in runs}
-    for s in runs.values():
-        s.run(None, {contract.INPUT_NAME: x})  # warm-up
-    for _ in range(rounds):
-        for name, s in runs.items():
-            t0 = time.perf_counter()
-            s.run(None, {contract.INPUT_NAME: x})
-            times[name].append(time.perf_counter() - t0)
-    return {name: batch / float(np.median(t)) for name, t in times.items()}
-
-
 def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
     parts = [session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0] for i in range(0, len(crops), batch)]
     return np.concatenate(parts)
@@ -117,7 +104,7 @@ def main(repository, data_specs, rounds, threads, cache_dir, output):
         result.setdefault("faces", {})[name] = int(len(crops))
         result.setdefault("data", []).append(portable_spec(spec))
     for batch in BATCHES:
-        for name, fps in faces_per_second(runs, timing_crops, batch, rounds).items():
+        for name, fps in faces_per_second(runs, timing_crops, batch=batch, rounds=rounds).items():
             result["faces_per_second"][name][str(batch)] = round(fps, 2)
     table = markdown(result)
     click.echo(table)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import click
 
-from .cpu_variants import BATCHES, faces_per_second
+from face2hbe.export.quantize import faces_per_second
+
+from .cpu_variants import BATCHES
 
 
 @click.command()
@@ -39,7 +41,7 @@ def main(graphs, celeba, rounds, output, given):
     result = {"graphs": dict(zip(names, (portable(str(p)) for p in graphs))), "outputs": {n: [o.name for o in s.get_outputs()] for n, s in runs.items()},
               "crops": source, "rounds": rounds, "machine": machine_info(), "faces_per_second": {}}
     for batch in BATCHES:
-        fps = faces_per_second(runs, crops, batch, rounds)
+        fps = faces_per_second(runs, crops, batch=batch, rounds=rounds)
         result["faces_per_second"][str(batch)] = {n: round(v, 2) for n, v in fps.items()}
         click.echo(f"batch {batch:>2}: " + ", ".join(f"{n} {v:6.1f} faces/s" for n, v in fps.items())
                    + f", ratio {fps[names[1]] / fps[names[0]]:.3f}")

@@ -55,3 +55,16 @@ def test_slice_metrics_split_recall_and_auc_by_attribute():
     assert result["male"]["eyewear"]["rest"]["faces"] == 0 and result["female"]["eyewear"]["in"]["recall"] is None
     table = markdown({"domains": {"celeba": {"slices": result}}})
     assert "| celeba | gray_hair | 0.50 / 1.000 (2+)" in table
+
+
+def test_report_sections_are_replaced_between_their_markers(tmp_path):
+    """The one writer of measured tables into docs (INT8, thresholds, slices): append once, then replace in place."""
+    from face2hbe.paths import write_marked_section
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\ntext before\n")
+    write_marked_section(doc, "<!-- a:start -->", "<!-- a:end -->", "cmd one", "| t |")
+    write_marked_section(doc, "<!-- a:start -->", "<!-- a:end -->", "cmd two", "| u |")
+    text = doc.read_text()
+    assert text.count("<!-- a:start -->") == 1 and "| t |" not in text and "Measured by `cmd two`:\n\n| u |\n<!-- a:end -->" in text
+    assert text.startswith("# Title\n\ntext before\n\n<!-- a:start -->")

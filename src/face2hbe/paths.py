@@ -21,6 +21,22 @@ def portable(path: str | os.PathLike) -> str:
     return str(Path("~") / path.relative_to(home))
 
 
+def write_marked_section(markdown_file: str | os.PathLike, start: str, end: str, command: str, body: str) -> None:
+    """Put "Measured by `command`:" and `body` between the `start` and `end` markers of a Markdown file.
+
+    The section between the markers is replaced; without them, it is appended (with its markers).
+    """
+    markdown_file = Path(markdown_file)
+    block = f"{start}\nMeasured by `{command}`:\n\n{body}\n{end}"
+    text = markdown_file.read_text() if markdown_file.is_file() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    markdown_file.write_text(text)
+
+
 def portable_spec(spec: str) -> str:
     """A KIND:PATH data spec with its path made portable (celeba:/x/repo/../shared/data/celeba -> celeba:../shared/data/celeba)."""
     kind, sep, path = spec.partition(":")

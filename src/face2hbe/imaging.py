@@ -5,6 +5,7 @@ the same framing in both places.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -113,13 +114,10 @@ def load_rgb(
     return decode_rgb(read_image_file(path, max_file_bytes), path, max_pixels, max_file_bytes)
 
 
-def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
-    """Decode encoded image bytes (read from any filesystem) as an upright 8-bit RGB array, or raise BadImageError naming `name`.
-
-    The pixel count is checked from the header, before any pixel is decoded. Pillow's own
-    process-wide bomb guard (Image.MAX_IMAGE_PIXELS) is left as the application set it.
-    """
+@contextlib.contextmanager
+def _opened(data: bytes, name, max_pixels: int, max_file_bytes: int):
+    """The image in `data`, opened after the size checks and with its pixel count checked from the header;
+    every failure inside (opening, or decoding in the caller's block) becomes BadImageError naming `name`."""
     if len(data) == 0:
         raise BadImageError(name, "empty file (0 bytes)")
     if len(data) > max_file_bytes:
@@ -131,9 +129,7 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > max_pixels:
                 raise BadImageError(name, f"image is {im.width}x{im.height} pixels, above the {max_pixels}-pixel limit")
-            im.seek(0)
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb_array(im)
+            yield im
     except BadImageError:
         raise
     except Image.DecompressionBombError:  # raised by Image.open above 2x Image.MAX_IMAGE_PIXELS, before our own check
@@ -148,6 +144,18 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
         raise BadImageError(name, f"corrupt or truncated image ({' '.join(str(exc).split())[:200]})") from None
 
 
+def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
+    """Decode encoded image bytes (read from any filesystem) as an upright 8-bit RGB array, or raise BadImageError naming `name`.
+
+    The pixel count is checked from the header, before any pixel is decoded. Pillow's own
+    process-wide bomb guard (Image.MAX_IMAGE_PIXELS) is left as the application set it.
+    """
+    with _opened(data, name, max_pixels, max_file_bytes) as im:
+        im.seek(0)
+        return _to_rgb_array(ImageOps.exif_transpose(im))
+
+
 def photo_size(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
                max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[int, int]:
     """(width, height) of encoded image bytes as `decode_rgb` would return them (EXIF-rotated), from the header only.
@@ -155,25 +163,9 @@ def photo_size(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
     The same checks as decode_rgb's before decoding (size, pixel count, format); no pixel is decoded,
     so a corrupt body is found only by whoever decodes it (the photo model, with server-side detection).
     """
-    if len(data) == 0:
-        raise BadImageError(name, "empty file (0 bytes)")
-    if len(data) > max_file_bytes:
-        raise BadImageError(name, f"file is {len(data)} bytes, above the {max_file_bytes}-byte limit")
-    _register_heif()
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise BadImageError(name, f"image is {width}x{height} pixels, above the {max_pixels}-pixel limit")
-            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
-    except BadImageError:
-        raise
-    except Image.DecompressionBombError:
-        raise BadImageError(name, f"image is above the {max_pixels}-pixel limit") from None
-    except Image.UnidentifiedImageError:
-        raise BadImageError(name, "not a recognised image format" + ("" if _register_heif() else " (HEIC needs pillow-heif)")) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImageError(name, f"corrupt or truncated image ({' '.join(str(exc).split())[:200]})") from None
+    with _opened(data, name, max_pixels, max_file_bytes) as im:
+        width, height = im.size
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 90/270-degree EXIF rotations
 
 

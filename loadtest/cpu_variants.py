@@ -40,15 +40,11 @@ def sessions(repository: Path, threads: int | None) -> dict[str, object]:
 
 
 def test_crops(data: str, cache_dir: Path | None):
-    """(crops, targets for LABELS, groups) of a data spec's test split, as `face2hbe evaluate` builds them."""
-    from face2hbe.evaluate import SPLITS
-    from face2hbe.training.data import build_crops, split_by_group
-    from face2hbe.training.train import load_sets
+    """(crops, targets for LABELS) of a data spec's test split, as `face2hbe thresholds` and `evaluate` build them."""
+    from face2hbe.thresholds import load_domain
 
-    (dataset,) = load_sets([data], attributes=False, limit=None)
-    dataset = dataset.subset(split_by_group(dataset.groups, seed=0)[SPLITS["test"]])
-    crops, kept = build_crops(dataset, cache_dir, progress=False)
-    return crops, dataset.targets[kept][:, : len(contract.LABELS)]
+    domain = load_domain(data, "test", cache_dir, progress=False)
+    return domain.crops, domain.targets[:, : len(contract.LABELS)]
 
 
 def auc_per_label(targets: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:

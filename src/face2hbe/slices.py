@@ -32,26 +32,6 @@ SLICES = (
 REPORT_START, REPORT_END = "<!-- slices-report:start -->", "<!-- slices-report:end -->"
 
 
-def _attributes(spec: str, kept_targets: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """Boolean columns by CelebA attribute name (targets at 0.5; unknown counts as absent)."""
-    return {n[len("celeba_"):]: kept_targets[:, i] >= 0.5 for i, n in enumerate(names) if n.startswith("celeba_")}
-
-
-def load(spec: str, cache_dir: Path | None, seed: int = 0, progress: bool = True):
-    """(crops, label targets [N,3], attribute columns) of a data spec's test split."""
-    from face2hbe.training.data import build_crops, split_by_group
-    from face2hbe.training.train import load_sets
-
-    from .thresholds import SPLITS
-
-    (dataset,) = load_sets([spec], attributes=True, limit=None)
-    dataset = dataset.subset(split_by_group(dataset.groups, seed=seed)[SPLITS["test"]])
-    crops, kept = build_crops(dataset, cache_dir, progress=progress)
-    targets = dataset.targets[kept]
-    labels = targets[:, [dataset.target_names.index(label) for label in contract.LABELS]]
-    return crops, labels, _attributes(spec, targets, dataset.target_names)
-
-
 def _recall_auc(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
     from sklearn.metrics import roc_auc_score
 
@@ -84,16 +64,17 @@ def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, progres
     from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config
 
     from .paths import portable_spec
-    from .thresholds import score_onnx
+    from .thresholds import load_domain, score_onnx
 
     model_dir = Path(repository) / contract.MODEL_NAME
     _, thresholds = labels_and_thresholds(read_config(model_dir))
     out = {"thresholds": {k: thresholds[k] for k in contract.LABELS}, "domains": {}}
     for spec in (f"celeba:{celeba}", f"lfw:{lfw}"):
-        crops, labels, attributes = load(spec, cache_dir, progress=progress)
-        scores = score_onnx(model_dir / contract.MODEL_VERSION / ONNX_FILE, crops)[:, : len(contract.LABELS)]
-        out["domains"][spec.partition(":")[0]] = {"data": portable_spec(spec), "faces": int(len(crops)),
-                                                 "slices": slice_metrics(labels, scores, attributes, thresholds)}
+        domain = load_domain(spec, "test", cache_dir, progress=progress)
+        scores = score_onnx(model_dir / contract.MODEL_VERSION / ONNX_FILE, domain.crops)[:, : len(contract.LABELS)]
+        labels = domain.targets[:, : len(contract.LABELS)]
+        out["domains"][domain.name] = {"data": portable_spec(spec), "faces": int(len(domain.crops)),
+                                       "slices": slice_metrics(labels, scores, domain.attributes, thresholds)}
     return out
 
 

@@ -41,6 +41,8 @@ class Domain:
     targets: np.ndarray  # [N, len(SERVED_LABELS)], -1 unknown, soft targets binarised at 0.5 by the metrics
     images: int
     scores: np.ndarray | None = field(default=None, repr=False)
+    # The domain's own attributes by CelebA name (CelebA's labels, LFW's FaRL probabilities at 0.5; unknown = absent).
+    attributes: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def load_domain(spec: str, split: str, cache_dir: Path | None, seed: int = 0, progress: bool = True) -> Domain:
@@ -50,8 +52,10 @@ def load_domain(spec: str, split: str, cache_dir: Path | None, seed: int = 0, pr
     (dataset,) = load_sets([spec], attributes=True, limit=None)
     dataset = dataset.subset(split_by_group(dataset.groups, seed=seed)[SPLITS[split]])
     crops, kept = build_crops(dataset, cache_dir, progress=progress)
+    targets = dataset.targets[kept]
     columns = [dataset.target_names.index(target_name(label)) for label in contract.SERVED_LABELS]
-    return Domain(spec.partition(":")[0], split, crops, dataset.targets[kept][:, columns], len(dataset))
+    attributes = {n[len("celeba_"):]: targets[:, i] >= 0.5 for i, n in enumerate(dataset.target_names) if n.startswith("celeba_")}
+    return Domain(spec.partition(":")[0], split, crops, targets[:, columns], len(dataset), attributes=attributes)
 
 
 def score_onnx(onnx_path: Path, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:

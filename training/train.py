@@ -102,13 +102,13 @@ def load_sets(specs: list[str], attributes: bool, limit: int | None) -> list[dat
     return sets
 
 
-def prepare_splits(config: TrainConfig) -> tuple[list[str], dict[str, Split]]:
-    """Crops and targets of train/val/test, merged across sets on a common target list."""
+def set_splits(config: TrainConfig) -> tuple[list[str], list[tuple[str, dict[str, Split]]]]:
+    """Per data set (in `config.data` order): its name and its train/val/test crops on the common target list."""
     sets = load_sets(config.data, config.attributes, config.limit)
     names = list(LABELS)
     for s in sets:
         names += [n for n in s.target_names if n not in names]
-    parts: dict[str, list[Split]] = {"train": [], "val": [], "test": []}
+    out = []
     for s in sets:
         crops, kept = datasets.build_crops(s, config.cache_dir, progress=config.progress)
         targets = np.full((len(s), len(names)), datasets.UNKNOWN, np.float32)
@@ -116,10 +116,17 @@ def prepare_splits(config: TrainConfig) -> tuple[list[str], dict[str, Split]]:
             targets[:, names.index(n)] = s.targets[:, j]
         targets = targets[kept]
         groups = [s.groups[i] for i in kept]
-        for part, index in zip(parts, datasets.split_by_group(groups, seed=config.seed)):
-            parts[part].append(Split(crops[index], targets[index]))
+        parts = datasets.split_by_group(groups, seed=config.seed)
+        out.append((s.name, {k: Split(crops[i], targets[i]) for k, i in zip(("train", "val", "test"), parts)}))
+    return names, out
+
+
+def prepare_splits(config: TrainConfig) -> tuple[list[str], dict[str, Split]]:
+    """Crops and targets of train/val/test, merged across sets on a common target list."""
+    names, per_set = set_splits(config)
     merged = {
-        k: Split(np.concatenate([p.crops for p in v]), np.concatenate([p.targets for p in v])) for k, v in parts.items()
+        k: Split(np.concatenate([s[k].crops for _, s in per_set]), np.concatenate([s[k].targets for _, s in per_set]))
+        for k in ("train", "val", "test")
     }
     if len(merged["train"].crops) == 0:
         raise DataError("no training crops: check the data paths")

@@ -11,6 +11,7 @@ from . import contract
 from .errors import Face2hbeError
 from .export.repository import BatchingSettings
 from .loadtest.runner import SLO, LoadTestSettings
+from .paths import CACHE_DIR
 
 DEFAULT_REPOSITORY = "model_repository"
 
@@ -67,7 +68,7 @@ def _train_default(name: str):
 @click.option("--keep-epoch-weights", is_flag=True, help="Also keep epoch-NN.weights.h5 after every epoch (inputs for tools/average_checkpoints.py).")
 @click.option("--attributes/--no-attributes", default=_train_default("attributes"), help="Multi-task: also learn every CelebA attribute the data sets carry.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each data set (smoke tests).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for decoded training crops.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for decoded training crops.")
 @click.option("--patience", default=_train_default("patience"), type=click.IntRange(1), help="Early stop after this many epochs without validation AUC gain.")
 @click.option("--augment/--no-augment", default=_train_default("augment"), help="Flips, shifts, zooms, rotations, brightness, contrast, JPEG quality and blur.")
 @click.option("--init-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -214,7 +215,7 @@ def _add_attributes(repository: Path, celeba: Path) -> None:
 @click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), help="CelebA folder (labels.csv + list_attr_celeba.txt).")
 @click.option("--lfw", type=click.Path(path_type=Path), default=Path("../shared/data/lfw"), help="LFW folder (labels.csv with FaRL pseudo-labels).")
 @click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph is scored (onnxruntime, CPU).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the slice metrics as JSON here.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file whose slices section receives the table (docs/model.md).")
 def slices(celeba, lfw, repository, cache_dir, output, report):
@@ -239,7 +240,7 @@ def slices(celeba, lfw, repository, cache_dir, output, report):
 @click.option("--lfw", type=click.Path(path_type=Path), default=Path("../shared/data/lfw"), help="LFW folder (labels.csv with FaRL pseudo-labels).")
 @click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph is scored (onnxruntime, CPU).")
 @click.option("--seed", default=0, type=int, help="Split seed; must match the training run's.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the thresholds and per-domain metrics as JSON here.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file whose thresholds section receives the tables (docs/model.md).")
 @click.option("--write", is_flag=True, help="Write the chosen thresholds into face2hbe's and face2hbe_int8's config.pbtxt.")
@@ -290,7 +291,7 @@ def review(folder, output, repository, per_kind):
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", help="Which part of the seeded split (by identity where known, as in training) to evaluate.")
 @click.option("--seed", default=0, type=int, help="Split seed; must match the training run's.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples (before splitting).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe", help="Cache for detected training-data crops (never users' photos).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
 def evaluate(data, output, url, protocol, split, seed, limit, cache_dir):
     """Per-label ROC AUC, PR AUC, accuracy and F1 of the served model on a labeled set (detect -> crop -> serve)."""
     from .evaluate import EvalConfig
@@ -571,7 +572,7 @@ def loadtest(repository, grpc_url, http_url, users, spawn_rate, duration, max_re
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("docs/bench"), help="Folder for bench.json and bench.png.")
 @click.option("--quick", is_flag=True, help="Short rows and fewer repeats (about 5 minutes on 2 cores); every row is still measured.")
 @click.option("--seconds", default=None, type=click.FloatRange(0.5), help="Measured seconds per row (default 15, or 3 with --quick).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache" / "face2hbe" / "bench", help="Cache for the exported prototype ONNX models (random weights).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR / "bench", help="Cache for the exported prototype ONNX models (random weights).")
 @click.option("--skip-prototype", is_flag=True, help="Leave out the 6-CNN prototype comparison (needs TensorFlow + tf2onnx on first run).")
 def bench(repository, output_dir, quick, seconds, cache_dir, skip_prototype):
     """Benchmark on this machine: in-process ONNX Runtime vs Triton, batching, batch sizes, INT8, prototype."""

@@ -1,0 +1,97 @@
+"""The GPU stage (training/gpu.py): its CPU-side pieces, and a pack -> fit -> load -> export round trip on real faces."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from face2hbe import contract
+from face2hbe.training import gpu
+
+NAMES = list(contract.LABELS) + [f"celeba_{a}" for a in contract.CELEBA_ATTRIBUTES]
+
+
+def _targets(**columns) -> np.ndarray:
+    """One row per value: the named columns set, every other target 0."""
+    n = len(next(iter(columns.values())))
+    t = np.zeros((n, len(NAMES)), np.float32)
+    for name, values in columns.items():
+        t[:, NAMES.index(name)] = values
+    return t
+
+
+def test_slice_weights_raise_exactly_the_rare_slices():
+    t = _targets(
+        beard=[1, 1, 0, 1, -1, 1],
+        celeba_Gray_Hair=[1, 0, 1, 1, 1, 0],
+        celeba_Mustache=[0, 0, 0, 1, 0, 1],
+        celeba_Goatee=[0, 0, 0, 0, 0, 1],
+    )
+    w = gpu.slice_weights(t, NAMES)
+    extra = dict((name, e) for name, _, e in gpu.RARE_SLICES)
+    grey, moustache = extra["grey-haired beard"], extra["moustache without goatee"]
+    # grey beard; beard only; grey hair only; grey beard + moustache only; unknown beard; moustache with goatee.
+    assert w.tolist() == [1 + grey, 1, 1, 1 + grey + moustache, 1, 1]
+
+
+def test_tinted_lenses_touch_only_the_eye_band(celeba_dir):
+    from face2hbe.imaging import load_rgb
+
+    image = np.asarray(load_rgb(celeba_dir / "images" / "000001.jpg"), np.float32)[None]
+    tinted = gpu.tint_eyes(image, np.random.default_rng(0))
+    h, w = image.shape[1:3]
+    (r0, r1), (c0, c1) = gpu.EYE_BAND
+    changed = np.abs(tinted - image).max(axis=(0, 3)) > 0
+    rows, cols = np.nonzero(changed)
+    assert rows.min() >= int(r0 * h) and rows.max() <= int(np.ceil(r1 * h))
+    assert cols.min() >= int(c0 * w) and cols.max() <= int(np.ceil(c1 * w))
+    assert tinted[0, int((r0 + r1) / 2 * h), w // 2].sum() < image[0, int((r0 + r1) / 2 * h), w // 2].sum()  # darker lenses
+
+
+def test_augment_is_seeded_bounded_and_changes_the_face(celeba_dir):
+    from face2hbe.imaging import load_rgb
+
+    images = np.stack([np.asarray(load_rgb(celeba_dir / "images" / f"00000{i}.jpg"), np.float32) for i in (1, 2, 3)])
+    a = gpu.augment(images, np.random.default_rng(7))
+    b = gpu.augment(images, np.random.default_rng(7))
+    assert a.shape == images.shape and a.dtype == images.dtype
+    assert np.array_equal(a, b)
+    assert a.min() >= 0 and a.max() <= 255
+    assert all(np.abs(a[k] - images[k]).mean() > 1 for k in range(3))
+    assert gpu.vgg_input(images)[..., 0].mean() == pytest.approx(images[..., 2].mean() - contract.VGG_BGR_MEAN[0], rel=1e-5)
+
+
+@pytest.mark.slow  # packs, trains one step and re-evaluates on real faces (about a minute): make test-all
+def test_pack_fit_load_export_round_trip(celeba_dir, lfw_dir, tmp_path):
+    import onnxruntime as ort
+
+    from face2hbe.export.build import export_repository
+    from face2hbe.repository import ONNX_FILE
+    from face2hbe.training.train import TrainConfig
+
+    served = contract.MODEL_NAME
+    config = TrainConfig(data=[f"celeba:{celeba_dir}", f"lfw:{lfw_dir}"], output=tmp_path / "run", weights="none",
+                         attributes=True, limit=40, cache_dir=tmp_path / "cache", mirror_average=True, progress=False)
+    onnx_path = gpu.Path(__file__).resolve().parents[1] / "model_repository" / served / contract.MODEL_VERSION / ONNX_FILE
+    meta = gpu.pack(config, onnx_path, tmp_path / "pack", size=32, part_bytes=40_000)
+    assert meta["parts"] >= 2 and meta["target_names"] == NAMES  # weights alone pass 40 kB: crops go to later parts
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    for part in sorted((tmp_path / "pack").iterdir()):
+        for f in part.iterdir():
+            (joined / f.name).write_bytes(f.read_bytes())
+
+    summary = gpu.fit(joined, tmp_path / "out", epochs=1, batch_size=4, max_steps=2)
+    assert summary["best_epoch"] == 1 and len(summary["history"]) == 1
+    assert sum(1 for _ in (tmp_path / "out").glob("weights-*.npz")) >= 1
+
+    run = gpu.load(tmp_path / "out", tmp_path / "run")
+    assert run["working_size"] == 32 and set(run["thresholds"]) == set(contract.LABELS)
+    assert json.loads((tmp_path / "run" / "gpu-stage.json").read_text())["pack"]["size"] == 32
+
+    model_dir = export_repository(tmp_path / "run", tmp_path / "repository")
+    session = ort.InferenceSession(str(model_dir / contract.MODEL_VERSION / ONNX_FILE), providers=["CPUExecutionProvider"])
+    crops = np.zeros((2, *contract.INPUT_SHAPE), np.uint8)
+    scores, attributes = session.run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops})
+    assert scores.shape == (2, len(contract.LABELS)) and attributes.shape == (2, len(contract.ATTRIBUTE_LABELS))

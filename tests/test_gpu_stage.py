@@ -9,6 +9,8 @@ import pytest
 from face2hbe import contract
 from face2hbe.training import gpu
 
+from conftest import REPOSITORY
+
 NAMES = list(contract.LABELS) + [f"celeba_{a}" for a in contract.CELEBA_ATTRIBUTES]
 
 
@@ -73,7 +75,7 @@ def test_pack_fit_load_export_round_trip(celeba_dir, lfw_dir, tmp_path):
     served = contract.MODEL_NAME
     config = TrainConfig(data=[f"celeba:{celeba_dir}", f"lfw:{lfw_dir}"], output=tmp_path / "run", weights="none",
                          attributes=True, limit=40, cache_dir=tmp_path / "cache", mirror_average=True, progress=False)
-    onnx_path = gpu.Path(__file__).resolve().parents[1] / "model_repository" / served / contract.MODEL_VERSION / ONNX_FILE
+    onnx_path = REPOSITORY / served / contract.MODEL_VERSION / ONNX_FILE
     meta = gpu.pack(config, onnx_path, tmp_path / "pack", size=32, part_bytes=40_000)
     assert meta["parts"] >= 2 and meta["target_names"] == NAMES  # weights alone pass 40 kB: crops go to later parts
     joined = tmp_path / "joined"

@@ -7,6 +7,7 @@ from pathlib import Path
 # Where training-data crops (never users' photos) and bench models are cached by default.
 CACHE_DIR = Path.home() / ".cache" / "face2hbe"
 
+
 def portable(path: str | os.PathLike) -> str:
     """A path for files other machines read (training.json, metrics.json, bench.json): never an absolute one.
 

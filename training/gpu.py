@@ -52,6 +52,19 @@ RARE_SLICES = (
 )
 
 
+def _chunks(items: list, sizes: list[int], limit: int, used: int = 0) -> list[list]:
+    """Consecutive groups of `items` whose `sizes` add up to at most `limit` (`used` already taken in the first);
+    an item larger than the limit gets a group of its own."""
+    groups = [[]]
+    for item, size in zip(items, sizes):
+        if used + size > limit and groups[-1]:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += size
+    return groups
+
+
 # --- here: pack ---------------------------------------------------------------------
 
 
@@ -86,13 +99,7 @@ def pack(config, init_onnx: Path, output: Path, size: int, quality: int = 90, pa
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     weight_bytes = sum(w.astype(np.float16).nbytes for w in weights)
-    parts, used = [[]], weight_bytes
-    for record in records:
-        if used + len(record[3]) > part_bytes and parts[-1]:
-            parts.append([])
-            used = 0
-        parts[-1].append(record)
-        used += len(record[3])
+    parts = _chunks(records, [len(r[3]) for r in records], part_bytes, used=weight_bytes)
     for n, items in enumerate(parts):
         folder = output / f"part-{n}"
         folder.mkdir(exist_ok=True)
@@ -189,12 +196,18 @@ def tint_eyes(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(images * factor, 0, 255)
 
 
-def slice_weights(targets: np.ndarray, names: list[str]) -> np.ndarray:
-    """Per-sample weight: 1 plus each RARE_SLICES weight the sample's targets meet (unknown targets meet none)."""
+def slice_members(targets: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Each RARE_SLICES name -> which samples belong to it (unknown targets belong to none)."""
     columns = {n: targets[:, i] for i, n in enumerate(names)}
+    return {name: condition(columns) for name, condition, _ in RARE_SLICES}
+
+
+def slice_weights(targets: np.ndarray, names: list[str]) -> np.ndarray:
+    """Per-sample weight: 1 plus each RARE_SLICES weight the sample's targets meet."""
+    members = slice_members(targets, names)
     weights = np.ones(len(targets), np.float32)
-    for _, condition, extra in RARE_SLICES:
-        weights += extra * condition(columns).astype(np.float32)
+    for name, _, extra in RARE_SLICES:
+        weights += extra * members[name].astype(np.float32)
     return weights
 
 
@@ -228,7 +241,7 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     """Train from the pack's weights; write the best epoch's weights (shards) and history.json to `output`."""
     import keras
 
-    from .metrics import has_both_classes, known_binary
+    from .metrics import per_label_metrics
     from .model import build_model
     from .train import _positive_weights, make_loss
 
@@ -248,8 +261,7 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     sample_weight = slice_weights(y_train, names)
     eyewear = y_train[:, names.index("eyewear")] >= 0.5
     log.info("degraded copies made; slice weights: %s (%.0f s)",
-             {n: int((c({m: y_train[:, j] for j, m in enumerate(names)})).sum()) for n, c, _ in RARE_SLICES},
-             time.monotonic() - started)
+             {n: int(m.sum()) for n, m in slice_members(y_train, names).items()}, time.monotonic() - started)
 
     class Batches(keras.utils.PyDataset):
         """Shuffled batches; each batch's random choices come from (seed, epoch, index), so threads may fetch in any order."""
@@ -290,17 +302,13 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     x_val_mirror = np.ascontiguousarray(x_val[:, :, ::-1])
 
     def val_aucs() -> dict:
-        from sklearn.metrics import roc_auc_score
-
         scores = (np.asarray(model.predict(x_val, batch_size=256, verbose=0))
                   + np.asarray(model.predict(x_val_mirror, batch_size=256, verbose=0))) / 2
         out = {}
         for s, set_name in enumerate(meta["sets"]):
             rows = set_index[val_i] == s
-            for j, name in enumerate(names):
-                mask, y = known_binary(targets[val_i][rows, j])
-                if has_both_classes(y):
-                    out[f"{set_name}/{name}"] = float(roc_auc_score(y, scores[rows][mask, j]))
+            found = per_label_metrics(targets[val_i][rows], scores[rows], names)
+            out.update({f"{set_name}/{name}": r["roc_auc"] for name, r in found.items() if "roc_auc" in r})
         return out
 
     history, best = [], {"score": -np.inf}
@@ -329,15 +337,8 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     print(json.dumps({"epoch": 0, "val_score": start_score}), flush=True)
     model.fit(batches, epochs=epochs, callbacks=[Track()], verbose=2)
 
-    shards, current, used = [], [], 0
-    for i, w in enumerate(best["weights"]):
-        if used + w.nbytes > SHARD_BYTES and current:
-            shards.append(current)
-            current, used = [], 0
-        current.append((i, w))
-        used += w.nbytes
-    shards.append(current)
-    for n, shard in enumerate(shards):
+    kept = list(enumerate(best["weights"]))
+    for n, shard in enumerate(_chunks(kept, [w.nbytes for _, w in kept], SHARD_BYTES)):
         np.savez(output / f"weights-{n}.npz", **{f"w{i:03d}": w for i, w in shard})
     summary = {"pack": meta, "epochs_planned": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "tint": tint, "rare_slices": [(n, e) for n, _, e in RARE_SLICES], "seed": seed,

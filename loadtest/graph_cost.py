@@ -1,12 +1,13 @@
-"""faces/s of two ONNX graphs of the face model side by side: one run, interleaved, same crops.
+"""faces/s of two or more ONNX graphs of the face model side by side: one run, interleaved, same crops.
 
     git show REV:model_repository/face2hbe/1/model.onnx > /tmp/before.onnx
     python -m face2hbe.loadtest.graph_cost /tmp/before.onnx model_repository/face2hbe/1/model.onnx \
         --name "REV:model_repository/face2hbe/1/model.onnx" --name "model_repository/face2hbe/1/model.onnx"
 
-For a change to the served graph (an added output, a variant): each graph runs every output it
-has, at batch 1, 8 and 32, round by round (median of `--rounds`), on real CelebA crops when
-../shared/data is there (else the sample photos' faces), so the ratio holds on a busy machine.
+For a change to the served graph (an added output, a variant, a working size): each graph runs
+every output it has, at batch 1, 8 and 32, round by round (median of `--rounds`), on real CelebA
+crops when ../shared/data is there (else the sample photos' faces), so the ratios (each graph's
+faces/s over the first graph's) hold on a busy machine.
 """
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from .cpu_variants import BATCHES
 
 
 @click.command()
-@click.argument("graphs", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("graphs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), show_default=True)
 @click.option("--rounds", default=9, show_default=True, help="Timed runs per graph and batch size (median kept).")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON here.")
-@click.option("--name", "given", multiple=True, help="What each graph is (twice, in order), e.g. the git revision it came from.")
+@click.option("--name", "given", multiple=True, help="What each graph is (once per graph, in order), e.g. the git revision it came from.")
 def main(graphs, celeba, rounds, output, given):
     import onnxruntime as ort
 
@@ -33,18 +34,21 @@ def main(graphs, celeba, rounds, output, given):
     from face2hbe.loadtest.bench import machine_info
     from face2hbe.paths import portable
 
+    if len(graphs) < 2:
+        raise click.UsageError("give at least two graphs to compare")
+    if given and (len(given) != len(graphs) or len(set(given)) != len(given)):
+        raise click.UsageError("give --name once per graph, each different, or not at all")
+    unique = len({path.name for path in graphs}) == len(graphs)
+    names = list(given) or [path.name if unique else f"{i + 1}: {path.name}" for i, path in enumerate(graphs)]
     crops, source = calibration_crops(celeba if celeba.is_dir() else None, Path(__file__).resolve().parents[1] / "client" / "samples", count=64)
-    if given and len(given) != 2:
-        raise click.UsageError("give --name twice, one per graph, or not at all")
-    names = list(given) or [f"{i + 1}: {path.name}" if graphs[0].name == graphs[1].name else path.name for i, path in enumerate(graphs)]
     runs = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for name, path in zip(names, graphs)}
     result = {"graphs": dict(zip(names, (portable(str(p)) for p in graphs))), "outputs": {n: [o.name for o in s.get_outputs()] for n, s in runs.items()},
               "crops": source, "rounds": rounds, "machine": machine_info(), "faces_per_second": {}}
     for batch in BATCHES:
         fps = faces_per_second(runs, crops, batch=batch, rounds=rounds)
         result["faces_per_second"][str(batch)] = {n: round(v, 2) for n, v in fps.items()}
-        click.echo(f"batch {batch:>2}: " + ", ".join(f"{n} {v:6.1f} faces/s" for n, v in fps.items())
-                   + f", ratio {fps[names[1]] / fps[names[0]]:.3f}")
+        click.echo(f"batch {batch:>2}: " + ", ".join(
+            f"{n} {v:6.1f} faces/s" + (f" ({v / fps[names[0]]:.3f}x)" if n != names[0] else "") for n, v in fps.items()))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=1) + "\n")

@@ -63,3 +63,18 @@ def test_bench_quick_measures_every_row(tmp_path):
     measured = [r for r in result["rows"] if not r["note"].startswith("skipped")]
     assert all(r["faces_per_s"] > 0 for r in measured)
     assert (tmp_path / "bench.png").is_file()
+
+
+@pytest.mark.parametrize("graphs, names, reason", [
+    (1, [], "at least two graphs"),
+    (2, ["only one"], "once per graph"),
+    (2, ["same", "same"], "each different"),
+])
+def test_graph_cost_refuses_what_it_cannot_compare(graphs, names, reason):
+    from click.testing import CliRunner
+
+    from face2hbe.loadtest.graph_cost import main
+
+    paths = [str(REPOSITORY / "face2hbe_int8" / "1" / "model.onnx"), str(REPOSITORY / "face2hbe" / "1" / "model.onnx")][:graphs]
+    result = CliRunner().invoke(main, [*paths, *(a for n in names for a in ("--name", n))])
+    assert result.exit_code == 2 and reason in result.output, result.output

@@ -25,6 +25,14 @@ def celeba_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def celeba_more_dir() -> Path:
+    path = SHARED_DATA / "celeba_more"
+    if not (path / "identity_CelebA.txt").is_file():
+        pytest.skip(f"real CelebA faces with identities not found at {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def lfw_dir() -> Path:
     path = SHARED_DATA / "lfw"
     if not (path / "labels.csv").is_file():

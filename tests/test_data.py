@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from face2hbe import contract
+from face2hbe.errors import DataError
 from face2hbe.training.data import UNKNOWN, load_celeba, load_folders, load_lfw, split_by_group
 
 from conftest import SAMPLES
@@ -23,6 +24,24 @@ def test_celeba_labels_and_attributes(celeba_dir):
     hat = data.target_names.index("celeba_Wearing_Hat")
     np.testing.assert_array_equal(data.targets[:, 2], data.targets[:, hat])
     assert all(p.is_file() for p in data.paths[:20])
+
+
+def test_celeba_with_identities_splits_by_person(celeba_more_dir, tmp_path):
+    data = load_celeba(celeba_more_dir, with_attributes=True)
+    assert data.name == "celeba_more" and len(data) > 4000 and len(data.target_names) == 43
+    assert len(set(data.groups)) < len(data) / 5  # several photos per person
+    train, val, test = split_by_group(data.groups)
+    for a, b in ((train, val), (train, test), (val, test)):
+        assert not {data.groups[i] for i in a} & {data.groups[i] for i in b}, "an identity crosses splits"
+    # A photo the identity file does not name is refused, not silently split by image.
+    copy = tmp_path / "celeba_more"
+    copy.mkdir()
+    for name in ("labels.csv", "list_attr_celeba.txt"):
+        (copy / name).write_text((celeba_more_dir / name).read_text())
+    lines = (celeba_more_dir / "identity_CelebA.txt").read_text().splitlines()
+    (copy / "identity_CelebA.txt").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(DataError, match=lines[0].split()[0]):
+        load_celeba(copy)
 
 
 def test_lfw_soft_labels_grouped_by_person(lfw_dir):

@@ -53,8 +53,15 @@ class LabeledSet:
         )
 
 
+CELEBA_IDENTITIES = "identity_CelebA.txt"
+
+
 def load_celeba(root: str | Path, with_attributes: bool = False, limit: int | None = None) -> LabeledSet:
-    """CelebA layout: images/, labels.csv (filename,eyewear,beard,hat), list_attr_celeba.txt."""
+    """CelebA layout: images/, labels.csv (filename,eyewear,beard,hat), list_attr_celeba.txt.
+
+    With identity_CelebA.txt (`filename identity` per line, as in celeba_more/) the set is split
+    by identity; without it by image. The set is named after its folder (celeba, celeba_more).
+    """
     root = Path(root)
     labels_file = root / "labels.csv"
     if not labels_file.is_file():
@@ -71,15 +78,28 @@ def load_celeba(root: str | Path, with_attributes: bool = False, limit: int | No
             if r["filename"] not in attrs:
                 raise DataError(f"{root}: {r['filename']} has no row in list_attr_celeba.txt")
             t.extend(attrs[r["filename"]])
+    identities = _read_celeba_identities(root / CELEBA_IDENTITIES)
+    missing = [r["filename"] for r in rows if identities and r["filename"] not in identities]
+    if missing:
+        raise DataError(f"{root / CELEBA_IDENTITIES}: no identity for {missing[0]} (and {len(missing) - 1} more)")
     return LabeledSet(
-        name="celeba",
+        name=root.name or "celeba",
         paths=[root / "images" / r["filename"] for r in rows],
         targets=np.asarray(targets, dtype=np.float32),
         target_names=names,
-        groups=[r["filename"] for r in rows],  # identities are not given: split by image
+        # by identity where the set gives them, else by image
+        groups=[f"identity:{identities[r['filename']]}" if identities else r["filename"] for r in rows],
         aligned=True,
         root=root,
     )
+
+
+def _read_celeba_identities(path: Path) -> dict[str, str]:
+    """identity_CelebA.txt: `filename identity` per line; {} when the set has no such file."""
+    if not path.is_file():
+        return {}
+    pairs = (line.split() for line in path.read_text().splitlines())
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
 
 
 def _read_celeba_attributes(path: Path) -> tuple[list[str], dict[str, list[float]]]:

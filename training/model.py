@@ -103,7 +103,8 @@ def build_model(num_outputs: int, weights: str | None = "imagenet", batchnorm: b
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(HEAD_UNITS, activation="relu", name="head_dense")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(num_outputs, activation="sigmoid", name="scores")(x)
+    # float32 sigmoids under a mixed-precision policy too: the loss takes logs of them
+    outputs = layers.Dense(num_outputs, activation="sigmoid", name="scores", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="face2hbe")
 
 

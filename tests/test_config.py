@@ -177,3 +177,16 @@ def test_photo_config_check_names_the_problem(tmp_path, edit, message):
     (target / "config.pbtxt").write_text(edit((PHOTO_DIR / "config.pbtxt").read_text()))
     with pytest.raises(ModelRepositoryError, match=message):
         validate_photo_dir(target)
+
+
+def test_written_thresholds_reach_every_config_that_publishes_them(tmp_path):
+    """`face2hbe thresholds --write` (thresholds.apply): face2hbe, face2hbe_int8 and the photo model's copy agree."""
+    from face2hbe.thresholds import apply
+
+    for name in (contract.MODEL_NAME, INT8_DIR.name, contract.PHOTO_MODEL_NAME):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text((REPOSITORY / name / "config.pbtxt").read_text())
+    written = apply(tmp_path, THRESHOLDS)
+    assert len(written) == 3
+    for name in (contract.MODEL_NAME, INT8_DIR.name, contract.PHOTO_MODEL_NAME):
+        assert labels_and_thresholds(read_config(tmp_path / name))[1] == THRESHOLDS, name

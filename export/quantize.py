@@ -111,6 +111,19 @@ def quantize_int8(fp32_path: Path, int8_path: Path, crops: np.ndarray) -> Path:
     return int8_path
 
 
+def record_source(fp32_path: Path, int8_path: Path) -> None:
+    """Give the INT8 graph the fp32 graph's metadata plus the fp32 file's sha256 (checked when the repository is
+    read: face2hbe.repository.check_quantized_source)."""
+    import onnx
+
+    from face2hbe.repository import SOURCE_SHA256_KEY, file_sha256
+
+    props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    model = onnx.load(str(int8_path))
+    onnx.helper.set_model_props(model, {**props, SOURCE_SHA256_KEY: file_sha256(fp32_path)})
+    onnx.save(model, str(int8_path))
+
+
 # --- comparison --------------------------------------------------------------------------
 
 
@@ -241,6 +254,7 @@ def export_int8(
     log.info("calibrating on %s", calibration)
     target_dir = repository / INT8_MODEL_NAME
     int8_path = quantize_int8(fp32_path, target_dir / contract.MODEL_VERSION / ONNX_FILE, crops)
+    record_source(fp32_path, int8_path)
     rewrite_config(target_dir, cpu_batching(batching), name=INT8_MODEL_NAME, thresholds=thresholds)
     validate_model_dir(target_dir)
     report = None

@@ -84,3 +84,31 @@ def test_single_output_config_of_older_models_stays_readable(tmp_path):
     assert not (tmp_path / contract.MODEL_NAME / "attribute_labels.txt").exists()
     assert output_labels(config) == {contract.OUTPUT_NAME: list(contract.LABELS)}
     assert labels_and_thresholds(config) == (list(contract.LABELS), {"eyewear": 0.4, "beard": 0.3, "hat": 0.2})
+
+
+def test_int8_graph_quantized_from_another_fp32_file_is_refused(tmp_path):
+    """face2hbe_int8 records the sha256 of the fp32 file it came from; a repository pairing it with another fp32 file
+    (a new model exported, the old INT8 left behind) does not validate, so `face2hbe serve` refuses it."""
+    import onnx
+
+    from face2hbe.export.quantize import record_source
+    from face2hbe.repository import SOURCE_SHA256_KEY, check_quantized_source, file_sha256, onnx_build_info
+
+    for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME):
+        shutil.copytree(REPOSITORY / name, tmp_path / name, ignore=shutil.ignore_patterns("model.onnx"))
+    fp32 = tmp_path / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx"
+    fp32.symlink_to(REPOSITORY / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx")
+    int8 = tmp_path / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / "model.onnx"
+    shutil.copyfile(REPOSITORY / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / "model.onnx", int8)
+
+    record_source(fp32, int8)
+    info = onnx_build_info(int8)
+    assert info["source_sha256"] == file_sha256(fp32) and info["working_size"] == onnx_build_info(fp32)["working_size"]
+    validate_model_dir(tmp_path / contract.INT8_MODEL_NAME)
+
+    model = onnx.load(str(int8))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, SOURCE_SHA256_KEY: "0" * 64})
+    onnx.save(model, str(int8))
+    with pytest.raises(ModelRepositoryError, match="quantized from an fp32 graph with sha256 000000000000"):
+        validate_model_dir(tmp_path / contract.INT8_MODEL_NAME)
+    check_quantized_source(tmp_path / contract.MODEL_NAME)  # the fp32 folder itself has nothing to check

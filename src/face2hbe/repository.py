@@ -27,6 +27,8 @@ CPU_PRECISION = "int8"
 # Recorded in the ONNX metadata, so a served model says how it was built (warm starts and tests read it).
 WORKING_SIZE_KEY = "face2hbe.working_size"
 MIRROR_AVERAGE_KEY = "face2hbe.mirror_average"
+# A quantized graph's source: the sha256 of the fp32 model.onnx it was quantized from (face2hbe_int8 -> face2hbe).
+SOURCE_SHA256_KEY = "face2hbe.source_sha256"
 
 
 def model_config_pb2():
@@ -118,7 +120,8 @@ def onnx_io(path: str | Path) -> dict:
 
 
 def onnx_build_info(path: str | Path) -> dict:
-    """working_size (int) and mirror_average (bool) from the graph's metadata; {} for graphs exported before it."""
+    """working_size (int), mirror_average (bool) and source_sha256 (a quantized graph's fp32 file) from the graph's
+    metadata; keys a graph does not record (exported before them) are absent."""
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -127,7 +130,38 @@ def onnx_build_info(path: str | Path) -> dict:
         info["working_size"] = int(props[WORKING_SIZE_KEY])
     if MIRROR_AVERAGE_KEY in props:
         info["mirror_average"] = props[MIRROR_AVERAGE_KEY] == "true"
+    if SOURCE_SHA256_KEY in props:
+        info["source_sha256"] = props[SOURCE_SHA256_KEY]
     return info
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_quantized_source(model_dir: str | Path, version: str = contract.MODEL_VERSION) -> None:
+    """Refuse an INT8 graph that was not quantized from the fp32 graph beside it (face2hbe_int8 vs face2hbe).
+
+    Both files are served as one model at two precisions, with one set of thresholds: an INT8 file left over
+    from an earlier fp32 file would serve the old model under the new thresholds. A graph that records no
+    source (quantized before the key existed) or has no fp32 sibling passes.
+    """
+    model_dir = Path(model_dir)
+    if model_dir.name != contract.INT8_MODEL_NAME:
+        return
+    onnx_path = model_dir / version / ONNX_FILE
+    source = onnx_build_info(onnx_path).get("source_sha256")
+    fp32_path = model_dir.parent / contract.MODEL_NAME / version / ONNX_FILE
+    if source and fp32_path.is_file() and (actual := file_sha256(fp32_path)) != source:
+        raise ModelRepositoryError(
+            f"{onnx_path}: quantized from an fp32 graph with sha256 {source[:12]}, but {fp32_path} is {actual[:12]}: "
+            "quantize it again from that file (`face2hbe promote RUN`, or `face2hbe export --format int8`)")
 
 
 def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERSION):
@@ -166,6 +200,7 @@ def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERS
         want_labels[contract.ATTRIBUTES_NAME] = list(contract.ATTRIBUTE_LABELS)
     if labels != want_labels:
         raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: labels {labels} differ from contract {want_labels}")
+    check_quantized_source(model_dir, version)
     return config, onnx_path
 
 

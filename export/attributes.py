@@ -20,7 +20,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import ModelRepositoryError
-from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config, validate_model_dir
+from face2hbe.repository import ONNX_FILE, labels_and_thresholds, production_labels_in, read_config, validate_model_dir
 
 from .repository import BatchingSettings, build_config, write_config
 
@@ -128,7 +128,7 @@ def upgrade_model_dir(model_dir: Path, crops: np.ndarray, batching: BatchingSett
     finally:
         tmp.unlink(missing_ok=True)
     write_config(build_config(kept, batching, name=config.name or model_dir.name, attributes=True,
-                              tensorrt=_tensorrt_of(config)), model_dir)
+                              tensorrt=_tensorrt_of(config), production=production_labels_in(config)), model_dir)
     validate_model_dir(model_dir)
     return check
 

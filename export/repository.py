@@ -1,4 +1,4 @@
-"""Writing the Triton model repository: config.pbtxt, labels file, thresholds as model parameters.
+"""Writing the Triton model repository: config.pbtxt, labels file, thresholds and production labels as model parameters.
 
 config.pbtxt is built with Triton's own ModelConfig proto (shipped by tritonclient) and
 written with protobuf's text format; reading it is core code (face2hbe.repository).
@@ -23,12 +23,13 @@ from face2hbe.repository import (
     model_config_pb2,
     onnx_io,
     photo_io,
+    production_labels_in,
     read_config,
     validate_photo_dir,
 )
 
 __all__ = ["ATTRIBUTE_LABELS_FILE", "CONFIG_FILE", "LABELS_FILE", "ONNX_FILE", "BatchingSettings", "TensorRTSettings", "build_config",
-           "build_photo_config", "cpu_batching", "rewrite_config", "write_config", "write_photo_config"]
+           "build_photo_config", "cpu_batching", "production_labels", "rewrite_config", "write_config", "write_photo_config"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class TensorRTSettings:
 WARMUP_BATCH_SIZES = (1, 8, 32)
 
 
+def production_labels(aucs: dict[str, float | None], bar: float = contract.PRODUCTION_AUC_BAR) -> list[str]:
+    """The served labels (served order) whose measured ROC AUC (CelebA test split) is at least `bar`: the
+    `production_labels` parameter. A label without a measurement (absent, None, NaN) is not production-grade."""
+    return [label for label in contract.SERVED_LABELS if (auc := aucs.get(label)) is not None and auc == auc and auc >= bar]
+
+
 def build_config(
     thresholds: dict[str, float],
     batching: BatchingSettings = BatchingSettings(),
@@ -68,12 +75,15 @@ def build_config(
     tensorrt: TensorRTSettings | None = TensorRTSettings(),
     warmup_batch_sizes: tuple[int, ...] = WARMUP_BATCH_SIZES,
     attributes: bool = True,
+    production: list[str] | None = None,
 ):
     """A ModelConfig message for the served model, following the contract.
 
     Outputs: `scores` and (unless `attributes` is False, for graphs exported before it) `attributes`.
     `thresholds` should cover every served label; an attribute label it lacks gets
-    contract.DEFAULT_THRESHOLD. GPU instances get the TensorRT FP16 accelerator (unless
+    contract.DEFAULT_THRESHOLD. `production` (see production_labels) becomes the `production_labels`
+    parameter; None writes none (every label then counts as production-grade until it is measured).
+    GPU instances get the TensorRT FP16 accelerator (unless
     `tensorrt` is None); CPU instances (batching.instance_kind == "KIND_CPU") never do.
     """
     pb = model_config_pb2()
@@ -108,6 +118,11 @@ def build_config(
     )
     if attributes:
         config.parameters[contract.PARAM_ATTRIBUTE_LABELS].string_value = ",".join(contract.ATTRIBUTE_LABELS)
+    if production is not None:
+        unknown = sorted(set(production) - set(served))
+        if unknown:
+            raise ModelRepositoryError(f"production labels {unknown} are not served labels {served}")
+        config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value = ",".join(label for label in served if label in production)
     return config
 
 
@@ -123,15 +138,20 @@ def cpu_batching(batching: BatchingSettings = BatchingSettings()) -> BatchingSet
 
 
 def rewrite_config(model_dir: str | Path, batching: BatchingSettings = BatchingSettings(), *, name: str | None = None,
-                   thresholds: dict[str, float] | None = None) -> Path:
-    """Regenerate `model_dir/config.pbtxt` from code, keeping the thresholds it (or `thresholds`) carries.
+                   thresholds: dict[str, float] | None = None, production: list[str] | None = None) -> Path:
+    """Regenerate `model_dir/config.pbtxt` from code, keeping the thresholds and production labels it carries
+    (unless `thresholds` / `production` are given).
 
     The outputs follow the folder's ONNX graph (with or without `attributes`).
     """
     model_dir = Path(model_dir)
+    old = read_config(model_dir) if thresholds is None or (model_dir / CONFIG_FILE).is_file() else None
     if thresholds is None:
-        _, thresholds = labels_and_thresholds(read_config(model_dir))
-    config = build_config(thresholds, batching, name=name or model_dir.name, attributes=graph_has_attributes(model_dir))
+        _, thresholds = labels_and_thresholds(old)
+    if production is None and old is not None:
+        production = production_labels_in(old)
+    config = build_config(thresholds, batching, name=name or model_dir.name, attributes=graph_has_attributes(model_dir),
+                          production=production)
     return write_config(config, model_dir)
 
 
@@ -153,7 +173,7 @@ def write_config(config, model_dir: Path) -> Path:
 def build_photo_config(model_config, settings: PhotoSettings = PhotoSettings(), instance_count: int = PHOTO_INSTANCE_COUNT):
     """The photo model's ModelConfig (Triton's Python backend, not batched), derived from the face2hbe model's `model_config`.
 
-    Labels and thresholds are the face2hbe model's parameters, copied; the photo model's limits
+    Labels, thresholds and production labels are the face2hbe model's parameters, copied; the photo model's limits
     (max_faces, max_pixels, max_file_bytes) join them. Instances run on the CPU: they decode and
     detect, and the face2hbe model they call holds the GPU.
     """
@@ -170,6 +190,8 @@ def build_photo_config(model_config, settings: PhotoSettings = PhotoSettings(), 
         if key not in model_config.parameters:
             raise ModelRepositoryError(f"{contract.MODEL_NAME}'s config has no {key!r} parameter: export its graph with attributes first")
         config.parameters[key].string_value = model_config.parameters[key].string_value
+    if contract.PARAM_PRODUCTION_LABELS in model_config.parameters:
+        config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value = model_config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value
     for key, value in settings.parameters().items():
         config.parameters[key].string_value = value
     return config

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from face2hbe import contract
 from face2hbe.errors import Face2hbeError, ModelRepositoryError
-from face2hbe.repository import labels_and_thresholds, read_config, validate_model_dir
+from face2hbe.repository import labels_and_thresholds, production_labels_in, read_config, validate_model_dir
 
 from .repository import BatchingSettings, build_config, graph_has_attributes, write_config
 
@@ -79,12 +79,13 @@ def export_tensorrt(repository: Path, batching: BatchingSettings = BatchingSetti
     source_dir = repository / contract.MODEL_NAME
     _, onnx_path = validate_model_dir(source_dir)
     load_tensorrt()  # fail fast, before anything is written
-    _, thresholds = labels_and_thresholds(read_config(source_dir))
+    source_config = read_config(source_dir)
+    _, thresholds = labels_and_thresholds(source_config)
     target_dir = repository / TRT_MODEL_NAME
     build_plan(onnx_path, target_dir / contract.MODEL_VERSION / PLAN_FILE, max_batch=batching.max_batch_size)
     # The plan already is TensorRT: no accelerator on top; the warm-up still matters.
     config = build_config(thresholds, batching, platform="tensorrt_plan", name=TRT_MODEL_NAME, tensorrt=None,
-                          attributes=graph_has_attributes(source_dir))
+                          attributes=graph_has_attributes(source_dir), production=production_labels_in(source_config))
     write_config(config, target_dir)
     read_config(target_dir)  # parses with Triton's proto
     return target_dir

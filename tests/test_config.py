@@ -190,3 +190,72 @@ def test_written_thresholds_reach_every_config_that_publishes_them(tmp_path):
     assert len(written) == 3
     for name in (contract.MODEL_NAME, INT8_DIR.name, contract.PHOTO_MODEL_NAME):
         assert labels_and_thresholds(read_config(tmp_path / name))[1] == THRESHOLDS, name
+
+
+def test_production_labels_follow_the_measured_auc_and_the_bar():
+    from face2hbe.export.repository import production_labels
+
+    aucs = {"eyewear": 0.99, "beard": 0.90, "hat": float("nan"), "earrings": 0.8999, "necklace": None, "bald": 0.95}
+    assert contract.PRODUCTION_AUC_BAR == 0.90
+    assert production_labels(aucs) == ["eyewear", "beard", "bald"]  # served order; unmeasured and NaN are not
+    assert production_labels(aucs, bar=0.96) == ["eyewear"]
+    assert production_labels({}) == []
+
+
+def test_committed_configs_publish_the_production_labels_of_the_measured_aucs():
+    """face2hbe, face2hbe_int8 and face2hbe_photo publish the same production labels: those whose CelebA-test ROC AUC
+    in docs/eval/thresholds.json (the served model's measurement) reaches the bar."""
+    from face2hbe.repository import production_labels_in, validate_photo_dir
+    from face2hbe.thresholds import production
+
+    measured = json.loads((REPOSITORY.parent / "docs" / "eval" / "thresholds.json").read_text())
+    expected = production(measured)
+    assert "earrings" not in expected and {"eyewear", "beard", "hat"} <= set(expected)
+    for config in (read_config(REPOSITORY / contract.MODEL_NAME), read_config(INT8_DIR), validate_photo_dir(PHOTO_DIR)):
+        assert production_labels_in(config) == expected, config.name
+
+
+def test_written_production_labels_reach_every_config_and_survive_a_rewrite(tmp_path):
+    from face2hbe.export.attributes import batching_of
+    from face2hbe.repository import production_labels_in
+    from face2hbe.thresholds import apply
+
+    names = (contract.MODEL_NAME, INT8_DIR.name, contract.PHOTO_MODEL_NAME)
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text((REPOSITORY / name / "config.pbtxt").read_text())
+    apply(tmp_path, THRESHOLDS, ["hat", "eyewear", "bald"])
+    for name in names:
+        assert production_labels_in(read_config(tmp_path / name)) == ["eyewear", "hat", "bald"], name  # served order
+    apply(tmp_path, THRESHOLDS)  # no production labels given (thresholds --no-test): each config keeps its own
+    rewrite_config(tmp_path / contract.MODEL_NAME, batching_of(read_config(tmp_path / contract.MODEL_NAME)))
+    for name in names:
+        assert production_labels_in(read_config(tmp_path / name)) == ["eyewear", "hat", "bald"], name
+    assert production_labels_in(build_config(THRESHOLDS)) is None  # unmeasured: readers treat every label as production
+
+
+def test_production_labels_naming_an_unserved_label_are_refused(tmp_path):
+    from face2hbe.errors import ModelRepositoryError
+    from face2hbe.repository import validate_photo_dir
+
+    with pytest.raises(ModelRepositoryError, match="not served labels"):
+        build_config(THRESHOLDS, production=["eyewear", "sparkle"])
+    target = tmp_path / contract.PHOTO_MODEL_NAME
+    target.mkdir()
+    (target / "config.pbtxt").write_text((PHOTO_DIR / "config.pbtxt").read_text().replace("eyewear,beard,hat,necktie", "eyewear,beard,cap,necktie"))
+    with pytest.raises(ModelRepositoryError, match="production_labels.*'cap'"):
+        validate_photo_dir(target)
+
+
+def test_model_card_lists_the_production_labels_as_measured(tmp_path):
+    """docs/model.md's production section is thresholds.production_markdown of the committed measurement."""
+    from face2hbe.thresholds import PRODUCTION_END, PRODUCTION_START, production_markdown, write_report
+
+    measured = json.loads((REPOSITORY.parent / "docs" / "eval" / "thresholds.json").read_text())
+    card = (REPOSITORY.parent / "docs" / "model.md").read_text()
+    section = card.split(PRODUCTION_START, 1)[1].split(PRODUCTION_END, 1)[0]
+    assert production_markdown(measured) in section
+    assert "| earrings | 0.784 | no:" in section and "| eyewear | 0.986 | yes |" in section
+    out = tmp_path / "card.md"
+    write_report(measured, out, "face2hbe thresholds ...")
+    assert production_markdown(measured) in out.read_text()

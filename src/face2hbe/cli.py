@@ -243,12 +243,13 @@ def slices(celeba, lfw, repository, cache_dir, output, report):
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the thresholds and per-domain metrics as JSON here.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Markdown file whose thresholds section receives the tables (docs/model.md).")
-@click.option("--write", is_flag=True, help="Write the chosen thresholds into face2hbe's and face2hbe_int8's config.pbtxt.")
+@click.option("--write", is_flag=True, help="Write the chosen thresholds and the production labels (CelebA-test ROC AUC at or above "
+              "the bar; kept as they are with --no-test) into face2hbe's, face2hbe_int8's and face2hbe_photo's config.pbtxt.")
 @click.option("--no-test", is_flag=True, help="Skip the test-split measurement (choose on val only; faster).")
 def thresholds(celeba, lfw, repository, seed, cache_dir, output, report, write, no_test):
     """Choose every served label's threshold on a CelebA + LFW validation mix; report P/R/F1 per domain and test ROC AUC."""
     from .paths import portable, portable_spec
-    from .thresholds import apply, markdown, run, save_json, write_report
+    from .thresholds import apply, markdown, production, run, save_json, write_report
 
     for folder in (celeba, lfw):
         if not (folder / "labels.csv").is_file():
@@ -262,7 +263,7 @@ def thresholds(celeba, lfw, repository, seed, cache_dir, output, report, write, 
         write_report(result, report, f"face2hbe thresholds --celeba {portable(celeba)} --lfw {portable(lfw)} "
                                      f"--write --report {report}" + (f" --output {output}" if output else ""))
     if write:
-        for path in apply(repository, result["thresholds"]):
+        for path in apply(repository, result["thresholds"], production(result)):
             click.echo(f"wrote {path}")
 
 

@@ -68,10 +68,8 @@ DETECTION_SCORES_NAME = "detection_scores"
 DETECTION_SCORES_DTYPE = "FP32"
 DETECTION_SCORES_SHAPE = (-1,)
 PHOTO_SCORES_SHAPE = (-1, len(LABELS))  # OUTPUT_NAME / OUTPUT_DTYPE, one row per face
-# A refused photo (unreadable, above a limit): INVALID_ARGUMENT (HTTP 400) from NVIDIA's container. The
-# embedded server (pytriton 0.7) cannot choose a status code: it answers INTERNAL (HTTP 500) with this
-# exception name before the one-line reason, which is how clients tell the photo's fault from the server's.
-PHOTO_REFUSED_MARKER = "PhotoRequestError"
+# A refused photo (unreadable, above a limit) is INVALID_ARGUMENT / HTTP 400 with one line naming the reason,
+# from `face2hbe serve` and NVIDIA's container alike (the same face2hbe_photo/1/model.py).
 
 # Largest batch one request may carry (Triton max_batch_size).
 MAX_BATCH_SIZE = 32
@@ -92,6 +90,12 @@ PARAM_THRESHOLDS = "thresholds"  # a JSON object: every served label (scores' an
 # only those (like the Node client) still index the scores tensor by `labels` and take its thresholds.
 PARAM_ATTRIBUTE_LABELS = "attribute_labels"
 DEFAULT_THRESHOLD = 0.5
+# The served labels that are production-grade (comma-separated, served order): recommended to shoppers. The others
+# are scored and reported, and recommended only by a catalog that opts them in (docs/client.md). Written from the
+# measured ROC AUC on the CelebA test split (human labels): a label is production-grade at PRODUCTION_AUC_BAR or
+# above. A config without the parameter (written before it) treats every served label as production-grade.
+PARAM_PRODUCTION_LABELS = "production_labels"
+PRODUCTION_AUC_BAR = 0.90
 
 # Every other spelling of a datatype derives from its KServe v2 name above.
 _NUMPY_NAMES = {"UINT8": "uint8", "INT32": "int32", "FP32": "float32", "BYTES": "object"}

@@ -100,6 +100,23 @@ def labels_and_thresholds(config) -> tuple[list[str], dict[str, float]]:
     return labels, thresholds
 
 
+def production_labels_in(config) -> list[str] | None:
+    """The served labels a ModelConfig publishes as production-grade (`production_labels`), in served order.
+
+    None when the config has no such parameter (written before it, or exported and not yet measured): readers then
+    treat every served label as production-grade. A name that is not a served label raises ModelRepositoryError.
+    """
+    labels, _ = labels_and_thresholds(config)
+    params = config.parameters
+    if contract.PARAM_PRODUCTION_LABELS not in params:
+        return None
+    named = _split_labels(params[contract.PARAM_PRODUCTION_LABELS].string_value)
+    unknown = [label for label in named if label not in labels]
+    if unknown:
+        raise ModelRepositoryError(f"model parameter {contract.PARAM_PRODUCTION_LABELS!r} names {unknown}, not served labels {labels}")
+    return [label for label in labels if label in named]
+
+
 def onnx_io(path: str | Path) -> dict:
     """Names, numpy element types and shapes (-1 for dynamic) of the ONNX graph's inputs and outputs."""
     import onnx
@@ -200,6 +217,7 @@ def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERS
         want_labels[contract.ATTRIBUTES_NAME] = list(contract.ATTRIBUTE_LABELS)
     if labels != want_labels:
         raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: labels {labels} differ from contract {want_labels}")
+    _check_production_labels(config, model_dir / CONFIG_FILE)
     check_quantized_source(model_dir, version)
     return config, onnx_path
 
@@ -238,7 +256,15 @@ def validate_photo_dir(model_dir: str | Path):
     labels, _ = labels_and_thresholds(config)
     if labels != list(contract.SERVED_LABELS):
         raise ModelRepositoryError(f"{where}: labels {labels} differ from contract {list(contract.SERVED_LABELS)}")
+    _check_production_labels(config, where)
     return config
+
+
+def _check_production_labels(config, where: Path) -> None:
+    try:
+        production_labels_in(config)
+    except ModelRepositoryError as exc:
+        raise ModelRepositoryError(f"{where}: {exc}") from None
 
 
 def contract_outputs(attributes: bool = True) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -1,8 +1,8 @@
 """Annotated copies of the input photos: face boxes, labels with scores, products.
 
 Like the prototype's titled pictures: a title band on top with the image's
-recommendation (or why there is none), and per face its box, the labels that
-passed their thresholds with scores, and the face's recommended products.
+recommendation (or why there is none), and per face its box, every served label that
+passes (decisions.py) with its score, and the face's recommended products.
 Only whole photos are written (as JPEG), never the face crops.
 """
 from __future__ import annotations
@@ -15,11 +15,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from face2hbe.imaging import load_rgb
 
+from .decisions import NO_ITEMS
 from .results import ImageResult
 
 JPEG_QUALITY = 90
 LABEL_COLOURS = {"eyewear": (30, 144, 255), "beard": (255, 140, 0), "hat": (50, 205, 50)}
-OTHER_COLOUR = (230, 30, 30)  # a face with an unknown top label
+OTHER_COLOUR = (230, 30, 30)  # a face whose first label is an attribute's
 NO_ITEM_COLOUR = (200, 200, 200)  # a face showing no item
 TITLE_BACKGROUND = (255, 255, 255)
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
@@ -84,17 +85,24 @@ def title_text(result: ImageResult, currency: str = "") -> str:
     if result.recommendation:
         r = result.recommendation
         return f"{result.top_label}: {r['name']} ({r['price']:.2f} {currency})".replace(" )", ")")
-    return result.reason or "no items detected"
+    return result.reason or NO_ITEMS
 
 
 def face_lines(face) -> list[str]:
-    """Labels that passed (with scores) then the face's products; or 'no items' with the best score."""
-    if face.labels:
-        lines = ["  ".join(f"{label} {face.scores[label]:.2f}" for label in face.labels)]
+    """Every label that passes (with its score) then the face's products; or 'no items' with the best score."""
+    scores = face.all_scores
+    if face.passing_labels:
+        lines = ["  ".join(f"{label} {scores[label]:.2f}" for label in face.passing_labels)]
         lines += [f"> {sku['name']}" for sku in face.skus]
         return lines
-    best = max(face.scores, key=face.scores.get) if face.scores else None
-    return [f"no items ({best} {face.scores[best]:.2f})" if best else "no items"]
+    best = max(scores, key=scores.get) if scores else None
+    return [f"no items ({best} {scores[best]:.2f})" if best else "no items"]
+
+
+def face_colour(face) -> tuple[int, int, int]:
+    """The colour of the face's first product's label, else of its first passing label; grey when none passes."""
+    first = face.skus[0]["label"] if face.skus else (face.passing_labels or [None])[0]
+    return NO_ITEM_COLOUR if first is None else LABEL_COLOURS.get(first, OTHER_COLOUR)
 
 
 def draw_annotations(image: np.ndarray, result: ImageResult, currency: str = "") -> Image.Image:
@@ -111,7 +119,7 @@ def draw_annotations(image: np.ndarray, result: ImageResult, currency: str = "")
     draw.text((pad, pad), _fit(draw, title_text(result, currency), font, width - 2 * pad), fill=(0, 0, 0), font=font)
     for face in result.faces:
         top, right, bottom, left = face.box
-        colour = LABEL_COLOURS.get(face.labels[0], OTHER_COLOUR) if face.labels else NO_ITEM_COLOUR
+        colour = face_colour(face)
         draw.rectangle((left, top + band, right, bottom + band), outline=colour, width=line)
         # Caption below the box, or above it when the box reaches the bottom edge.
         texts = [_fit(draw, t, font, max(width - 2 * pad, font_size)) for t in face_lines(face)]

@@ -297,7 +297,9 @@ class ScoreStage:
         self.labels, self.thresholds, self.max_batch = self.info.labels, self.info.thresholds, self.info.max_batch_size
         self.model = {"model_name": self.info.name, "model_version": self.info.version, "engine": self.engine,
                       "thresholds": json.dumps({label: self.thresholds[label] for label in self.info.score_labels}),
-                      "attribute_thresholds": json.dumps({label: self.thresholds[label] for label in self.info.attribute_labels})}
+                      "attribute_thresholds": json.dumps({label: self.thresholds[label] for label in self.info.attribute_labels}),
+                      "production_labels": json.dumps(list(self.info.labels if self.info.production_labels is None
+                                                           else self.info.production_labels))}
         self.catalog = load_catalog(settings.catalog, labels=self.labels)
 
     def _score(self, crops: np.ndarray) -> np.ndarray:
@@ -385,14 +387,19 @@ def _schema():
         ("error", pa.struct([("kind", pa.string()), ("message", pa.string())])), ("error_kind", pa.string()),
         ("model_name", pa.string()), ("model_version", pa.string()), ("thresholds", pa.map_(pa.string(), pa.float64())),
         ("engine", pa.string()), ("attribute_thresholds", pa.map_(pa.string(), pa.float64())),
+        ("production_labels", pa.list_(pa.string())),
+        ("catalog_thresholds", pa.map_(pa.string(), pa.float64())), ("catalog_opt_in", pa.list_(pa.string())),
     ])
 
 
 def _row(record: dict, sha256: str, model: dict) -> dict:
+    catalog = record.get("catalog") or {}
     return {**record, "sha256": sha256, "error_kind": (record.get("error") or {}).get("kind"),
             "model_name": model["model_name"], "model_version": model["model_version"],
             "thresholds": json.loads(model["thresholds"]), "engine": model["engine"],
-            "attribute_thresholds": json.loads(model.get("attribute_thresholds") or "{}")}
+            "attribute_thresholds": json.loads(model.get("attribute_thresholds") or "{}"),
+            "production_labels": json.loads(model["production_labels"]) if model.get("production_labels") else None,
+            "catalog_thresholds": catalog.get("thresholds"), "catalog_opt_in": catalog.get("opt_in")}
 
 
 def record_from_row(row: dict) -> dict:
@@ -404,6 +411,9 @@ def record_from_row(row: dict) -> dict:
               "top_label": row["top_label"], "recommendation": row["recommendation"], "reason": row["reason"], "error": row["error"]}
     if row.get("faces_total") is not None:
         record["faces_total"] = row["faces_total"]
+    catalog = {k: v for k, v in (("thresholds", dict(row.get("catalog_thresholds") or [])), ("opt_in", list(row.get("catalog_opt_in") or []))) if v}
+    if catalog:
+        record["catalog"] = catalog
     return record
 
 
@@ -482,7 +492,7 @@ def write_stage(batch: dict, output: str) -> dict:
             skipped += 1
             continue
         record = json.loads(batch["record"][i])
-        model = {k: batch[k][i] for k in ("model_name", "model_version", "thresholds", "engine", "attribute_thresholds")}
+        model = {k: batch[k][i] for k in ("model_name", "model_version", "thresholds", "engine", "attribute_thresholds", "production_labels")}
         rows.append(_row(record, str(batch["sha256"][i]), model))
         result = image_result_from_record(record)
         _count(summary, result)
@@ -725,13 +735,16 @@ def _finish(output: str, jsonl: Path | None, summary: BatchSummary, catalog) -> 
                 if not summary.model:
                     summary.model = {k: row[k] for k in ("model_name", "model_version", "engine")}
                     summary.model["thresholds"] = dict(row["thresholds"] or [])
+                    summary.model["attribute_thresholds"] = dict(row.get("attribute_thresholds") or [])
+                    summary.model["production_labels"] = row.get("production_labels")
                 record = record_from_row(row)
                 if record["profile"]:
                     by_profile[record["profile"]].append(image_result_from_record(record))
                 lines.write(json.dumps(record, ensure_ascii=False) + "\n")
     if tmp:
         os.replace(tmp, jsonl)
-    summary.profiles = write_profiles(output, by_profile, list(summary.model.get("thresholds") or contract.LABELS), catalog)
+    labels = [*(summary.model.get("thresholds") or contract.LABELS), *(summary.model.get("attribute_thresholds") or [])]
+    summary.profiles = write_profiles(output, by_profile, labels, catalog, summary.model.get("production_labels"))
 
 
 def _user_error(exc: BaseException) -> Face2hbeError:
@@ -758,15 +771,18 @@ def _user_error(exc: BaseException) -> Face2hbeError:
     return Face2hbeError(f"batch job failed: {' '.join(text.split())[:500]}")
 
 
-def write_profiles(output: str | Path, by_profile: dict[str, list[ImageResult]], labels: list[str], catalog) -> list:
+def write_profiles(output: str | Path, by_profile: dict[str, list[ImageResult]], labels: list[str], catalog,
+                   production: list[str] | None = None) -> list:
     """profiles.parquet: recommend's aggregate_profile for each profile's images."""
     import pyarrow as pa
 
-    profiles = [aggregate_profile(p, results, labels, catalog) for p, results in sorted(by_profile.items())]
+    profiles = [aggregate_profile(p, results, labels, catalog, production) for p, results in sorted(by_profile.items())]
     rows = [{"profile": p.profile, "images": p.images, "images_with_faces": p.images_with_faces, "share": p.share,
-             "top_label": p.top_label, "recommendation": json.dumps(p.recommendation) if p.recommendation else None} for p in profiles]
+             "top_label": p.top_label, "recommendation": json.dumps(p.recommendation) if p.recommendation else None,
+             "reason": p.reason} for p in profiles]
     schema = pa.schema([("profile", pa.string()), ("images", pa.int64()), ("images_with_faces", pa.int64()),
-                        ("share", pa.map_(pa.string(), pa.float64())), ("top_label", pa.string()), ("recommendation", pa.string())])
+                        ("share", pa.map_(pa.string(), pa.float64())), ("top_label", pa.string()), ("recommendation", pa.string()),
+                        ("reason", pa.string())])
     OutputStore(output).write_atomic(pa.Table.from_pylist(rows, schema=schema), PROFILES_FILE, folder=None)
     return profiles
 

@@ -1,12 +1,13 @@
-"""The SKU catalog and the ranking rules that turn label scores into products.
+"""The SKU catalog and the ranking that turns label scores into products (rules: face2hbe.client.decisions).
 
 The format is chosen by the file suffix: `.csv` is CSV, anything else YAML.
 
 Catalog file (YAML):
 
     currency: EUR            # optional, shown in tables
-    thresholds:              # optional: this catalog's own threshold for a served label (overrides the model's)
+    thresholds:              # optional: this catalog's own threshold for a served label (replaces the model's)
       earrings: 0.6
+    opt_in: [earrings]       # optional: labels below the model's production bar that this catalog recommends anyway
     products:
       - sku: EW-1001         # unique id
         label: eyewear       # one of the served labels: the scores' (eyewear, beard, hat) or the attributes'
@@ -18,7 +19,7 @@ Catalog file (YAML):
         priority: 1.2        # optional: ranking weight (default 1.0)
 
 Catalog file (CSV, header row required; empty optional cells take the defaults;
-CSV has no currency and no thresholds):
+CSV has no currency, no thresholds and no opt_in):
 
     sku,label,name,price,url,min_score,priority
     EW-1001,eyewear,Round acetate frames,89.0,https://shop.example/ew-1001,,
@@ -30,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 
 from face2hbe.errors import CatalogError
+
+from .decisions import margin, passing, rank_key
 
 
 @dataclass(frozen=True)
@@ -51,38 +54,49 @@ class Catalog:
     products: tuple[Product, ...]
     currency: str = ""
     thresholds: dict[str, float] = field(default_factory=dict)  # the catalog's overrides of served labels' thresholds
+    opt_in: tuple[str, ...] = ()  # labels below the production bar that this catalog recommends anyway
 
     def for_label(self, label: str) -> list[Product]:
         return [p for p in self.products if p.label == label]
 
-    def rank(self, label_scores: dict[str, float], thresholds: dict[str, float], limit: int = 3) -> list[dict]:
-        """Products for every label whose score passes its threshold, best first.
+    def effective_thresholds(self, thresholds: dict[str, float]) -> dict[str, float]:
+        """The thresholds a label passes by: the catalog's own where it sets one, else `thresholds` (the model's)."""
+        return {**thresholds, **self.thresholds}
 
-        The threshold is the catalog's own for that label when it sets one, else `thresholds` (the model's).
+    def recommended(self, production: list[str] | tuple[str, ...] | None) -> set[str] | None:
+        """The labels this catalog may recommend: the model's production labels and its own opt-ins (None: all)."""
+        return None if production is None else set(production) | set(self.opt_in)
 
-        Rank score = face score x product priority; a product also needs the
-        face score to reach its own `min_score`. Each passing label's best
-        product comes first (so a strong beard cannot crowd out the glasses),
-        then the rest by rank score.
+    def rules(self) -> dict:
+        """What this catalog changes in the decisions (its thresholds, its opt-ins), for the records; {} when nothing."""
+        return {k: v for k, v in (("thresholds", dict(self.thresholds)), ("opt_in", list(self.opt_in))) if v}
+
+    def rank(self, label_scores: dict[str, float], thresholds: dict[str, float], limit: int = 3,
+             production: list[str] | tuple[str, ...] | None = None) -> list[dict]:
+        """Products for every recommended label that passes, best first (decisions.py).
+
+        A label passes by the catalog's threshold for it when it sets one, else `thresholds` (the model's); it is
+        recommended when it is in `production` (None: every label) or this catalog opts it in. A product also needs
+        the face score to reach its own `min_score`. Rank score = priority x margin over the threshold; ties by
+        priority, then SKU. Each label's best product comes first (so a strong beard cannot crowd out the
+        glasses), then the rest by rank.
         """
         ranked = []
-        thresholds = {**thresholds, **self.thresholds}
-        for label, score in label_scores.items():
-            if score < thresholds.get(label, 1.0):
+        thresholds = self.effective_thresholds(thresholds)
+        allowed = self.recommended(production)
+        for label in passing(label_scores, thresholds):
+            if allowed is not None and label not in allowed:
                 continue
+            score = label_scores[label]
+            over = margin(score, thresholds[label])
             for p in self.for_label(label):
                 if score >= p.min_score:
-                    ranked.append({**p.as_dict(), "rank_score": round(score * p.priority, 6)})
-        ranked.sort(key=lambda r: (-r["rank_score"], r["sku"]))
+                    ranked.append({**p.as_dict(), "rank_score": round(p.priority * over, 6)})
+        ranked.sort(key=rank_key)
         seen_labels: set[str] = set()
         leaders = [r for r in ranked if r["label"] not in seen_labels and not seen_labels.add(r["label"])]
         rest = [r for r in ranked if r not in leaders]
         return (leaders + rest)[:limit]
-
-    def best_for(self, label: str, score: float) -> dict | None:
-        """The top-ranked product of one label for a face scoring `score` (None if none qualifies)."""
-        ranked = [{**p.as_dict(), "rank_score": round(score * p.priority, 6)} for p in self.for_label(label) if score >= p.min_score]
-        return min(ranked, key=lambda r: (-r["rank_score"], r["sku"])) if ranked else None
 
 
 def default_catalog_path() -> Path:
@@ -90,6 +104,7 @@ def default_catalog_path() -> Path:
 
 
 REQUIRED_FIELDS = ("sku", "label", "name", "price")
+CATALOG_KEYS = ("currency", "thresholds", "opt_in", "products")  # a YAML catalog's top-level keys
 
 
 def load_catalog(path: str | Path | None = None, labels: list[str] | None = None) -> Catalog:
@@ -106,10 +121,20 @@ def load_catalog(path: str | Path | None = None, labels: list[str] | None = None
     except UnicodeDecodeError as exc:
         raise CatalogError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if path.suffix.lower() == ".csv":
-        rows, currency, thresholds = _read_csv(path, text), "", {}
+        rows, currency, thresholds, opt_in = _read_csv(path, text), "", {}, []
     else:
-        rows, currency, thresholds = _read_yaml(path, text)
-    return Catalog(_validate(path, rows, labels), currency, _validate_thresholds(path, thresholds, labels))
+        rows, currency, thresholds, opt_in = _read_yaml(path, text)
+    return Catalog(_validate(path, rows, labels), currency, _validate_thresholds(path, thresholds, labels),
+                   _validate_opt_in(path, opt_in, labels))
+
+
+def _validate_opt_in(path: Path, opt_in, labels: list[str] | None) -> tuple[str, ...]:
+    if not isinstance(opt_in, list) or not all(isinstance(label, str) for label in opt_in):
+        raise CatalogError(f"{path}: 'opt_in' must be a list of labels, e.g. [earrings]")
+    unknown = [label for label in opt_in if labels is not None and label not in labels]
+    if unknown:
+        raise CatalogError(f"{path}: opt_in names {unknown}, not served labels {labels}")
+    return tuple(dict.fromkeys(opt_in))
 
 
 def _validate_thresholds(path: Path, thresholds, labels: list[str] | None) -> dict[str, float]:
@@ -128,7 +153,7 @@ def _validate_thresholds(path: Path, thresholds, labels: list[str] | None) -> di
     return out
 
 
-def _read_yaml(path: Path, text: str) -> tuple[list, str, dict]:
+def _read_yaml(path: Path, text: str) -> tuple[list, str, dict, list]:
     import yaml
 
     try:
@@ -137,7 +162,10 @@ def _read_yaml(path: Path, text: str) -> tuple[list, str, dict]:
         raise CatalogError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("products"), list):
         raise CatalogError(f"{path}: expected a mapping with a 'products' list")
-    return doc["products"], str(doc.get("currency") or ""), doc.get("thresholds") or {}
+    unknown = sorted(set(doc) - set(CATALOG_KEYS), key=str)
+    if unknown:
+        raise CatalogError(f"{path}: unknown keys {unknown} (a catalog has {', '.join(CATALOG_KEYS)})")
+    return doc["products"], str(doc.get("currency") or ""), doc.get("thresholds") or {}, doc.get("opt_in") or []
 
 
 def _read_csv(path: Path, text: str) -> list[dict]:

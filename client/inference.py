@@ -22,7 +22,7 @@ import numpy as np
 from face2hbe import contract
 from face2hbe.errors import BadImageError, InferenceError, ServerUnavailableError
 from face2hbe.net import host_port
-from face2hbe.repository import config_from_json, labels_and_thresholds, output_labels
+from face2hbe.repository import config_from_json, labels_and_thresholds, output_labels, production_labels_in
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,16 @@ class ModelInfo:
     name: str = contract.MODEL_NAME
     version: str = contract.MODEL_VERSION
     attribute_labels: tuple[str, ...] = ()  # the tail of `labels` that the attributes output carries
+    # The labels the config publishes as production-grade (`production_labels`); None: every label (not published).
+    production_labels: tuple[str, ...] | None = None
 
     @classmethod
     def from_config(cls, config, name: str = contract.MODEL_NAME, version: str = contract.MODEL_VERSION) -> "ModelInfo":
         labels, thresholds = labels_and_thresholds(config)
         attributes = tuple(output_labels(config).get(contract.ATTRIBUTES_NAME, ()))
-        return cls(labels, thresholds, int(config.max_batch_size), name, version, attributes)
+        production = production_labels_in(config)
+        return cls(labels, thresholds, int(config.max_batch_size), name, version, attributes,
+                   None if production is None else tuple(production))
 
     @property
     def score_labels(self) -> list[str]:

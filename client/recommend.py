@@ -44,6 +44,7 @@ from face2hbe.imaging import (
 )
 
 from .catalog import Catalog, load_catalog
+from .decisions import passing
 from .inference import AsyncScorer, ClientSettings, ModelInfo
 from .results import FaceResult, ImageResult, JsonlWriter, ProfileResult, aggregate_profile, image_result_from_record, summarise_image
 
@@ -204,24 +205,24 @@ def score_image(prepared: Prepared, profile: str | None, scores: np.ndarray | No
     model = {"name": info.name, "version": info.version, "thresholds": {label: info.thresholds[label] for label in score_labels}}
     if attribute_labels:
         model["attribute_thresholds"] = {label: info.thresholds[label] for label in attribute_labels}
-    result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None, model=model)
+    model["production_labels"] = list(info.labels if info.production_labels is None else info.production_labels)
+    result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None, model=model,
+                         catalog=catalog.rules() or None)
     if prepared.error:
         result.error = prepared.error
         return result
     if prepared.faces_total > len(prepared.boxes):
         result.faces_total = prepared.faces_total
-
-    def passing(values: dict[str, float]) -> list[str]:
-        return sorted((label for label in values if values[label] >= info.thresholds[label]), key=lambda label: -values[label])
-
+    thresholds = catalog.effective_thresholds(info.thresholds)  # what a label passes by (decisions.py)
     if scores is not None:
         for box, row in zip(prepared.boxes, scores):
             every = {label: round(float(s), 6) for label, s in zip(info.labels, row)}
             label_scores = {label: every[label] for label in score_labels}
             attributes = {label: every[label] for label in attribute_labels}
-            skus = catalog.rank(every, info.thresholds, skus_per_face)
-            result.faces.append(FaceResult(box.as_list(), label_scores, passing(label_scores), skus, attributes, passing(attributes)))
-    return summarise_image(result, catalog)
+            skus = catalog.rank(every, info.thresholds, skus_per_face, info.production_labels)
+            result.faces.append(FaceResult(box.as_list(), label_scores, passing(label_scores, thresholds), skus, attributes,
+                                           passing(attributes, thresholds)))
+    return summarise_image(result, catalog, info.production_labels)
 
 
 class Recommender:
@@ -243,6 +244,8 @@ class Recommender:
             raise ValueError("give the server either as url/protocol or as client=ClientSettings(...), not both")
         if detect not in DETECT_MODES:
             raise ValueError(f"detect must be one of {', '.join(DETECT_MODES)}, not {detect!r}")
+        if skus_per_face < 1:
+            raise ValueError(f"skus_per_face must be at least 1 (the image's pick is its faces' first product), not {skus_per_face}")
         self.detect = detect
         self.client_settings = client or ClientSettings(url=url, protocol=protocol)
         self._catalog_source = catalog
@@ -493,8 +496,8 @@ class Recommender:
                 bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
         bar.close()
         summary.not_processed = len(todo) - summary.images
-        labels = scorer.info.score_labels  # profiles share the scores' labels (the image's pick comes from them)
-        summary.profiles = [aggregate_profile(p, r, labels, self.catalog) for p, r in by_profile.items()]
+        summary.profiles = [aggregate_profile(p, r, scorer.info.labels, self.catalog, scorer.info.production_labels)
+                            for p, r in by_profile.items()]
 
     @staticmethod
     def _count(summary: RunSummary, result: ImageResult) -> None:

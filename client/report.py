@@ -14,6 +14,21 @@ def _sku_text(sku: dict | None, currency: str) -> str:
     return f"{sku['sku']} {sku['name']} ({sku['price']:.2f} {currency})".strip()
 
 
+def _passing_text(faces: list[dict]) -> str:
+    """Per face (';' between faces) every label that passes with its score, or '-' for a face where none does."""
+    texts = []
+    for f in faces:
+        scores = {**f.get("scores", {}), **(f.get("attributes") or {})}
+        passing = [*f.get("labels", []), *(f.get("attribute_labels") or [])]
+        texts.append(" ".join(f"{label} {scores[label]:.2f}" for label in passing) or "-")
+    return "; ".join(texts)
+
+
+def _outcome(record: dict, currency: str) -> str:
+    """The recommendation, or the error's message, or the reason there is none."""
+    return _sku_text(record.get("recommendation"), currency) or (record.get("error") or {}).get("message") or record.get("reason") or ""
+
+
 def print_report(output: Path, summary, catalog, console=None, records: list[dict] | None = None, extra_rows=()) -> None:
     """Images (small runs), profiles and summary tables.
 
@@ -30,21 +45,21 @@ def print_report(output: Path, summary, catalog, console=None, records: list[dic
         records = [json.loads(line) for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()]
     if records and len(records) <= MAX_IMAGE_ROWS:
         table = Table(title="Images", show_lines=False)
-        for column in ("image", "faces", "scores (eyewear/beard/hat...)", "top label", "recommendation or reason"):
+        for column in ("image", "faces", "passing labels (score)", "top label", "recommendation or reason"):
             table.add_column(column, overflow="fold")
         for r in records:
-            scores = "; ".join("/".join(f"{v:.2f}" for v in f["scores"].values()) for f in r.get("faces", []))
-            outcome = _sku_text(r.get("recommendation"), currency) or (r.get("error") or {}).get("message") or r.get("reason") or ""
-            table.add_row(Path(r["path"]).name, str(len(r.get("faces", []))), scores, r.get("top_label") or "-", outcome)
+            table.add_row(Path(r["path"]).name, str(len(r.get("faces", []))), _passing_text(r.get("faces", [])),
+                          r.get("top_label") or "-", _outcome(r, currency))
         console.print(table)
     if summary.profiles:
-        table = Table(title="Profiles (share of images with a face showing each item)")
-        labels = list(summary.profiles[0].share)
-        for column in ["profile", "images", "with faces", *labels, "top label", "recommendation"]:
+        table = Table(title="Profiles (share of images with a face in which each label passes)")
+        # The labels that pass somewhere, in served order: twelve columns of 0 % would hide the ones that matter.
+        labels = [label for label in summary.profiles[0].share if any(p.share.get(label) for p in summary.profiles)]
+        for column in ["profile", "images", "with faces", *labels, "top label", "recommendation or reason"]:
             table.add_column(column)
         for p in summary.profiles:
             table.add_row(p.profile, str(p.images), str(p.images_with_faces), *[f"{p.share[l]:.0%}" for l in labels],
-                          p.top_label or "no items detected", _sku_text(p.recommendation, currency))
+                          p.top_label or "-", _sku_text(p.recommendation, currency) or p.reason or "")
         console.print(table)
     table = Table(title="Summary")
     table.add_column("what", overflow="fold")

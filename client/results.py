@@ -10,8 +10,10 @@ from pathlib import Path
 
 from face2hbe.errors import OutputError
 
-NO_FACE = "no face detected"
-NO_ITEMS = "no items detected"
+from .decisions import BELOW_BAR, NO_FACE, NO_ITEMS, NO_PRODUCT, REASONS, rank_key, reason
+
+__all__ = ["BELOW_BAR", "NO_FACE", "NO_ITEMS", "NO_PRODUCT", "REASONS", "FaceResult", "ImageResult", "JsonlWriter",
+           "ProfileResult", "aggregate_profile", "image_result_from_record", "summarise_image"]
 
 # Error kinds that a rerun may fix (server trouble); the rest are final for that file.
 RETRYABLE_ERRORS = {"inference_error", "image_timeout"}
@@ -21,10 +23,19 @@ RETRYABLE_ERRORS = {"inference_error", "image_timeout"}
 class FaceResult:
     box: list[int]  # [top, right, bottom, left] in the full-resolution, upright image
     scores: dict[str, float]
-    labels: list[str]  # labels whose score passes its threshold, best first
-    skus: list[dict]  # ranked over every served label that passes (scores' and attributes')
+    labels: list[str]  # the scores' labels that pass (decisions.passing), largest margin first
+    skus: list[dict]  # ranked over every recommended label that passes (scores' and attributes')
     attributes: dict[str, float] = field(default_factory=dict)  # the attributes output's scores, when served
-    attribute_labels: list[str] = field(default_factory=list)  # attribute labels that pass their threshold, best first
+    attribute_labels: list[str] = field(default_factory=list)  # the attributes' labels that pass, largest margin first
+
+    @property
+    def passing_labels(self) -> list[str]:
+        """Every served label that passes on this face: the scores' then the attributes'."""
+        return [*self.labels, *self.attribute_labels]
+
+    @property
+    def all_scores(self) -> dict[str, float]:
+        return {**self.scores, **self.attributes}
 
 
 @dataclass
@@ -34,22 +45,26 @@ class ImageResult:
     width: int | None = None
     height: int | None = None
     faces: list[FaceResult] = field(default_factory=list)
-    top_label: str | None = None
-    recommendation: dict | None = None  # the top SKU for the image
-    reason: str | None = None  # why nothing was recommended
+    top_label: str | None = None  # the recommendation's label (None exactly when there is no recommendation)
+    recommendation: dict | None = None  # the best of the faces' first SKUs (decisions.rank_key)
+    reason: str | None = None  # why nothing was recommended: one of decisions.REASONS (None with an error)
     error: dict | None = None  # {"kind": ..., "message": ...}
     faces_total: int | None = None  # faces detected, when more were found than scored (max faces limit)
-    model: dict | None = None  # {"name", "version", "thresholds", "attribute_thresholds"}: the model this record was judged by
+    # {"name", "version", "thresholds", "attribute_thresholds", "production_labels"}: the model this record was judged by
+    model: dict | None = None
+    catalog: dict | None = None  # {"thresholds", "opt_in"}: what the catalog changed in the decisions (absent: nothing)
 
     def to_json(self) -> str:
         data = asdict(self)
-        if data["faces_total"] is None:
-            del data["faces_total"]
+        for key in ("faces_total", "catalog"):
+            if data[key] is None:
+                del data[key]
         return json.dumps(data, ensure_ascii=False)
 
     @property
     def shown_labels(self) -> set[str]:
-        return {label for face in self.faces for label in face.labels}
+        """Every served label that passes on any face."""
+        return {label for face in self.faces for label in face.passing_labels}
 
 
 @dataclass
@@ -57,44 +72,46 @@ class ProfileResult:
     profile: str
     images: int
     images_with_faces: int
-    share: dict[str, float]  # share of images (with a face) that show each label
-    top_label: str | None
+    share: dict[str, float]  # share of images (with a face) in which each label passes
+    top_label: str | None  # the recommendation's label
     recommendation: dict | None
+    reason: str | None = None  # why nothing was recommended: one of decisions.REASONS
 
 
-def summarise_image(result: ImageResult, catalog) -> ImageResult:
-    """The prototype's per-image rule: the best label over all faces, or 'no items detected'."""
+def summarise_image(result: ImageResult, catalog=None, production: list[str] | tuple[str, ...] | None = None) -> ImageResult:
+    """The image's pick: the best of its faces' first SKUs (decisions.rank_key), or the reason there is none.
+
+    `production` (the model's production labels; None: every label) and `catalog` (its opt-ins) tell a label
+    that no catalog product qualifies for from one that is not recommended at all.
+    """
     if result.error:
         return result
-    if not result.faces:
-        result.reason = NO_FACE
+    firsts = [face.skus[0] for face in result.faces if face.skus]
+    if firsts:
+        result.recommendation = min(firsts, key=rank_key)
+        result.top_label = result.recommendation["label"]
         return result
-    best = None
-    for face in result.faces:
-        for label in face.labels:
-            if best is None or face.scores[label] > best[1]:
-                best = (label, face.scores[label])
-    if best is None:
-        result.reason = NO_ITEMS
-        return result
-    result.top_label = best[0]
-    result.recommendation = catalog.best_for(best[0], best[1])
-    if result.recommendation is None:
-        result.reason = f"no product for {best[0]} in the catalog"
+    recommended = catalog.recommended(production) if catalog is not None else (None if production is None else set(production))
+    result.reason = reason(bool(result.faces), result.shown_labels, recommended)
     return result
 
 
-def aggregate_profile(profile: str, results: list[ImageResult], labels: list[str], catalog) -> ProfileResult:
-    """Share of images showing each item, top label and its best product (prototype's folder rule)."""
+def aggregate_profile(profile: str, results: list[ImageResult], labels: list[str], catalog=None,
+                      production: list[str] | tuple[str, ...] | None = None) -> ProfileResult:
+    """A folder's pick: the share of images (with a face) in which each label passes; of the labels its faces list
+    products for, the one with the largest share (ties: its best product's rank), and that label's best product."""
     with_faces = [r for r in results if r.faces]
     counts = Counter(label for r in with_faces for label in r.shown_labels)
     share = {label: (counts[label] / len(with_faces) if with_faces else 0.0) for label in labels}
-    top = max(labels, key=lambda label: (share[label], -labels.index(label))) if counts else None
-    recommendation = None
-    if top:
-        best_score = max(face.scores[top] for r in with_faces for face in r.faces if top in face.labels)
-        recommendation = catalog.best_for(top, best_score)
-    return ProfileResult(profile, len(results), len(with_faces), share, top, recommendation)
+    best: dict[str, dict] = {}
+    for sku in (sku for r in with_faces for face in r.faces for sku in face.skus):
+        if sku["label"] not in best or rank_key(sku) < rank_key(best[sku["label"]]):
+            best[sku["label"]] = sku
+    if best:
+        top = min(best, key=lambda label: (-share.get(label, 0.0), rank_key(best[label])))
+        return ProfileResult(profile, len(results), len(with_faces), share, top, best[top])
+    recommended = catalog.recommended(production) if catalog is not None else (None if production is None else set(production))
+    return ProfileResult(profile, len(results), len(with_faces), share, None, None, reason(bool(with_faces), set(counts), recommended))
 
 
 class JsonlWriter:

@@ -60,3 +60,20 @@ def test_draw_annotations_titles_recommendation_or_reason():
     assert title_text(ImageResult("b.jpg", reason="no items detected")) == "no items detected"
     none = FaceResult([10, 60, 60, 10], {"eyewear": 0.2, "beard": 0.3, "hat": 0.05}, [], [])
     assert face_lines(none) == ["no items (beard 0.30)"]
+
+
+def test_the_picture_shows_every_passing_label():
+    """Issue #27: the picture shows every passing label, and its colour and title follow the record."""
+    from face2hbe.client.annotate import LABEL_COLOURS, NO_ITEM_COLOUR, OTHER_COLOUR, face_colour, face_lines, title_text
+    from face2hbe.client.results import BELOW_BAR, FaceResult, ImageResult
+
+    sku = {"sku": "NT-1", "name": "Silk tie", "price": 49.0, "label": "necktie"}
+    tie = FaceResult([10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [sku], {"necktie": 0.8}, ["necktie"])
+    assert face_lines(tie) == ["necktie 0.80", "> Silk tie"] and face_colour(tie) == OTHER_COLOUR
+    earrings = FaceResult([10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [], {"earrings": 0.36}, ["earrings"])
+    assert face_lines(earrings) == ["earrings 0.36"] and face_colour(earrings) == OTHER_COLOUR
+    assert title_text(ImageResult("c.jpg", faces=[earrings], reason=BELOW_BAR)) == BELOW_BAR
+    glasses = FaceResult([10, 60, 60, 10], {"eyewear": 0.9, "beard": 0.2, "hat": 0.05}, ["eyewear"], [], {"earrings": 0.36}, ["earrings"])
+    assert face_lines(glasses) == ["eyewear 0.90  earrings 0.36"] and face_colour(glasses) == LABEL_COLOURS["eyewear"]
+    none = FaceResult([10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [], {"earrings": 0.25}, [])
+    assert face_lines(none) == ["no items (earrings 0.25)"] and face_colour(none) == NO_ITEM_COLOUR

@@ -112,24 +112,39 @@ def test_upgrade_rebuilds_the_committed_int8_graph_from_its_predecessor(tmp_path
         upgrade_model_dir(model_dir, lfw_crops, batching_of(config))
 
 
-def test_earrings_product_is_recommended_when_the_earrings_score_passes(grpc_url, lfw_dir, tmp_path):
+def test_earrings_are_recommended_only_where_the_catalog_opts_them_in(grpc_url, lfw_dir, tmp_path):
+    """Earrings are below the production bar (docs/model.md): scored and reported on every face, recommended only by
+    a catalog that opts them in."""
     from face2hbe.client import Recommender
+    from face2hbe.client.results import BELOW_BAR, NO_PRODUCT
 
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text("products:\n  - {sku: ER-1, label: earrings, name: Hoops, price: 10}\n")
     photos = [lfw_dir / "images" / p for p in EARRINGS_PHOTOS]
-    with Recommender(url=grpc_url, catalog=catalog) as rec:
-        results = [rec.recommend(p) for p in photos]
-        threshold = rec.model_info.thresholds["earrings"]
+    records = {}
+    for opt_in in (True, False):
+        catalog = tmp_path / f"catalog-{opt_in}.yaml"
+        catalog.write_text(("opt_in: [earrings]\n" if opt_in else "") + "products:\n  - {sku: ER-1, label: earrings, name: Hoops, price: 10}\n")
+        with Recommender(url=grpc_url, catalog=catalog) as rec:
+            records[opt_in] = [rec.recommend(p) for p in photos]
+            threshold = rec.model_info.thresholds["earrings"]
+            assert "earrings" not in rec.model_info.production_labels
     passed = 0
-    for photo, result in zip(photos, results):
-        (face,) = result.faces
-        assert list(face.scores) == list(contract.LABELS)  # the record's scores are as before
-        assert list(face.attributes) == list(contract.ATTRIBUTE_LABELS)
-        assert result.model["attribute_thresholds"]["earrings"] == threshold
-        shown = face.attributes["earrings"] >= threshold
-        assert ("earrings" in face.attribute_labels) == shown
-        assert (["ER-1"] if shown else []) == [s["sku"] for s in face.skus], photo.name
+    for photo, opted, plain in zip(photos, records[True], records[False]):
+        for result in (opted, plain):
+            (face,) = result.faces
+            assert list(face.scores) == list(contract.LABELS)  # the record's scores are as before
+            assert list(face.attributes) == list(contract.ATTRIBUTE_LABELS)
+            assert result.model["attribute_thresholds"]["earrings"] == threshold
+            assert "earrings" not in result.model["production_labels"]
+            shown = face.attributes["earrings"] >= threshold
+            assert ("earrings" in face.attribute_labels) == shown  # reported either way
+        assert (["ER-1"] if shown else []) == [s["sku"] for s in opted.faces[0].skus], photo.name
+        assert opted.catalog == {"opt_in": ["earrings"]} and plain.catalog is None
+        assert plain.faces[0].skus == [] and plain.recommendation is None
+        if shown:
+            assert opted.recommendation["sku"] == "ER-1" and opted.top_label == "earrings"
+            # The catalog sells earrings alone: without the opt-in nothing it has may be recommended.
+            recommended = plain.shown_labels & set(plain.model["production_labels"])
+            assert plain.reason == (NO_PRODUCT if recommended else BELOW_BAR), (photo.name, plain.shown_labels)
         passed += shown
     assert passed, f"neither photo's earrings score reaches the served threshold {threshold}: pick others"
 

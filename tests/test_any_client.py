@@ -60,14 +60,16 @@ def test_node_client_reports_errors_in_one_line(node, grpc_url):
 
 
 def test_node_photo_mode_matches_the_python_clients_records(node, grpc_url):
-    """Photo bytes from Node.js to face2hbe_photo: the Python client's boxes, scores within 1e-4, on every sample."""
+    """Photo bytes from Node.js to face2hbe_photo: the Python client's boxes, scores within 1e-4 and decisions (the
+    labels that pass, the production-grade ones among them), from the served config, on every sample."""
     from face2hbe.client import Recommender
+    from face2hbe.client.decisions import passing
     from face2hbe.imaging import IMAGE_SUFFIXES
 
     from conftest import SAMPLES
 
     photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    faces_seen = 0
+    faces_seen = decided = 0
     with Recommender(grpc_url) as rec:
         for photo in photos:
             done = subprocess.run([node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.PHOTO_MODEL_NAME],
@@ -76,14 +78,25 @@ def test_node_photo_mode_matches_the_python_clients_records(node, grpc_url):
             printed = json.loads(done.stdout)
             record = rec.recommend(photo)
             assert printed["labels"] == list(contract.LABELS) and set(printed["thresholds"]) == set(contract.LABELS)
+            thresholds = {**printed["thresholds"], **printed["attribute_thresholds"]}
+            assert thresholds == rec.model_info.thresholds and printed["production_labels"] == record.model["production_labels"]
             assert [f["box"] for f in printed["faces"]] == [f.box for f in record.faces], photo.name
             for face, want in zip(printed["faces"], record.faces):
                 np.testing.assert_allclose(face["scores"], [want.scores[k] for k in contract.LABELS], atol=1e-4)
                 np.testing.assert_allclose([face["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
                                            [want.attributes[k] for k in contract.ATTRIBUTE_LABELS], atol=1e-4)
                 assert face["detection_score"] > 0
+                # The same decisions: client/decisions.py on Node's own numbers gives Node's order exactly, and the
+                # Python record (its own detection) shows the same labels.
+                scores = {**dict(zip(contract.LABELS, face["scores"])), **face["attributes"]}
+                assert face["passing"] == passing(scores, thresholds), photo.name
+                assert set(face["passing"]) == set(want.passing_labels), photo.name
+                assert face["recommendable"] == [label for label in face["passing"] if label in printed["production_labels"]]
+                assert {s["label"] for s in want.skus} <= set(face["recommendable"]), photo.name
+                decided += len(face["passing"])
             faces_seen += len(record.faces)
     assert faces_seen >= 5  # the samples hold several faces (the group photo alone has three)
+    assert decided >= 3  # and labels pass on them (eyewear, beard, hat at least)
 
 
 def test_node_photo_mode_reports_a_refused_photo_in_one_line(node, grpc_url):

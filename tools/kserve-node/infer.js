@@ -8,8 +8,12 @@
 // channels last; H, W, C as the model says); stdout gets one JSON object
 // {model, labels, thresholds, scores: [[eyewear, beard, hat], ...]}.
 // Photo (the model's input is BYTES): stdin holds one encoded photo (JPEG, PNG, ...), sent as it is;
-// the server finds the faces; stdout gets {model, labels, thresholds, faces: [{box: [top, right,
-// bottom, left], scores: [...], detection_score, attributes: {label: score}}, ...]} (no face: an empty list).
+// the server finds the faces; stdout gets {model, labels, thresholds, attribute_thresholds, production_labels,
+// faces: [{box: [top, right, bottom, left], scores: [...], detection_score, attributes: {label: score},
+// passing: [...], recommendable: [...]}, ...]} (no face: an empty list). `passing` and `recommendable` are the
+// Python client's decisions (client/decisions.py) from the served config: the labels at or above their threshold,
+// largest margin over it first; of those, the production-grade ones (`production_labels`; every label when the
+// config has none), which a catalog may recommend.
 // Everything about the model comes from the server's model config, as any client should read it:
 // the input's name, datatype and dims, the outputs' names, the labels and thresholds (parameters).
 // Uses Triton's own grpc_service.proto / model_config.proto (proto/, BSD-3-Clause, NVIDIA).
@@ -79,7 +83,17 @@ async function main() {
   if (datatype === "STRING") {
     const faces = await photo(stub, args, config, labels, pixels);
     stub.close();
-    process.stdout.write(JSON.stringify({ model: args.model, labels, thresholds, faces }) + "\n");
+    const attributeLabels = listParam(params, "attribute_labels");
+    const served = [...labels, ...attributeLabels];
+    const production = params.production_labels ? listParam(params, "production_labels") : served;
+    const attributeThresholds = Object.fromEntries(attributeLabels.filter((l) => l in published).map((l) => [l, published[l]]));
+    for (const face of faces) {
+      const all = { ...Object.fromEntries(labels.map((l, k) => [l, face.scores[k]])), ...(face.attributes || {}) };
+      face.passing = passing(all, published);
+      face.recommendable = face.passing.filter((l) => production.includes(l));
+    }
+    const out = { model: args.model, labels, thresholds, attribute_thresholds: attributeThresholds, production_labels: production, faces };
+    process.stdout.write(JSON.stringify(out) + "\n");
     return;
   }
   const dims = input.dims.map(Number); // per item; the batch dimension comes first on the wire
@@ -107,6 +121,25 @@ async function main() {
   for (let i = 0; i < args.batch; i += 1) scores.push(Array.from(flat.subarray(i * labels.length, (i + 1) * labels.length)));
   stub.close();
   process.stdout.write(JSON.stringify({ model: response.model_name, labels, thresholds, scores }) + "\n");
+}
+
+// A comma-separated list parameter of the model config (absent: empty).
+function listParam(params, key) {
+  return ((params[key] || { string_value: "" }).string_value || "").split(",").filter(Boolean);
+}
+
+// client/decisions.py, the same rules: a label passes when its score reaches its threshold; the passing labels by
+// margin over the threshold ((score - threshold) / (1 - threshold)), largest first, ties in served order.
+function margin(score, threshold) {
+  if (threshold < 1) return (score - threshold) / (1 - threshold);
+  return score >= threshold ? 0 : -1;
+}
+
+function passing(scores, thresholds) {
+  const order = Object.keys(scores);
+  return order
+    .filter((l) => l in thresholds && scores[l] >= thresholds[l])
+    .sort((a, b) => margin(scores[b], thresholds[b]) - margin(scores[a], thresholds[a]) || order.indexOf(a) - order.indexOf(b));
 }
 
 // KServe v2 BYTES on the wire: each element is a 4-byte little-endian length, then its bytes.

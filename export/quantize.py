@@ -3,7 +3,10 @@
 The fp32 graph takes raw uint8 crops and preprocesses inside (Cast, Resize, channel
 reverse, mean subtraction). Only the network's Conv/MatMul/Gemm are quantized
 (QDQ format, per-channel weights), calibrated on real face crops, so the
-preprocessing stays exact. The result is served as its own model, `face2hbe_int8`,
+preprocessing stays exact. The head's last layer (the MatMul/Gemm whose logits feed
+the Sigmoid) stays in float: quantizing its output to 8 bits left the scores few
+distinct values, so ties near a threshold decided the ranking (issue #27,
+docs/serving.md "INT8 ties"). The result is served as its own model, `face2hbe_int8`,
 with the same tensors, labels and thresholds as `face2hbe`.
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from face2hbe import contract
-from face2hbe.errors import DataError
+from face2hbe.errors import DataError, ModelRepositoryError
 from face2hbe.imaging import IMAGE_SUFFIXES
 from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config, validate_model_dir
 
@@ -85,8 +88,28 @@ def _reader(crops: np.ndarray, batch: int = 16):
     return CropReader()
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, crops: np.ndarray) -> Path:
-    """Static QDQ quantization: per-channel int8 weights, uint8 activations, MinMax calibration."""
+def head_nodes(model) -> list[str]:
+    """Names of the nodes that compute the logits of the graph's Sigmoid outputs: the MatMul/Gemm feeding each
+    Sigmoid, directly or through one bias Add (the head's last layer, however the graph optimiser fused it)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for sigmoid in (n for n in model.graph.node if n.op_type == "Sigmoid"):
+        node = producers.get(sigmoid.input[0])
+        if node is not None and node.op_type == "Add":
+            names.append(node.name)
+            node = next((producers[i] for i in node.input if i in producers and producers[i].op_type in ("MatMul", "Gemm")), None)
+        if node is not None and node.op_type in ("MatMul", "Gemm"):
+            names.append(node.name)
+    return names
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, crops: np.ndarray, float_head: bool = True) -> Path:
+    """Static QDQ quantization: per-channel int8 weights, uint8 activations, MinMax calibration.
+
+    With `float_head` (the default) the head's last layer (head_nodes) is left in float, so the logits, and the
+    scores after the Sigmoid, are not rounded to 256 levels.
+    """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -95,6 +118,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, crops: np.ndarray) -> Path:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference + graph optimisation first, as onnxruntime recommends for quantization.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        # Named after pre-processing (it fuses MatMul + Add into Gemm and renames it).
+        excluded = head_nodes(onnx.load(str(prepared), load_external_data=False)) if float_head else []
+        if float_head and not excluded:
+            raise ModelRepositoryError(f"{fp32_path}: no MatMul/Gemm feeding a Sigmoid found to keep in float")
         quantize_static(
             str(prepared),
             str(int8_path),
@@ -106,6 +133,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, crops: np.ndarray) -> Path:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
         )
     return int8_path
@@ -177,6 +205,7 @@ class Int8Report:
     faces_per_s_int8: float = 0.0
     size_mb_fp32: float = 0.0
     size_mb_int8: float = 0.0
+    distinct_int8: dict = field(default_factory=dict)  # per label: distinct INT8 score values / faces (ties: issue #27)
 
     @property
     def speedup(self) -> float:
@@ -186,13 +215,14 @@ class Int8Report:
         lines = [
             f"Calibration: {self.calibration}. Evaluation: {self.evaluation} ({self.faces} faces).",
             "",
-            "| label | ROC AUC fp32 | ROC AUC int8 | drop |",
-            "|---|---:|---:|---:|",
+            "| label | ROC AUC fp32 | ROC AUC int8 | drop | distinct int8 scores |",
+            "|---|---:|---:|---:|---:|",
         ]
         for label in contract.LABELS:
             a, b = self.auc_fp32.get(label), self.auc_int8.get(label)
             drop = f"{a - b:+.4f}" if a is not None and b is not None else "n/a"
-            lines.append(f"| {label} | {a if a is None else f'{a:.4f}'} | {b if b is None else f'{b:.4f}'} | {drop} |")
+            distinct = f"{self.distinct_int8[label]:.0%}" if label in self.distinct_int8 else "n/a"
+            lines.append(f"| {label} | {a if a is None else f'{a:.4f}'} | {b if b is None else f'{b:.4f}'} | {drop} | {distinct} |")
         lines += [
             "",
             "| | fp32 | int8 | ratio |",
@@ -216,6 +246,7 @@ def compare(fp32_path: Path, int8_path: Path, crops: np.ndarray, targets: np.nda
         mean_abs_diff=float(diff.mean()), max_abs_diff=float(diff.max()),
         faces_per_s_fp32=speed["fp32"], faces_per_s_int8=speed["int8"],
         size_mb_fp32=fp32_path.stat().st_size / 1e6, size_mb_int8=int8_path.stat().st_size / 1e6,
+        distinct_int8={label: len(np.unique(s8[:, k])) / len(s8) for k, label in enumerate(contract.LABELS)} if len(s8) else {},
     )
     if targets is not None:
         report.auc_fp32 = dict(zip(contract.LABELS, _auc(targets, s32)))

@@ -106,16 +106,12 @@ def is_server_failure(exc: BaseException) -> bool:
 
 
 def refused_photo_reason(exc) -> str | None:
-    """The server's one-line reason when the photo model refused a photo (the photo's fault, not retried), else None."""
-    message = str(exc.message() or exc)
-    status = str(exc.status())
-    if status in REFUSED_PHOTO:
-        return " ".join(message.split())[:300]
-    marker = f"{contract.PHOTO_REFUSED_MARKER}: "
-    if status in {"StatusCode.INTERNAL", "500"} and marker in message:  # the embedded server (see contract)
-        reason = message.split(marker, 1)[1].splitlines()[0]
-        return " ".join(reason.removeprefix(f"{contract.PHOTO_INPUT_NAME}: ").split())[:300]
-    return None
+    """The server's one-line reason when the photo model refused a photo (INVALID_ARGUMENT / HTTP 400: the photo's
+    fault, not retried), else None."""
+    if str(exc.status()) not in REFUSED_PHOTO:
+        return None
+    reason = " ".join(str(exc.message() or exc).split())
+    return reason.removeprefix(f"{contract.PHOTO_INPUT_NAME}: ")[:300]
 
 
 def one_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from face2hbe import contract
 from face2hbe.client.recommend import HOLD_ENV
 from face2hbe.serving.process import ServerProcess
 
@@ -207,3 +208,117 @@ def test_server_restarted_mid_run_loses_no_image(tmp_path, photos):
     assert sorted(r["path"] for r in records) == sorted(str(p) for p in photos)
     assert [r["error"] for r in records if r["error"]] == []
     assert "retry 1/20" in stderr, "the client never saw the restart: the test did not test it"
+
+
+def _status(url: str) -> int | str:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def _mine(tmp: Path, pid: int) -> tuple[list[str], list[str]]:
+    """(workspaces in `tmp`, /dev/shm regions) of the server whose `face2hbe serve` process is `pid`."""
+    from face2hbe.serving.embedded import WORKSPACE_PREFIX
+
+    prefix = f"{WORKSPACE_PREFIX}{pid}-"
+    return sorted(p.name for p in tmp.glob(f"{prefix}*")), sorted(p.name for p in Path("/dev/shm").glob(f"{prefix}*"))
+
+
+def test_killed_server_leaves_nothing_after_the_next_start_and_ready_waits_for_every_model(tmp_path):
+    """SIGKILL to the whole process tree, then a new start: nothing of the old server is left in /dev/shm (the Python
+    backend's regions carry face crops) or the temp folder. Readiness, polled from the moment each start begins, is
+    never 200 while a model is not ready."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    server = ServerProcess(REPOSITORY, tmp_path / "server.log", env=_env(tmp))
+
+    def start_and_poll() -> int:
+        server.start()
+        polls, deadline = 0, time.monotonic() + 300  # hang guard
+        while time.monotonic() < deadline:
+            assert server.proc.poll() is None, server.log_tail()
+            ready = _status(f"http://{server.http_url}/v2/health/ready")
+            polls += 1
+            if ready == 200:
+                for model in (contract.MODEL_NAME, contract.PHOTO_MODEL_NAME):
+                    assert _status(f"http://{server.http_url}/v2/models/{model}/ready") == 200, model
+                return polls
+            time.sleep(0.05)
+        raise AssertionError(f"not ready: {server.log_tail()}")
+
+    try:
+        assert start_and_poll() > 1  # polled before it was ready, not only after
+        _infer_photo(server.grpc_url)  # the photo model's regions hold a face crop now
+        first = server.proc.pid
+        workspaces, regions = _mine(tmp, first)
+        assert len(workspaces) == 1 and len(regions) >= 5, (workspaces, regions)  # one region per model instance
+        server.kill()  # no clean-up runs: everything of it stays
+        assert _mine(tmp, first) == (workspaces, regions)
+        start_and_poll()
+        assert _mine(tmp, first) == ([], []), "the new start left the killed server's workspace or shared memory"
+        assert len(_mine(tmp, server.proc.pid)[0]) == 1
+    finally:
+        server.stop()
+    from face2hbe.serving.embedded import WORKSPACE_PREFIX
+
+    # A clean stop leaves nothing either (onnxruntime's own session file, .ses, is no server's: it stays).
+    assert _mine(tmp, server.proc.pid) == ([], []) and not list(tmp.glob(f"{WORKSPACE_PREFIX}*"))
+
+
+def _infer_photo(url: str) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    inp = grpcclient.InferInput(contract.PHOTO_INPUT_NAME, [1], contract.PHOTO_INPUT_DTYPE)
+    inp.set_data_from_numpy(np.array([(SAMPLES / "grace_hopper.jpg").read_bytes()], dtype=object))
+    assert len(client.infer(contract.PHOTO_MODEL_NAME, [inp], client_timeout=120).as_numpy(contract.BOXES_NAME)) == 1
+    client.close()
+
+
+def test_busy_ports_are_one_line_and_exit_code_2(server, tmp_path):
+    """A second server on the ports the first one holds: exit code 2 within 5 s, one line naming the port (and its
+    holder), nothing new in the temp folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    s = server.settings
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(REPOSITORY), "--http-port", str(free_port()),
+                           "--grpc-port", str(s.grpc_port), "--metrics-port", str(free_port())],
+                          capture_output=True, text=True, env=_env(tmp), timeout=60)
+    elapsed = time.monotonic() - started
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2, lines
+    assert lines == [lines[0]] and lines[0].startswith(f"error: gRPC port {s.grpc_port} on 127.0.0.1 is in use by tritonserver (pid "), lines
+    assert elapsed < 5, f"{elapsed:.1f} s"
+    assert list(tmp.iterdir()) == []
+
+
+def test_a_model_that_fails_to_load_is_one_line_and_the_path_of_the_full_log(tmp_path):
+    """tritonserver exits (--exit-on-error) when the photo model's initialize raises: `face2hbe serve` exits 1 with one
+    line (Triton's reason, without the traceback) and the path of the server log it kept; its workspace is gone."""
+    repo, tmp = tmp_path / "repository", tmp_path / "tmp"
+    tmp.mkdir()
+    for name in (contract.INT8_MODEL_NAME, contract.PHOTO_MODEL_NAME):
+        shutil.copytree(REPOSITORY / name, repo / name, ignore=shutil.ignore_patterns("*.onnx", "model.py"))
+    (repo / contract.INT8_MODEL_NAME / "1" / "model.onnx").symlink_to(REPOSITORY / contract.INT8_MODEL_NAME / "1" / "model.onnx")
+    (repo / contract.PHOTO_MODEL_NAME / "1" / "model.py").write_text('raise ImportError("planted: no such module")\n')
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.run([sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(repo), "--http-port", ports[0],
+                           "--grpc-port", ports[1], "--metrics-port", ports[2]],
+                          capture_output=True, text=True, env=_env(tmp), timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("error: tritonserver did not start: failed to load 'face2hbe_photo' version 1: ")
+    assert "ImportError: planted: no such module; full log: " in line, line
+    log = Path(line.rsplit("; full log: ", 1)[1])
+    assert log.parent == tmp and "Traceback" not in line and "At:" in log.read_text()
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("face2hbe-serve-")] == [log.name]

@@ -168,3 +168,68 @@ def test_every_dependency_has_an_upper_bound():
         if not any(spec.operator in ("<", "<=", "==", "~=", "===") for spec in req.specifier):
             unbounded.append(text)
     assert requirements and unbounded == [], f"dependencies without an upper bound: {unbounded}"
+
+
+# --- admin APIs closed --------------------------------------------------------------------------
+
+ADMIN_HTTP = [  # Triton's model control, repository, logging, trace, shared-memory and statistics endpoints
+    ("POST", "/v2/repository/index", {}),
+    ("POST", f"/v2/repository/models/{contract.MODEL_NAME}/unload", {}),
+    ("POST", f"/v2/repository/models/{contract.MODEL_NAME}/load", {}),
+    ("GET", "/v2/logging", None),
+    ("POST", "/v2/logging", {"log_verbose_level": 0}),
+    ("GET", "/v2/trace/setting", None),
+    ("POST", "/v2/trace/setting", {"trace_level": ["OFF"]}),
+    ("GET", "/v2/systemsharedmemory/status", None),
+    ("POST", "/v2/systemsharedmemory/region/crops/register", {"key": "/crops", "offset": 0, "byte_size": 67500}),
+    ("POST", "/v2/cudasharedmemory/region/crops/unregister", {}),
+    ("GET", f"/v2/models/{contract.MODEL_NAME}/stats", None),
+]
+
+
+def _http(url: str, method: str, path: str, body=None, headers=None) -> tuple[int, bytes]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{url}{path}", data=None if body is None else json.dumps(body).encode(), method=method,
+                                     headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.parametrize("method, path, body", ADMIN_HTTP, ids=[f"{m} {p}" for m, p, _ in ADMIN_HTTP])
+def test_admin_http_apis_are_closed_to_clients(server, http_url, method, path, body):
+    """403 without the server's key (which only the EmbeddedServer object holds); the key opens them, so the 403 is
+    Triton's restriction, not a missing endpoint."""
+    status, text = _http(http_url, method, path, body)
+    assert status == 403 and b"restricted" in text, (status, text)
+    status, _ = _http(http_url, method, path, body, server.admin_headers("http"))
+    assert status != 403
+
+
+def test_admin_grpc_protocols_are_closed_to_clients(server, grpc_url):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    calls = {
+        "repository index": lambda h: client.get_model_repository_index(headers=h),
+        "unload": lambda h: client.unload_model(contract.MODEL_NAME, headers=h),
+        "log settings": lambda h: client.get_log_settings(headers=h),
+        "trace settings": lambda h: client.get_trace_settings(headers=h),
+        "shared memory": lambda h: client.register_system_shared_memory("crops", "/crops", 67500, headers=h),
+        "statistics": lambda h: client.get_inference_statistics(headers=h),
+    }
+    for name, call in calls.items():
+        with pytest.raises(InferenceServerException, match="restricted") as caught:
+            call({})
+        assert caught.value.status() == "StatusCode.UNAVAILABLE", name
+    assert [m["name"] for m in client.get_model_repository_index(headers=server.admin_headers("grpc"), as_json=True)["models"]]
+    # What clients need stays open: health, metadata, config, inference.
+    assert client.is_server_ready() and client.get_model_metadata(contract.MODEL_NAME) and client.get_model_config(contract.MODEL_NAME)
+    _still_serves(grpcclient, client)
+    client.close()

@@ -79,13 +79,41 @@ def test_bad_requests_get_errors_and_server_keeps_serving(grpc_url, shape, dtype
     _check_scores(client.infer(contract.MODEL_NAME, [ok]).as_numpy(contract.OUTPUT_NAME), 1)
 
 
-def test_pytriton_internals_we_rely_on_fail_loudly_when_changed():
-    """publish_parameters is the one place that touches pytriton internals: a release that changes them is a typed error."""
-    from face2hbe.errors import ModelRepositoryError
-    from face2hbe.serving.embedded import publish_parameters
+def test_scores_are_bit_identical_to_onnxruntime_in_process(server, grpc_url):
+    """Triton changes nothing: the served outputs equal an in-process onnxruntime session on the same file and graph
+    (same onnxruntime, its default options), bit for bit, one request at a time so each batch is the request itself."""
+    import onnxruntime as ort
+    import tritonclient.grpc as grpcclient
 
-    class ChangedTriton:  # a Triton whose model manager is gone (as a pytriton release might do)
-        pass
+    from face2hbe.graphs import load_graph
 
-    with pytest.raises(ModelRepositoryError, match="pytriton release changed its internals"):
-        publish_parameters(ChangedTriton(), contract.MODEL_NAME, {"labels": "x"})
+    session = ort.InferenceSession(load_graph(server.onnx_path, server.settings.graph), providers=["CPUExecutionProvider"])
+    names = [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
+    client = grpcclient.InferenceServerClient(grpc_url)
+    for n, seed in ((1, 11), (7, 12), (contract.MAX_BATCH_SIZE, 13)):
+        batch = _batch(n, seed)
+        inp = grpcclient.InferInput(contract.INPUT_NAME, list(batch.shape), contract.INPUT_DTYPE)
+        inp.set_data_from_numpy(batch)
+        served = client.infer(contract.MODEL_NAME, [inp], outputs=[grpcclient.InferRequestedOutput(name) for name in names])
+        for name, local in zip(names, session.run(names, {contract.INPUT_NAME: batch})):
+            assert served.as_numpy(name).dtype == local.dtype
+            np.testing.assert_array_equal(served.as_numpy(name), local, err_msg=f"{name}, batch {n}")
+    client.close()
+
+
+def test_served_config_is_the_committed_one_in_cpu_form(server, http_url):
+    """Python backend on CPUs, no GPU accelerators; batching, parameters and model_warmup as committed."""
+    import tritonclient.http as httpclient
+
+    from face2hbe.repository import config_from_json, model_config_pb2
+
+    served = config_from_json(httpclient.InferenceServerClient(http_url).get_model_config(contract.MODEL_NAME))
+    committed = server.config
+    assert served.backend == "python" and not served.platform
+    assert [(g.kind, g.count) for g in served.instance_group] == [(model_config_pb2().ModelInstanceGroup.KIND_CPU, 1)]
+    assert not served.optimization.execution_accelerators.gpu_execution_accelerator
+    assert served.dynamic_batching == committed.dynamic_batching and served.max_batch_size == committed.max_batch_size
+    assert list(served.model_warmup) == list(committed.model_warmup) and len(served.model_warmup) == 3
+    for key, value in committed.parameters.items():  # every committed parameter passes through, whatever it is
+        assert served.parameters[key].string_value == value.string_value, key
+    assert served.parameters["graph"].string_value == "mirror"

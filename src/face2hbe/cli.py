@@ -26,8 +26,6 @@ def _default(settings_class, name: str):
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # pytriton's start-up banner (endpoints, links): -v shows it
-        logging.getLogger("pytriton").setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -356,10 +354,14 @@ def settings_from_options(repository, host, http_port, grpc_port, metrics_port, 
 @click.option("--no-photo", is_flag=True, help=f"Do not serve the photo model ({contract.PHOTO_MODEL_NAME}: photo bytes in, every face out) "
               "even when its folder is in the repository.")
 @click.option("--server-log", default=None, metavar="FILE",
-              help="tritonserver's own log: FILE, or - for stdout (default: a file in the server's workspace; its errors are shown).")
+              help="tritonserver's own output: FILE, or - for stdout (default: a file in the server's workspace; a failed start keeps it and names it).")
 @click.pass_context
 def serve(ctx, precision, graph, no_batching, no_photo, server_log, **options):
-    """Run the embedded Triton server (nvidia-pytriton) on the model repository until Ctrl-C/SIGTERM."""
+    """Run NVIDIA's tritonserver on this host's form of the model repository until Ctrl-C/SIGTERM."""
+    from .net import check_ports_free
+
+    # Before anything starts or is written: a taken port is one line and exit code 2.
+    check_ports_free(options["host"], {"HTTP": options["http_port"], "gRPC": options["grpc_port"], "metrics": options["metrics_port"]})
     from .serving.embedded import EmbeddedServer
 
     verbose = ctx.find_root().params.get("verbose")
@@ -587,7 +589,7 @@ def bench(repository, output_dir, quick, seconds, cache_dir, skip_prototype):
 
 
 def main(argv=None) -> int:
-    """Console entry point: typed errors become one line on stderr and exit code 1."""
+    """Console entry point: typed errors become one line on stderr and exit code 1 (2 for a taken port)."""
     try:
         cli.main(args=argv, prog_name="face2hbe", standalone_mode=False)
     except click.exceptions.Abort:
@@ -598,7 +600,7 @@ def main(argv=None) -> int:
         return exc.exit_code
     except Face2hbeError as exc:
         click.echo(f"error: {exc}", err=True)
-        return 1
+        return getattr(exc, "exit_code", 1)  # 2: a server's port is taken (net.PortInUseError)
     except KeyboardInterrupt:
         return 130
     return 0

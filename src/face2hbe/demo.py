@@ -40,7 +40,6 @@ def main(argv=None) -> int:
     parser.add_argument("photos", nargs="*", type=Path, help="default: the bundled sample photos")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pytriton").setLevel(logging.WARNING)  # its start-up banner; tritonserver's log goes to a file
 
     from face2hbe.client.report import print_report
     from face2hbe.errors import Face2hbeError

@@ -162,6 +162,8 @@ async function photo(stub, args, config, labels, data) {
   if (data.length === 0) throw new Error("stdin is empty: pipe one encoded photo (JPEG, PNG, ...) into this client");
   const input = config.input[0];
   const names = config.output.map((o) => o.name);
+  // A photo the server cannot take (not an image, above a limit) is INVALID_ARGUMENT with the reason as its
+  // message (face2hbe serve and NVIDIA's container alike): the photo's fault, not the server's.
   const response = await call(
     stub,
     "ModelInfer",
@@ -172,7 +174,10 @@ async function photo(stub, args, config, labels, data) {
       raw_input_contents: [bytesElement(data)],
     },
     args.timeout,
-  );
+  ).catch((err) => {
+    if (err.code !== grpc.status.INVALID_ARGUMENT) throw err;
+    throw new Error(`photo refused: ${String(err.details).replace(/^photo: /, "")}`);
+  });
   const out = {};
   response.outputs.forEach((o, i) => {
     out[o.name] = { shape: o.shape.map(Number), values: typed(response.raw_output_contents[i], o.datatype) };
@@ -195,14 +200,9 @@ async function photo(stub, args, config, labels, data) {
   return faces;
 }
 
-// One line per error. A refused photo (gRPC INVALID_ARGUMENT from NVIDIA's container; INTERNAL from the
-// embedded server, whose message names PhotoRequestError before the reason) shows just the reason.
+// One line per error.
 function oneLine(err) {
-  const message = String(err.message || err);
-  const marker = "PhotoRequestError: ";
-  const at = message.indexOf(marker);
-  const text = at >= 0 ? `photo refused: ${message.slice(at + marker.length).split("\n")[0].replace(/^photo: /, "")}` : message;
-  return text.split(/\s+/).join(" ").trim();
+  return String(err.message || err).split(/\s+/).join(" ").trim();
 }
 
 main().catch((err) => {

@@ -1,10 +1,11 @@
-"""face2hbe_photo for NVIDIA's Triton container (Python backend): photo bytes in, every face's box, scores, detection score out.
+"""face2hbe_photo in Triton's Python backend: photo bytes in, every face's box, scores, detection score out.
 
-A thin adapter over face2hbe.photo.score_photo (the same function the embedded server binds):
-decoding with the limits, detection and cropping run here; the crops are scored by the
-face2hbe model through BLS, so its dynamic batcher gathers faces from many photos.
-Bad input (not an image, too many bytes or pixels) answers INVALID_ARG with one line naming
-the reason; the model stays loaded. The face2hbe package is installed in the image (Dockerfile).
+The one adapter for both servers: NVIDIA's Triton container and `face2hbe serve` (serving/embedded.py) run
+this same file. A thin layer over face2hbe.photo.score_photo: decoding with the limits, detection and
+cropping run here; the crops are scored by the face2hbe model through BLS, so its dynamic batcher gathers
+faces from many photos. Bad input (not an image, too many bytes or pixels) answers INVALID_ARG (gRPC
+INVALID_ARGUMENT, HTTP 400) with one line naming the reason; the model stays loaded. The face2hbe package is
+installed in the image (Dockerfile) and in the Python environment `face2hbe serve` runs from.
 """
 import json
 

@@ -1,0 +1,48 @@
+"""face2hbe on CPUs, as `face2hbe serve` runs it: a Triton Python-backend model.py running the ONNX file in onnxruntime.
+
+The server copies this file to <workspace>/models/face2hbe/1/model.py next to a link to the repository's
+model.onnx; its config.pbtxt is the committed one in CPU form (serving/embedded.py). Parameters: `graph`
+("mirror" or "plain", face2hbe.graphs) and `intra_op_thread_count` (onnxruntime's threads; 0 = its default).
+Triton checks names, types, shapes and batch sizes against the config before a request gets here.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from face2hbe import contract
+from face2hbe.graphs import load_graph
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        options = ort.SessionOptions()
+        threads = int(params.get("intra_op_thread_count", "0"))
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        onnx_file = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        graph = load_graph(onnx_file, params.get("graph", "mirror"))
+        self.session = ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
+        self.outputs = [output["name"] for output in config["output"]]
+
+    def execute(self, requests):
+        """One onnxruntime run for all the requests the dynamic batcher gathered; each gets its own rows back."""
+        images = [pb_utils.get_input_tensor_by_name(request, contract.INPUT_NAME).as_numpy() for request in requests]
+        batch = np.concatenate(images) if len(images) > 1 else images[0]
+        try:
+            results = self.session.run(self.outputs, {contract.INPUT_NAME: batch})
+        except Exception as exc:  # our fault, never the client's: INTERNAL, one line
+            error = pb_utils.TritonError(" ".join(str(exc).split()))
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        responses, start = [], 0
+        for batch in images:
+            rows = slice(start, start + len(batch))
+            tensors = [pb_utils.Tensor(name, result[rows]) for name, result in zip(self.outputs, results)]
+            responses.append(pb_utils.InferenceResponse(tensors))
+            start = rows.stop
+        return responses

@@ -15,6 +15,7 @@ import pytest
 from face2hbe.cli import main
 
 from conftest import REPOSITORY, SAMPLES, SHARED_DATA
+from record_checks import contradictions
 
 pytest.importorskip("ray.data", reason="the [batch] extra (ray[data]) is not installed")
 
@@ -74,10 +75,11 @@ def _assert_same(batch_records: dict[str, dict], expected: dict[str, dict]) -> N
         for g, w in zip(got["faces"], want["faces"]):
             assert list(g["scores"]) == list(w["scores"]), path
             assert all(abs(g["scores"][k] - w["scores"][k]) <= 1e-5 for k in w["scores"]), (path, g["scores"], w["scores"])
-            assert g["labels"] == w["labels"], path
+            assert g["labels"] == w["labels"] and g["attribute_labels"] == w["attribute_labels"], path
             assert [s["sku"] for s in g["skus"]] == [s["sku"] for s in w["skus"]], path
         assert got["top_label"] == want["top_label"] and got["reason"] == want["reason"], path
         assert (got["recommendation"] or {}).get("sku") == (want["recommendation"] or {}).get("sku"), path
+        assert got.get("catalog") == want.get("catalog"), path
         faces += len(want["faces"])
     assert faces >= 2, "the photos must hold faces for the comparison to mean anything"
 
@@ -92,7 +94,7 @@ def test_batch_on_triton_equals_recommend(ray_local, grpc_url, photos, recommend
     """The CLI over folders and a .txt list against the real embedded Triton: recommend's results, Parquet + JSONL."""
     import pyarrow.parquet as pq
 
-    from face2hbe.client.batch import read_output
+    from face2hbe.client.batch import read_output, record_from_row
     from face2hbe.client.recommend import find_inputs
 
     out = tmp_path / "batch"
@@ -105,6 +107,12 @@ def test_batch_on_triton_equals_recommend(ray_local, grpc_url, photos, recommend
     assert len(rows) == len(photos[1]) and all(len(r["sha256"]) == 64 for r in rows)
     assert {(r["model_name"], r["model_version"], r["engine"]) for r in rows} == {("face2hbe", "1", "triton")}
     assert dict(rows[0]["thresholds"]).keys() == {"eyewear", "beard", "hat"}
+    production = next(iter(recommended.values()))["model"]["production_labels"]
+    assert all(r["production_labels"] == production for r in rows)
+    for row in rows:  # the Parquet rows, re-decided from their own columns (issue #27)
+        record = {**record_from_row(row), "model": {"thresholds": dict(row["thresholds"]), "production_labels": row["production_labels"],
+                                                    "attribute_thresholds": dict(row["attribute_thresholds"])}}
+        assert not contradictions(record), (row["path"], contradictions(record))
     profiles = pq.read_table(out / "profiles.parquet").to_pylist()
     assert [p["profile"] for p in profiles] == [str(SAMPLES)] and profiles[0]["images"] == len(find_inputs([SAMPLES]))
     assert "Summary" in report and "stage ScoreStage" in report and "rows in the output (all runs)" in report

@@ -1,4 +1,5 @@
-"""`make demo`: the bundled sample photos show every item the model scores, a group and the no-face path."""
+"""`make demo`: the bundled sample photos show each label family (eyewear, beard, hat, a production-grade attribute),
+a group and the no-face path, and no record contradicts itself."""
 from __future__ import annotations
 
 import json
@@ -13,9 +14,12 @@ from face2hbe.client.recommend import find_inputs
 from face2hbe.demo import recommend_samples, sample_photos_dir
 
 from conftest import ROOT, SAMPLES
+from record_checks import contradictions
 
-# The photo bundled to show each label (client/samples/ATTRIBUTION.md says what each one shows).
-SHOWS = {"eyewear": "glasses_codait_bryan.png", "beard": "beard_chris_pratt.jpg", "hat": "grace_hopper.jpg"}
+# The photo bundled to show each label family (client/samples/ATTRIBUTION.md says what each one shows): the scores'
+# three labels, and an attribute above the production bar (the crew's neckties).
+SHOWS = {"eyewear": "glasses_codait_bryan.png", "beard": "beard_chris_pratt.jpg", "hat": "grace_hopper.jpg",
+         "necktie": "group_apollo_11_crew.jpg"}
 GROUP = "group_apollo_11_crew.jpg"  # the Apollo 11 crew: three faces
 MAX_SIDE, MAX_BYTES = 1024, 250_000  # every photo goes through the default suite's end-to-end tests
 
@@ -36,16 +40,23 @@ def test_samples_are_small_and_credited():
             assert max(im.size) <= MAX_SIDE, (photo.name, im.size)
 
 
-def test_demo_shows_each_item_a_group_and_no_face(grpc_url, tmp_path):
-    """The demo's run on the real server: each label flagged on the photo bundled for it, >= 3 faces in the group."""
+def test_demo_shows_each_label_family_a_group_and_no_face(grpc_url, tmp_path):
+    """The demo's run on the real server: each label family passes, with its product, on the photo bundled for it;
+    >= 3 faces in the group; and no record contradicts itself (issue #27: "no items detected" beside SKUs)."""
     summary, _ = recommend_samples(grpc_url, tmp_path / "demo.jsonl")
     records = _records(tmp_path / "demo.jsonl")
     assert summary.images == len(records) == len(find_inputs([SAMPLES]))
-    assert set(SHOWS) == set(contract.LABELS)
+    attributes = set(SHOWS) - set(contract.LABELS)
+    assert set(contract.LABELS) < set(SHOWS) and len(attributes) == 1 and attributes <= set(contract.ATTRIBUTE_LABELS)
     for label, photo in SHOWS.items():
-        assert any(label in face["labels"] for face in records[photo]["faces"]), (label, records[photo]["faces"])
+        assert label in records[photo]["model"]["production_labels"], label
+        faces = records[photo]["faces"]
+        assert any(label in face["labels"] + face["attribute_labels"] and label in {s["label"] for s in face["skus"]}
+                   for face in faces), (label, faces)
     assert len(records[GROUP]["faces"]) >= 3, records[GROUP]
     assert any(r.get("reason") == "no face detected" for r in records.values())
+    for name, record in records.items():
+        assert not contradictions(record), (name, contradictions(record))
 
 
 @pytest.mark.slow

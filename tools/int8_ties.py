@@ -1,9 +1,10 @@
 """INT8 ties (issue #27): distinct score values per label and ROC AUC on the CelebA test split, for the served graphs
 and for the served fp32 graph quantized again with the head's last layer kept in float.
 
-    python tools/int8_ties.py --work /tmp/int8-ties --output docs/bench/int8-ties.json
-    python -m face2hbe.loadtest.graph_cost model_repository/face2hbe_int8/1/model.onnx /tmp/int8-ties/float_head.onnx \
-        --name "face2hbe_int8 (served)" --name "float head" --output docs/bench/int8-ties-cost.json
+    WORK=$(mktemp -d)
+    python tools/int8_ties.py --work $WORK --output docs/bench/int8-ties.json
+    python -m face2hbe.loadtest.graph_cost $WORK/all_int8.onnx $WORK/float_head.onnx \
+        --name "all INT8 (served recipe)" --name "float head" --rounds 30 --output docs/bench/int8-ties-cost.json
 
 Graphs compared, every one scored on the same crops (the client's detector and crop, the thresholds split):
 the served fp32 graph, the served INT8 graph, and two INT8 graphs quantized here from the served fp32 graph with the

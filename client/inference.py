@@ -32,6 +32,7 @@ TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "St
 TRANSIENT_HTTP = {"404", "429", "502", "503", "504"}
 # The photo model's answer to a photo it cannot take (unreadable, above a limit): the photo's fault, not the server's.
 REFUSED_PHOTO = {"StatusCode.INVALID_ARGUMENT", "400"}
+WAIT_NOTICE_S = 0.5  # a readiness check still unanswered after this long says "waiting up to ..." (one line)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,17 @@ class ClientSettings:
     @property
     def address(self) -> str:
         return host_port(self.url or DEFAULT_URLS[self.protocol])
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a client library turned into an error of its own.
+
+    Cancelling a task in the middle of an RPC (Ctrl-C under asyncio.run) can surface as the RPC's
+    failure (gRPC's UNAVAILABLE / CANCELLED), which would read as "server unavailable" and be retried.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -157,27 +169,45 @@ class AsyncScorer:
         return self.info
 
     async def _wait_ready(self) -> None:
-        """Poll model readiness until it is ready or `wait_ready_s` have passed (a server still starting)."""
+        """Poll model readiness until it is ready or `wait_ready_s` have passed (a server still starting).
+
+        A server that is not ready at the first look, or does not answer within WAIT_NOTICE_S, gets
+        one WARNING line at once ("waiting up to 60 s for face2hbe at 127.0.0.1:8001 ..."), so
+        waiting never looks like hanging. Cancelling the wait (Ctrl-C under asyncio.run) ends it
+        at once with CancelledError, never as "not ready".
+        """
         from tenacity import AsyncRetrying, RetryError, retry_if_exception, retry_if_result, stop_after_delay, wait_exponential_jitter
 
         s = self.settings
         last: list[str] = []
+        noticed = []
+
+        def notice() -> None:
+            if not noticed:
+                noticed.append(True)
+                log.warning("waiting up to %g s for %s at %s ...", s.wait_ready_s, s.model_name, s.address)
 
         async def ready() -> bool:
             try:
-                return await asyncio.wait_for(self._client.is_model_ready(s.model_name), timeout=min(s.timeout_s, 10.0))
+                ok = await asyncio.wait_for(self._client.is_model_ready(s.model_name), timeout=min(s.timeout_s, 10.0))
             except Exception as exc:
+                _raise_if_cancelled()
                 if not is_server_failure(exc):
                     raise
                 last[:] = [one_line(exc)]
                 if not is_transient(exc):
                     raise
-                return False
+                ok = False
+            _raise_if_cancelled()  # gRPC can answer a cancelled check with "not ready" instead of raising
+            if not ok:
+                notice()
+            return ok
 
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda ok: not ok) | retry_if_exception(is_transient),
             stop=stop_after_delay(s.wait_ready_s), wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
         )
+        slow = asyncio.get_running_loop().call_later(WAIT_NOTICE_S, notice)
         try:
             await retrying(ready)
         except RetryError:
@@ -189,6 +219,8 @@ class AsyncScorer:
             if not is_server_failure(exc):
                 raise
             raise ServerUnavailableError(f"model {s.model_name!r} at {s.address} ({s.protocol}): {one_line(exc)}") from None
+        finally:
+            slow.cancel()
 
     async def _read_config(self):
         s = self.settings
@@ -287,7 +319,11 @@ class AsyncScorer:
             before_sleep=before_sleep,
         )
         async def attempt():  # tenacity awaits only coroutine functions, not lambdas returning coroutines
-            return await call()
+            try:
+                return await call()
+            except Exception:
+                _raise_if_cancelled()  # a cancelled run (Ctrl-C) ends now, not after the retries
+                raise
 
         try:
             return await retrying(attempt)

@@ -12,19 +12,20 @@ Inside a running event loop (Jupyter, FastAPI), await the same calls instead:
         result = await rec.arecommend("photo.jpg")
         summary = await rec.arun(["photos/"], "out.jsonl")
 
-Detection runs in worker processes while inference requests are in flight, so
-the detector and the server stay busy at the same time.
+Detection runs in threads of the caller's process (one detector per thread) while
+inference requests are in flight, so the detector and the server stay busy at the same
+time. No process is started: a script without a main guard, `python - < script.py`,
+`python -c`, a notebook and a web app's worker thread all work, and nothing outlives
+the caller.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
-import signal
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,36 +167,33 @@ def read_photo(path: str, limits: Limits) -> Prepared:
     return Prepared(path, width, height, photo=data)
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel sends SIGKILL to this worker when its parent dies, even by SIGKILL."""
+def default_workers() -> int:
+    """Detection threads by default: the CPUs this process may run on (its affinity mask, so `taskset` counts), at least 1."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the pool's own pipes still end idle workers
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def _worker_init(model: str) -> None:
-    _die_with_parent()
-    load_detector(model)  # once per worker, while the parent connects to the server
+def detection_pool(workers: int) -> ThreadPoolExecutor:
+    """Detection threads, each with its own detector (detection.load_detector keeps one per thread).
 
-
-def detection_pool(workers: int, model: str) -> ProcessPoolExecutor:
-    """Detection worker processes that die with the client, even when it is SIGKILLed.
-
-    Started by spawn (fork + exec), never a bare fork: the client holds gRPC channels and
-    threads by then, and forking a process with live gRPC threads is unsafe. The client is
-    the workers' parent, and they ask the kernel for SIGKILL when it goes (PR_SET_PDEATHSIG).
-    Not forkserver: its server process lives as long as any of its children, and the
-    children wait for work on pipes they hold themselves, so nothing would ever end them.
+    Threads, not worker processes (issue #28): LiteRT's interpreter, dlib and Pillow's decode and
+    resize release the GIL, so threads detect as fast as processes did (docs/benchmarks.md,
+    "Detection threads vs processes"), and nothing re-imports the caller's main module (spawned
+    workers did: a script without a main guard crashed, a script on stdin could not start them).
+    Threads also end with the caller, however it ends, and crops never leave the process.
     """
-    context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(model,))
+    return ThreadPoolExecutor(workers, thread_name_prefix="detect")
+
+
+def _outside_event_loop(method: str) -> None:
+    """Refuse a synchronous call inside a running event loop (a notebook, FastAPI): it would block that loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"Recommender.{method}() cannot run inside a running event loop: await Recommender.a{method}()")
 
 
 def score_image(prepared: Prepared, profile: str | None, scores: np.ndarray | None, info: ModelInfo, catalog: Catalog,
@@ -253,9 +251,7 @@ class Recommender:
         self.detector = detector or DetectorSettings()
         self.limits = limits or Limits()
         self.skus_per_face = skus_per_face
-        # One core left to the event loop and a local server: on 2 cores one detection worker
-        # gives more end-to-end faces/s than two (docs/client.md).
-        self.workers = workers or max(1, (os.cpu_count() or 2) - 1)
+        self.workers = workers or default_workers()  # detection threads (docs/client.md, "Throughput")
         self._loop = None
         self._scorer: AsyncScorer | None = None
 
@@ -297,12 +293,7 @@ class Recommender:
 
         Runs its own event loop: inside a running loop (Jupyter, FastAPI) use `arecommend`.
         """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise RuntimeError("Recommender.recommend() cannot run inside a running event loop: await Recommender.arecommend()")
+        _outside_event_loop("recommend")
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(self.arecommend(image, name))
@@ -366,6 +357,7 @@ class Recommender:
         run never skips a photo whose picture is missing. Inside a running event
         loop, await `arun` with the same arguments.
         """
+        _outside_event_loop("run")
         return asyncio.run(self.arun(paths, output, resume, progress, on_result, annotate))
 
     async def arun(self, paths, output: str | Path, resume: bool = False, progress: bool = True, on_result=None,
@@ -406,9 +398,11 @@ class Recommender:
         # The output first: a results file this run cannot write fails the run before any work, and
         # an older one is gone (or, with resume, compacted) before anything can go wrong.
         local = self.detect == "local"
-        with JsonlWriter(output, resume=resume) as writer, (detection_pool(self.workers, self.detector.model) if local else
+        with JsonlWriter(output, resume=resume) as writer, (detection_pool(self.workers) if local else
                                                             ThreadPoolExecutor(self.workers, thread_name_prefix="read")) as pool:
-            warm = loop.run_in_executor(pool, int)  # workers load the detector while we connect
+            # The threads load their detectors while we connect (a failure shows where `warm` is awaited, if at all).
+            warm = asyncio.gather(*(loop.run_in_executor(pool, load_detector, self.detector.model) for _ in range(self.workers * local)))
+            warm.add_done_callback(lambda done: done.cancelled() or done.exception())
             scorer = await self._connect()
             picture, draw_pool = self._pictures(annotate, summary)
             try:

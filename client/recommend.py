@@ -187,6 +187,11 @@ def detection_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="detect")
 
 
+def _warm_up(model: str) -> None:
+    """A detection thread's first job: its detector, loaded while the client connects (nothing comes back)."""
+    load_detector(model)
+
+
 def _outside_event_loop(method: str) -> None:
     """Refuse a synchronous call inside a running event loop (a notebook, FastAPI): it would block that loop."""
     try:
@@ -401,7 +406,7 @@ class Recommender:
         with JsonlWriter(output, resume=resume) as writer, (detection_pool(self.workers) if local else
                                                             ThreadPoolExecutor(self.workers, thread_name_prefix="read")) as pool:
             # The threads load their detectors while we connect (a failure shows where `warm` is awaited, if at all).
-            warm = asyncio.gather(*(loop.run_in_executor(pool, load_detector, self.detector.model) for _ in range(self.workers * local)))
+            warm = asyncio.gather(*(loop.run_in_executor(pool, _warm_up, self.detector.model) for _ in range(self.workers * local)))
             warm.add_done_callback(lambda done: done.cancelled() or done.exception())
             scorer = await self._connect()
             picture, draw_pool = self._pictures(annotate, summary)

@@ -31,15 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from face2hbe.detection import DEFAULT_MAX_FACES, DetectorSettings, detect_and_crop, load_detector
+from face2hbe.detection import DEFAULT_MAX_FACES, DetectorSettings, decode_for_detection, detect_and_crop, load_detector
 from face2hbe.errors import BadImageError, CatalogError, InferenceError, ServerUnavailableError
 from face2hbe.imaging import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     Box,
-    decode_rgb,
-    load_rgb,
+    DecodedPhoto,
     photo_size,
     read_image_file,
 )
@@ -131,9 +130,9 @@ def find_inputs(paths, ignored: Counter | None = None) -> list[tuple[Path, str |
     return items
 
 
-def prepare_array(image: np.ndarray, name: str, detector: DetectorSettings, limits: Limits) -> Prepared:
+def prepare_array(image: np.ndarray | DecodedPhoto, name: str, detector: DetectorSettings, limits: Limits) -> Prepared:
     """Detect and crop the faces of one decoded RGB image; detector failures become part of the result."""
-    height, width = image.shape[:2]
+    height, width = image.shape[:2]  # a DecodedPhoto's shape is its full-resolution one
     try:
         kept, crops, total = detect_and_crop(image, detector, limits.max_faces)
     except RuntimeError as exc:  # dlib's error for images it cannot process
@@ -148,10 +147,8 @@ def prepare_image(path: str, detector: DetectorSettings, limits: Limits, data: b
     instead of reading `path`, which then only names the image (the batch job).
     """
     try:
-        if data is None:
-            image = load_rgb(path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
-        else:
-            image = decode_rgb(data, path, max_pixels=limits.max_pixels, max_file_bytes=limits.max_file_bytes)
+        data = read_image_file(path, limits.max_file_bytes) if data is None else data
+        image = decode_for_detection(data, path, detector, limits.max_pixels, limits.max_file_bytes)  # one decode, reduced
     except BadImageError as exc:
         return Prepared(path, error={"kind": "bad_image", "message": exc.reason})
     return prepare_array(image, path, detector, limits)

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DetectorUnavailableError
-from .imaging import Box, crop_face
+from .imaging import Box, DecodedPhoto, crop_face
 
 DETECTOR_MODELS = ("hog", "cnn", "blazeface")  # DetectorSettings.model values (and the CLI's --detector choices)
 DEFAULT_DETECTOR = "blazeface"
@@ -78,6 +78,10 @@ class DetectorSettings:
     # and boxes found twice are merged. 0 disables.
     tile_above: int = 480
     hog_framing: bool = True  # map BlazeFace's boxes onto HOG's (HOG_FRAMING): the served model's crops were framed on HOG-like boxes
+    # Photos given as bytes (recommend, batch, the photo model): decode a JPEG reduced by libjpeg's DCT scaling to
+    # about max_side (imaging.decode_photo) and cut faces too small there from a finer decode. False: decode at full
+    # resolution (the path before issue #25; same framing, crops within a grey level or two, more time and memory).
+    draft: bool = True
 
     def __post_init__(self):
         if self.model not in DETECTOR_MODELS:
@@ -309,8 +313,16 @@ def face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> 
     return [box for box, _ in scored_face_locations(image, upsample, model)]
 
 
-def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) -> list[Box]:
-    """Boxes of the faces in an RGB uint8 image, largest first.
+def decode_for_detection(data: bytes, name, settings: DetectorSettings | None, max_pixels: int, max_file_bytes: int) -> DecodedPhoto:
+    """Photo bytes decoded once for detect_faces and face_crops: reduced to the detection size when `settings.draft`."""
+    from .imaging import decode_photo
+
+    settings = settings or DetectorSettings()
+    return decode_photo(data, name, settings.max_side if settings.draft else None, max_pixels, max_file_bytes)
+
+
+def detect_faces(image: np.ndarray | DecodedPhoto, settings: DetectorSettings | None = None) -> list[Box]:
+    """Boxes of the faces in an RGB uint8 image (or a decoded photo, in its full-resolution pixels), largest first.
 
     Faces within 10 % of the largest one's size count as equally large and come nearest the
     image centre first, so a bystander of the same size is not "the" face by detector order.
@@ -318,7 +330,7 @@ def detect_faces(image: np.ndarray, settings: DetectorSettings | None = None) ->
     return [box for box, _ in detect_faces_scored(image, settings)]
 
 
-def detect_faces_scored(image: np.ndarray, settings: DetectorSettings | None = None) -> list[tuple[Box, float]]:
+def detect_faces_scored(image: np.ndarray | DecodedPhoto, settings: DetectorSettings | None = None) -> list[tuple[Box, float]]:
     """(box, detector score) of each face detect_faces keeps, in its order.
 
     The score is the detector's own: dlib HOG's SVM margin (real faces ~0.4-3), the CNN's
@@ -327,10 +339,13 @@ def detect_faces_scored(image: np.ndarray, settings: DetectorSettings | None = N
     settings = settings or DetectorSettings()
     height, width = image.shape[:2]
     scale = min(1.0, settings.max_side / max(height, width))
-    small = image
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = (max(1, round(width * scale)), max(1, round(height * scale))) if scale < 1.0 else (width, height)
+    if isinstance(image, DecodedPhoto):
+        small = image.resized(size)  # from the reduced decode, the same region of the photo
+    elif scale < 1.0:
         small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    else:
+        small = image
     small = np.ascontiguousarray(small)
 
     def detect(upsample: int):
@@ -377,16 +392,18 @@ def _centre_distance(box: Box, height: int, width: int) -> float:
     return ((box.top + box.bottom) / 2 - height / 2.0) ** 2 + ((box.left + box.right) / 2 - width / 2.0) ** 2
 
 
-def face_crops(image: np.ndarray, boxes: list[Box]) -> np.ndarray:
+def face_crops(image: np.ndarray | DecodedPhoto, boxes: list[Box]) -> np.ndarray:
     """The model's input for `boxes`: their framed crops stacked, uint8 [N,150,150,3] (N may be 0)."""
     from .contract import INPUT_SHAPE
 
     if not boxes:
         return np.zeros((0, *INPUT_SHAPE), np.uint8)
+    if isinstance(image, DecodedPhoto):
+        return image.crops(boxes)
     return np.stack([crop_face(image, box) for box in boxes])
 
 
-def detect_and_crop(image: np.ndarray, settings: DetectorSettings | None = None, max_faces: int | None = None):
+def detect_and_crop(image: np.ndarray | DecodedPhoto, settings: DetectorSettings | None = None, max_faces: int | None = None):
     """(kept boxes, their crops, faces found): the largest `max_faces` faces of `image`, ready to score."""
     boxes = detect_faces(image, settings)
     kept = boxes[:max_faces] if max_faces else boxes

@@ -3,8 +3,8 @@
 One function serves both hosts of the `face2hbe_photo` model: the embedded server's bound
 callable (serving/embedded.py) and the Triton Python-backend adapter for NVIDIA's container
 (model_repository/face2hbe_photo/1/model.py). Decoding, limits, detection and cropping are the
-client's own (imaging.decode_rgb, detection.detect_faces, detection.face_crops), so a photo gives
-the same boxes and crops on either side; the crops are scored by whatever `score_crops` calls
+client's own (detection.decode_for_detection: one decode, reduced to the detection size for a big JPEG;
+detection.detect_faces, detection.face_crops), so a photo gives the same boxes and crops on either side; the crops are scored by whatever `score_crops` calls
 (the face2hbe model over BLS, so its dynamic batcher gathers faces from many photos).
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 
 from . import contract
-from .detection import DEFAULT_MAX_FACES, DetectorSettings, detect_faces_scored, face_crops
+from .detection import DEFAULT_MAX_FACES, DetectorSettings, decode_for_detection, detect_faces_scored, face_crops
 from .errors import BadImageError
-from .imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, decode_rgb
+from .imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
 # Model config parameters of the photo model that carry its limits (next to labels and thresholds).
 PARAM_MAX_FACES = "max_faces"
@@ -88,7 +88,7 @@ def find_faces(data: bytes, settings: PhotoSettings | None = None, name: str = c
     too-many-pixel photos, and for photos the detector cannot process.
     """
     settings = settings or PhotoSettings()
-    image = decode_rgb(data, name, max_pixels=settings.max_pixels, max_file_bytes=settings.max_file_bytes)
+    image = decode_for_detection(data, name, settings.detector, settings.max_pixels, settings.max_file_bytes)
     try:
         found = detect_faces_scored(image, settings.detector)
     except RuntimeError as exc:  # dlib's error for images it cannot process

@@ -120,3 +120,21 @@ def write_phone_photos(target: str | Path, lfw_dir: str | Path, count: int, size
     for name, data in phone_photos(lfw_dir, count, size):
         (target / name).write_bytes(data)
     return target
+
+
+def main(argv=None) -> int:
+    """Write collages to a folder (benchmarks build them in a child process, so the client's memory is measured clean)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.phone_photos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", type=Path, help="Folder to write the JPEGs into (a temporary one: never the repository).")
+    parser.add_argument("--lfw", type=Path, required=True, help="LFW folder (with labels.csv).")
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--size", choices=sorted(SIZES), default="phone", help="phone: 4032x3024, large: 6000x4000.")
+    args = parser.parse_args(argv)
+    write_phone_photos(args.target, args.lfw, args.count, SIZES[args.size])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ detection; their faces are found as with the full decode, and the crops score as
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from face2hbe.detection import DetectorSettings, decode_for_detection, detect_faces_scored, face_crops
 from face2hbe.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, MIN_CROP_SIDE, crop_box
@@ -70,3 +71,14 @@ def test_phone_photos_find_the_same_faces_and_score_them_alike(lfw_dir):
     assert total >= 20 and matched >= 0.95 * total, (matched, total)
     assert second_looks >= 5  # the small faces were cut from a finer decode
     assert np.quantile(diffs, 0.99) <= 0.01 and diffs.max() <= 0.03, (np.quantile(diffs, 0.99), diffs.max())
+
+
+def test_photo_model_parameter_turns_the_reduced_decode_off():
+    """draft_decode "false" in the photo model's config: full-resolution decoding on the server (benchmarks compare both)."""
+    from face2hbe.photo import PARAM_DRAFT_DECODE, PhotoSettings
+
+    assert PhotoSettings().detector.draft and PhotoSettings.from_parameters({}).detector.draft
+    assert PhotoSettings.from_parameters({PARAM_DRAFT_DECODE: "false", "max_faces": "3"}).detector == DetectorSettings(draft=False)
+    assert PARAM_DRAFT_DECODE not in PhotoSettings().parameters()  # the committed config keeps the default
+    with pytest.raises(ValueError, match="draft_decode"):
+        PhotoSettings.from_parameters({PARAM_DRAFT_DECODE: "sometimes"})

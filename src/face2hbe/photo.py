@@ -23,6 +23,9 @@ from .imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 PARAM_MAX_FACES = "max_faces"
 PARAM_MAX_PIXELS = "max_pixels"
 PARAM_MAX_FILE_BYTES = "max_file_bytes"
+# Optional, "true" (the default) or "false": decode a big JPEG reduced to the detection size (DetectorSettings.draft).
+# "false" decodes every photo at full resolution, as before issue #25 (more time and memory; benchmarks compare both).
+PARAM_DRAFT_DECODE = "draft_decode"
 PHOTO_INSTANCE_COUNT = 4  # photos decoded and detected at once per server (config instance_group count)
 
 
@@ -55,6 +58,11 @@ class PhotoSettings:
                     values[name] = int(params[key])
                 except ValueError:
                     raise ValueError(f"model parameter {key!r} must be an integer, not {params[key]!r}") from None
+        if PARAM_DRAFT_DECODE in params:
+            flag = params[PARAM_DRAFT_DECODE].strip().lower()
+            if flag not in ("true", "false"):
+                raise ValueError(f"model parameter {PARAM_DRAFT_DECODE!r} must be true or false, not {params[PARAM_DRAFT_DECODE]!r}")
+            values["detector"] = DetectorSettings(draft=flag == "true")
         return cls(**values)
 
 

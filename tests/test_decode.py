@@ -7,6 +7,11 @@ detection; their faces are found as with the full decode, and the crops score as
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,3 +87,52 @@ def test_photo_model_parameter_turns_the_reduced_decode_off():
     assert PARAM_DRAFT_DECODE not in PhotoSettings().parameters()  # the committed config keeps the default
     with pytest.raises(ValueError, match="draft_decode"):
         PhotoSettings.from_parameters({PARAM_DRAFT_DECODE: "sometimes"})
+
+
+PEAK_SCRIPT = r"""
+import io, json
+import numpy as np
+from PIL import Image
+from face2hbe.imaging import Box, decode_photo
+
+def status_kb(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+def portrait_jpeg(width, height):  # a phone's portrait: landscape pixels stored with EXIF orientation 6
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+    stored = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
+
+def one_photo(data):  # the client's work on a photo: detection copy, a big face (from the 1/4 copy), a small one (full resolution)
+    photo = decode_photo(data, max_side=800)
+    photo.resized((600, 800))
+    return photo.crops([Box(top=500, right=2500, bottom=2000, left=1000), Box(top=3000, right=1700, bottom=3200, left=1500)])
+
+one_photo(portrait_jpeg(1600, 1200))  # warm: code paths, libjpeg, Pillow's allocator
+data = portrait_jpeg(WIDTH, HEIGHT)
+before = status_kb("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM starts again from here
+crops = one_photo(data)
+print(json.dumps({"peak_mb": (status_kb("VmHWM") - before) / 1024, "crops": len(crops)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc (VmHWM and its reset)")
+def test_a_phone_photo_never_needs_more_than_its_one_full_resolution_decode():
+    """Peak memory per photo (client thread or photo-model instance): a 4032x3024 portrait (EXIF 6) with a face small
+    enough for the full-resolution second look. A full upright decode (decode_rgb) peaks at about 128 MB here (decoded
+    and turned images, its array); the finer decode stays as stored and each crop is turned alone, so the peak stays
+    under that one stored decode (Pillow keeps RGB at 4 bytes a pixel: 46.5 MB; measured 45 MB)."""
+    width, height = 4032, 3024
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT.replace("WIDTH", str(width)).replace("HEIGHT", str(height))],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    one_decode_mb = width * height * 4 / 2**20
+    assert figures["crops"] == 2
+    assert figures["peak_mb"] < 1.3 * one_decode_mb, (figures, one_decode_mb)

@@ -166,6 +166,13 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
 # EXIF orientation -> which stored axis each upright axis runs backwards along ((x, y); "w": the stored width,
 # "h": the stored height, None: not reversed), as ImageOps.exif_transpose turns the photo.
 _REVERSED = {2: ("w", None), 3: ("w", "h"), 4: (None, "h"), 5: (None, None), 6: ("h", None), 7: ("h", "w"), 8: (None, "w")}
+# EXIF orientation -> ImageOps.exif_transpose's turn, and where an upright point (x, y) lies in the stored
+# width x height image (continuous coordinates).
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_STORED_POINT = {1: lambda x, y, w, h: (x, y), 2: lambda x, y, w, h: (w - x, y), 3: lambda x, y, w, h: (w - x, h - y),
+                 4: lambda x, y, w, h: (x, h - y), 5: lambda x, y, w, h: (y, x), 6: lambda x, y, w, h: (y, h - x),
+                 7: lambda x, y, w, h: (w - y, h - x), 8: lambda x, y, w, h: (w - y, x)}
 
 
 class DecodedPhoto:
@@ -175,12 +182,15 @@ class DecodedPhoto:
     JPEG no bigger than the detection copy) or 2, 4, 8 (libjpeg's DCT scaling). `width` x `height` is the full
     upright size, the frame of every box, as decode_rgb would return it. `crops` cuts faces with the framing of
     `crop_face` at full resolution, from this copy or, for faces too small in it, from a finer decode of `data`.
+    A finer decode stays as stored (`orientation` not yet applied, its own mode): each crop is turned and
+    converted alone, so no turned or converted copy of a big photo is ever made.
     """
 
     def __init__(self, image: Image.Image, scale: int, width: int, height: int, offset: tuple[int, int], data: bytes,
-                 name, max_pixels: int, max_file_bytes: int):
+                 name, max_pixels: int, max_file_bytes: int, orientation: int = 1):
         self.image, self.scale, self.width, self.height = image, scale, width, height
         self.offset = offset  # (x, y): full-resolution pixels by which the reduced grid starts before the photo
+        self.orientation = orientation  # the EXIF orientation still to apply to `image` (1: it is upright RGB)
         self._source = (data, name, max_pixels, max_file_bytes)
 
     @property
@@ -194,6 +204,8 @@ class DecodedPhoto:
 
     def resized(self, size: tuple[int, int]) -> np.ndarray:
         """The whole photo as an RGB array of `size` (width, height): the detection copy."""
+        if self.orientation != 1:
+            raise ValueError("resized() needs an upright decode")
         if self.scale == 1 and size == (self.width, self.height):
             return np.asarray(self.image, dtype=np.uint8)
         box = (*self._to_copy(0, 0), *self._to_copy(self.width, self.height))
@@ -215,7 +227,7 @@ class DecodedPhoto:
             smallest = min(regions[i][2] for i in finer)
             scale = max([s for s in DRAFT_SCALES if s < self.scale and smallest >= min_side * s] or [1])
             data, name, max_pixels, max_file_bytes = self._source
-            closer = decode_photo(data, name, scale=scale, max_pixels=max_pixels, max_file_bytes=max_file_bytes)
+            closer = decode_photo(data, name, scale=scale, max_pixels=max_pixels, max_file_bytes=max_file_bytes, upright=False)
             for i in finer:
                 top, left, side, _ = regions[i]
                 out[i] = closer._cut(top, left, side, size)
@@ -223,16 +235,36 @@ class DecodedPhoto:
 
     def _cut(self, top: int, left: int, side: int, size: int) -> np.ndarray:
         x, y = self._to_copy(left, top)
-        return _cut_square(self.image, y, x, side / self.scale, size)
+        side = side / self.scale
+        if self.orientation == 1 and self.image.mode == "RGB":
+            return _cut_square(self.image, y, x, side, size)
+        # As stored: the part of the square inside the photo, cut where it lies in the stored image, then
+        # converted and turned alone, on a black canvas of the whole square (as _cut_square pads).
+        x0, y0, x1, y1 = math.floor(x), math.floor(y), math.ceil(x + side), math.ceil(y + side)
+        stored_width, stored_height = self.image.size
+        upright_width, upright_height = (stored_height, stored_width) if self.orientation in (5, 6, 7, 8) else self.image.size
+        inside = (max(x0, 0), max(y0, 0), min(x1, upright_width), min(y1, upright_height))
+        canvas = Image.new("RGB", (x1 - x0, y1 - y0))
+        if inside[2] > inside[0] and inside[3] > inside[1]:
+            to_stored = _STORED_POINT[self.orientation]
+            corners = [to_stored(px, py, stored_width, stored_height) for px, py in ((inside[0], inside[1]), (inside[2], inside[3]))]
+            (sx0, sx1), (sy0, sy1) = sorted(c[0] for c in corners), sorted(c[1] for c in corners)
+            patch = _to_rgb_image(self.image.crop((sx0, sy0, sx1, sy1)))
+            if self.orientation in _TURNS:
+                patch = patch.transpose(_TURNS[self.orientation])
+            canvas.paste(patch, (inside[0] - x0, inside[1] - y0))
+        box = (x - x0, y - y0, x - x0 + side, y - y0 + side)
+        return np.asarray(canvas.resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8)
 
 
 def decode_photo(data: bytes, name: str | os.PathLike = "<bytes>", max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, scale: int | None = None) -> DecodedPhoto:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, scale: int | None = None, upright: bool = True) -> DecodedPhoto:
     """Decode encoded image bytes once for detection and cropping, or raise BadImageError naming `name` (decode_rgb's checks).
 
     A JPEG is decoded at the coarsest DCT scale (1/2, 1/4, 1/8 of each side) whose longer side is still at least
     `max_side` (the detection copy's size), or at exactly 1/`scale` when given; other formats, and `max_side`
-    None, at full resolution. EXIF orientation is applied as decode_rgb applies it.
+    None, at full resolution. EXIF orientation is applied as decode_rgb applies it; with `upright` False the
+    image stays as stored, in its own mode (for crops only: DecodedPhoto.crops' finer decode of a JPEG).
     """
     with _opened(data, name, max_pixels, max_file_bytes) as im:
         im.seek(0)
@@ -248,9 +280,13 @@ def decode_photo(data: bytes, name: str | os.PathLike = "<bytes>", max_side: int
         orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
         pad = {"w": scale * im.width - stored_width, "h": scale * im.height - stored_height, None: 0}
         offset = tuple(pad[axis] for axis in _REVERSED.get(orientation, (None, None)))
+        width, height = (stored_height, stored_width) if orientation in (5, 6, 7, 8) else (stored_width, stored_height)
+        if not upright:
+            im.load()
+            return DecodedPhoto(im, scale, width, height, offset, data, name, max_pixels, max_file_bytes,
+                                orientation if orientation in _TURNS else 1)
         ImageOps.exif_transpose(im, in_place=True)
         image = _to_rgb_image(im)
-        width, height = (stored_height, stored_width) if orientation in (5, 6, 7, 8) else (stored_width, stored_height)
         image.load()
     return DecodedPhoto(image, scale, width, height, offset, data, name, max_pixels, max_file_bytes)
 

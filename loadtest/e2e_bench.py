@@ -182,13 +182,20 @@ def _end_to_end(url: str, settings, folder: Path, output: Path, workers: int, de
     from face2hbe.client import Recommender
 
     stamps: list[float] = []
-    started = time.perf_counter()
+    cpu, started = _client_cpu_s(), time.perf_counter()
     summary = Recommender(detector=detector, workers=workers, client=settings, detect=detect).run(
         [folder], output, progress=False, on_result=lambda r: stamps.append(time.perf_counter())
     )
     total = time.perf_counter() - started
     return {"seconds": total, "faces": summary.faces, "images": summary.images, "errors": sum(summary.errors.values()),
-            "first_result_s": (stamps[0] - started) if stamps else None}
+            "first_result_s": (stamps[0] - started) if stamps else None, "client_cpu_s": _client_cpu_s() - cpu}
+
+
+def _client_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended (a client's worker processes, if any)."""
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def run_e2e_bench(
@@ -286,6 +293,8 @@ def run_e2e_bench(
         "e2e_seconds": [round(r["seconds"], 2) for r in e2e_runs],
         "e2e_first_result_s": round(statistics.median(first), 2) if first else None,
         "memory": memory,  # MB: resident set at idle, its peaks in each phase, after the last phase
+        # the client's CPU per photo end to end (detection, requests, records): what it takes from a machine it shares
+        "e2e_client_cpu_ms_per_photo": round(1000 * statistics.median(r["client_cpu_s"] / max(r["images"], 1) for r in e2e_runs), 2),
         "settings": {"workers": workers or default_workers(), "threads": threads, "instances": instances, "in_flight": settings.max_in_flight,
                      "max_side": detector.max_side, "upsample": detector.upsample, "retry_upsample": detector.retry_upsample, "repeats": repeats, "own_server": server is not None},
         "cpu_count": os.cpu_count(),

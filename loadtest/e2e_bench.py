@@ -123,6 +123,29 @@ def tree_rss(pid: int, skip: int | None = None) -> int:
     return total
 
 
+def process_peaks(pid: int) -> dict[int, tuple[str, float, float]]:
+    """pid -> (name, resident MB, peak resident MB since it started: Linux VmHWM) for `pid` and its descendants.
+
+    A Triton backend stub is named after its model (its first argument is the model's file in the repository)."""
+    import psutil
+
+    peaks = {}
+    try:
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return peaks
+    for process in processes:
+        try:
+            command = process.cmdline()
+            name = Path(command[1]).parent.parent.name if command and command[0].endswith("_stub") and len(command) > 1 else process.name()
+            with open(f"/proc/{process.pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+            peaks[process.pid] = (name, int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024)
+        except (psutil.Error, OSError, KeyError, ValueError):  # gone, or not Linux
+            continue
+    return peaks
+
+
 class PeakRss:
     """Peak resident memory (MB) of named probes (callables giving bytes), sampled every `period` s in a thread."""
 
@@ -228,6 +251,7 @@ def run_e2e_bench(
     if photo_set not in PHOTO_SETS:
         raise ValueError(f"photo_set must be one of {', '.join(PHOTO_SETS)}, not {photo_set!r}")
     load_before = os.getloadavg()
+    server_processes = []
     given = lambda **values: {k: v for k, v in values.items() if v is not None}  # noqa: E731
     detector = DetectorSettings(**given(max_side=max_side, upsample=upsample, retry_upsample=retry_upsample), draft=not full_decode)
     with tempfile.TemporaryDirectory(prefix="face2hbe-e2e-") as tmp:
@@ -251,6 +275,7 @@ def run_e2e_bench(
             if server is not None:
                 probes["server"] = lambda: tree_rss(server.proc.pid)
             idle = {name: round(probe() / MB, 1) for name, probe in probes.items()}
+            idle_processes = process_peaks(server.proc.pid) if server is not None else {}
             e2e_runs, model_runs, groups, peaks = [], [], None, {"e2e": [], "model_only": []}
             for i in range(repeats):
                 output = Path(tmp) / f"results-{i}.jsonl"
@@ -265,6 +290,10 @@ def run_e2e_bench(
                     model_runs.append(asyncio.run(_model_only(settings, groups)))
                 peaks["model_only"].append(rss.peak_mb)
             after = {name: round(probe() / MB, 1) for name, probe in probes.items()}
+            if server is not None:  # each server process: resident at idle, its peak (the most one photo-model instance needed)
+                peaks_now = process_peaks(server.proc.pid)
+                server_processes = [{"name": name, "idle_mb": round(idle_processes[pid][1], 1), "peak_mb": round(hwm, 1)}
+                                    for pid, (name, _, hwm) in peaks_now.items() if pid in idle_processes]
         finally:
             if server is not None:
                 server.stop()
@@ -293,6 +322,7 @@ def run_e2e_bench(
         "e2e_seconds": [round(r["seconds"], 2) for r in e2e_runs],
         "e2e_first_result_s": round(statistics.median(first), 2) if first else None,
         "memory": memory,  # MB: resident set at idle, its peaks in each phase, after the last phase
+        "server_processes": server_processes,  # face2hbe serve started here: each process, its idle and peak MB
         # the client's CPU per photo end to end (detection, requests, records): what it takes from a machine it shares
         "e2e_client_cpu_ms_per_photo": round(1000 * statistics.median(r["client_cpu_s"] / max(r["images"], 1) for r in e2e_runs), 2),
         "settings": {"workers": workers or default_workers(), "threads": threads, "instances": instances, "in_flight": settings.max_in_flight,

@@ -71,7 +71,9 @@ def variants() -> list[tuple[str, int, bool, bool]]:
     return rows
 
 
-def run_pool_bench(photos: int = 200, rounds: int = 3, repository: Path = DEFAULT_REPOSITORY, lfw_dir: Path = DEFAULT_LFW) -> dict:
+def run_pool_bench(photos: int = 200, rounds: int = 3, repository: Path = DEFAULT_REPOSITORY, lfw_dir: Path = DEFAULT_LFW,
+                   url: str | None = None) -> dict:
+    """The variants' figures (medians over `rounds`) and every run; against the gRPC server at `url`, or one started here."""
     from face2hbe.client import recommend
     from face2hbe.detection import DetectorSettings
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
@@ -80,9 +82,11 @@ def run_pool_bench(photos: int = 200, rounds: int = 3, repository: Path = DEFAUL
     model = DetectorSettings().model
     load_before = os.getloadavg()
     runs = []
-    server = EmbeddedServer(ServerSettings(Path(repository), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())).start()
-    try:
+    server = None
+    if url is None:
+        server = EmbeddedServer(ServerSettings(Path(repository), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())).start()
         url = f"127.0.0.1:{server.settings.grpc_port}"
+    try:
         for r in range(rounds):
             for name, workers, processes, legacy in variants():
                 recommend.detection_pool = _process_pool(model, legacy) if processes else threads
@@ -95,7 +99,8 @@ def run_pool_bench(photos: int = 200, rounds: int = 3, repository: Path = DEFAUL
                     "e2e_client_cpu_ms_per_photo", "load_average_before")}})
                 print(json.dumps(runs[-1]), flush=True)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     table = []
     for name, workers, processes, legacy in variants():
         mine = [run for run in runs if run["variant"] == name]

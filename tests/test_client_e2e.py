@@ -174,6 +174,19 @@ def test_e2e_bench_reports_both_rates(grpc_url, lfw_dir):
     assert result["photos"] == 6 and result["faces"] >= 5 and result["errors"] == 0
     assert result["model_only_faces_per_s"] > 0 and result["e2e_faces_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["e2e_faces_per_s"] / result["model_only_faces_per_s"], rel=0.01)
+    assert result["e2e_client_cpu_ms_per_photo"] > 0
+
+
+@pytest.mark.slow  # spawns worker processes for two of its four variants
+def test_pool_bench_runs_every_variant(grpc_url, lfw_dir):
+    """loadtest/pool_bench.py: the old process pool (its workers import the bench, not this test) and the threads, same faces."""
+    from face2hbe.loadtest.pool_bench import markdown, run_pool_bench, variants
+
+    result = run_pool_bench(photos=4, rounds=1, lfw_dir=lfw_dir, url=grpc_url)
+    assert [row["variant"] for row in result["table"]] == [name for name, *_ in variants()]
+    assert len({run["faces"] for run in result["runs"]}) == 1 and all(run["errors"] == 0 for run in result["runs"])
+    assert all(row["e2e_client_cpu_ms_per_photo"] > 0 for row in result["table"])
+    assert markdown(result).count("\n") == len(result["table"]) + 1
 
 
 def test_small_faces_found_by_the_retry_pass(celeba_dir):

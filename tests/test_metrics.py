@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from face2hbe.training import metrics
 
@@ -68,3 +69,14 @@ def test_report_sections_are_replaced_between_their_markers(tmp_path):
     text = doc.read_text()
     assert text.count("<!-- a:start -->") == 1 and "| t |" not in text and "Measured by `cmd two`:\n\n| u |\n<!-- a:end -->" in text
     assert text.startswith("# Title\n\ntext before\n\n<!-- a:start -->")
+
+
+def test_rank_auc_equals_scikit_learns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from face2hbe.training.metrics import rank_auc
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(500) < 0.3).astype(int)
+    s = np.round(y * 0.3 + rng.random(500), 1)  # one decimal: many ties, as in an INT8 graph's outputs
+    assert rank_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)

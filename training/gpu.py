@@ -429,6 +429,39 @@ def load(result_dir: Path, output: Path) -> dict:
     return run
 
 
+RECIPE_PACK = ("init", "size", "data", "quality", "seed")
+RECIPE_FIT = ("epochs", "batch_size", "learning_rate", "budget_s", "tint", "seed", "precision", "trainable_from")
+
+
+def run_recipe(recipe: Path, output: Path, cache_dir: Path | None = None) -> dict:
+    """A stage from a recipe file (training/recipes/cpu128.yaml) on this machine: pack, fit, load, in `output`.
+
+    `output`/pack, `output`/fit and `output`/run (the run for `face2hbe promote`); a cut-off fit resumes, a finished
+    pack or fit is kept. The file's `pack:` and `fit:` sections take pack()'s and fit()'s arguments.
+    """
+    import yaml
+
+    from .train import TrainConfig
+
+    recipe = Path(recipe)
+    if not recipe.is_file():
+        raise DataError(f"{recipe}: recipe not found")
+    doc = yaml.safe_load(recipe.read_text()) or {}
+    pack_args, fit_args = doc.get("pack") or {}, doc.get("fit") or {}
+    unknown = sorted(set(pack_args) - set(RECIPE_PACK)) + sorted(set(fit_args) - set(RECIPE_FIT))
+    if unknown or "init" not in pack_args:
+        raise DataError(f"{recipe}: needs pack.init; unknown fields {unknown} (pack: {RECIPE_PACK}, fit: {RECIPE_FIT})")
+    output = Path(output)
+    pack_dir, fit_dir = output / "pack", output / "fit"
+    if not (pack_dir / "part-0" / META_FILE).is_file():
+        config = TrainConfig(data=list(pack_args.get("data", ["celeba:../shared/data/celeba", "lfw:../shared/data/lfw"])),
+                             output=output, weights="none", attributes=True, seed=pack_args.get("seed", 0), cache_dir=cache_dir)
+        pack(config, Path(pack_args["init"]), pack_dir, pack_args.get("size", 128), pack_args.get("quality", 90), part_bytes=1 << 40)
+    if not (fit_dir / HISTORY_FILE).is_file():
+        fit(pack_dir / "part-0", fit_dir, **fit_args)
+    return load(fit_dir, output / "run")
+
+
 def main(argv=None):
     import click
 
@@ -479,6 +512,14 @@ def main(argv=None):
     @click.option("--output", type=click.Path(path_type=Path), required=True)
     def load_cmd(result_dir, output):
         run = load(result_dir, output)
+        click.echo(json.dumps({k: run[k] for k in ("working_size", "best_epoch")}))
+
+    @cli.command("run", help="Here: a recipe file's stage end to end (pack, fit, load) into OUTPUT; rerun to resume.")
+    @click.option("--recipe", type=click.Path(path_type=Path), required=True)
+    @click.option("--output", type=click.Path(path_type=Path), required=True)
+    @click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
+    def run_cmd(recipe, output, cache_dir):
+        run = run_recipe(recipe, output, cache_dir)
         click.echo(json.dumps({k: run[k] for k in ("working_size", "best_epoch")}))
 
     cli.main(args=argv, prog_name="python -m face2hbe.training.gpu", standalone_mode=True)

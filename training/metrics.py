@@ -74,6 +74,43 @@ def auc_confidence_interval(y_true, y_score, groups=None, n_boot: int = 500, see
     return float(lo), float(hi)
 
 
+def paired_auc_bootstrap(y_true, score_a, score_b, groups=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """ROC AUC of two scorers on the same faces, each with its 95 % bootstrap interval, and the interval of b - a.
+
+    Both are resampled together (paired), so the difference's interval is far narrower than the two intervals
+    suggest; with `groups` whole groups (a person's photos) are resampled, as in auc_confidence_interval.
+    """
+    rng = np.random.default_rng(seed)
+    t, a, b = (np.asarray(v) for v in (y_true, score_a, score_b))
+    _, inverse = np.unique(np.asarray(groups) if groups is not None else np.arange(len(t)), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    draws = []
+    for _ in range(n_boot):
+        i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        if 0 < t[i].sum() < len(i):
+            draws.append((rank_auc(t[i], a[i]), rank_auc(t[i], b[i])))
+    draws = np.asarray(draws).reshape(-1, 2)
+
+    def interval(x):
+        return [float(v) for v in np.percentile(x, [2.5, 97.5])] if len(x) else [float("nan")] * 2
+
+    auc_a, auc_b = rank_auc(t, a), rank_auc(t, b)
+    return {"a": auc_a, "b": auc_b, "a_ci": interval(draws[:, 0]), "b_ci": interval(draws[:, 1]), "diff": auc_b - auc_a,
+            "diff_ci": interval(draws[:, 1] - draws[:, 0])}
+
+
+def rank_auc(y_true, y_score) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count half, as in scikit-learn's roc_auc_score), cheap enough
+    to run thousands of times in a bootstrap. Needs both classes."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(y_true) == 1
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    ranks = rankdata(y_score)
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def choose_thresholds(y_true: np.ndarray, y_score: np.ndarray, names, default: float = 0.5) -> dict:
     """Per-label threshold that maximises F1 on (validation) data; `default` when undefined."""
     from sklearn.metrics import precision_recall_curve

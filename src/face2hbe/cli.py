@@ -266,6 +266,37 @@ def thresholds(celeba, lfw, repository, seed, cache_dir, output, report, write, 
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository to promote into (its served model is the gate's baseline).")
+@click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), help="CelebA folder: thresholds (val), INT8 calibration, gate (test).")
+@click.option("--lfw", type=click.Path(path_type=Path), default=Path("../shared/data/lfw"), help="LFW folder: thresholds (val), gate (test identities).")
+@click.option("--more", type=click.Path(path_type=Path), multiple=True, default=[Path("../shared/data/celeba_more")],
+              help="Further CelebA folders with identities whose test split the gate also measures (skipped when absent).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
+@click.option("--docs", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"),
+              help="Docs folder whose model.md (gate, thresholds, slices), serving.md (INT8) and eval/*.json are rewritten on promotion.")
+@click.option("--dry-run", is_flag=True, help="Stage and gate only: nothing in the repository or the docs changes.")
+@click.option("--force", is_flag=True, help="Promote even when the gate refuses (the refusal is still reported).")
+def promote(run_dir, repository, celeba, lfw, more, cache_dir, docs, dry_run, force):
+    """Serve a training run: fp32 + INT8 from it, thresholds on validation, a gate against the served model on the test splits."""
+    from .promote import PromoteSettings, markdown
+    from .promote import promote as run_promote
+
+    for folder in (celeba, lfw):
+        if not (folder / "labels.csv").is_file():
+            raise click.ClickException(f"{folder}: no labels.csv (see ../shared/data/README.md)")
+    settings = PromoteSettings(run_dir, repository, celeba, lfw, [m for m in more if (m / "labels.csv").is_file()],
+                               cache_dir, docs, force, dry_run)
+    result = run_promote(settings)
+    click.echo(markdown(result["gate"]))
+    if result["promoted"]:
+        click.echo(f"promoted {run_dir} into {repository}: " + ", ".join(f"{k} {v[:12]}" for k, v in result["sha256"].items()))
+    elif not dry_run:
+        click.echo(f"not promoted: the gate refused {run_dir} (--force promotes anyway)", err=True)
+    sys.exit(0 if result["promoted"] or (dry_run and result["gate"]["passed"]) else 1)
+
+
+@cli.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for review.html and corrections.csv.")
 @click.option("--repository", type=click.Path(path_type=Path), default=DEFAULT_REPOSITORY, help="Model repository whose face2hbe graph scores the photos (onnxruntime, CPU).")

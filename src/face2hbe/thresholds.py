@@ -49,6 +49,7 @@ class Domain:
     scores: np.ndarray | None = field(default=None, repr=False)
     # The domain's own attributes by CelebA name (CelebA's labels, LFW's FaRL probabilities at 0.5; unknown = absent).
     attributes: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    groups: np.ndarray | None = field(default=None, repr=False)  # per face: the person (LFW, celeba_more) or the image
 
 
 def load_domain(spec: str, split: str, cache_dir: Path | None, seed: int = 0, progress: bool = True) -> Domain:
@@ -61,7 +62,8 @@ def load_domain(spec: str, split: str, cache_dir: Path | None, seed: int = 0, pr
     targets = dataset.targets[kept]
     columns = [dataset.target_names.index(target_name(label)) for label in contract.SERVED_LABELS]
     attributes = {n[len("celeba_"):]: targets[:, i] >= 0.5 for i, n in enumerate(dataset.target_names) if n.startswith("celeba_")}
-    return Domain(spec.partition(":")[0], split, crops, targets[:, columns], len(dataset), attributes=attributes)
+    return Domain(spec.partition(":")[0], split, crops, targets[:, columns], len(dataset), attributes=attributes,
+                  groups=np.asarray(dataset.groups)[kept])
 
 
 def score_onnx(onnx_path: Path, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:

@@ -21,7 +21,7 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT, SAMPLES, free_port
+from conftest import REPOSITORY, ROOT, SAMPLES, free_port
 
 README_ADDRESS = "127.0.0.1:8001"
 PHOTOS = ["grace_hopper.jpg", "astronaut_eileen_collins.jpg"]
@@ -90,6 +90,18 @@ def test_readme_example_runs_as_written(grpc_url, workdir, how):
     check_results(workdir)
     face, summary = proc.stdout.splitlines()  # photo.jpg's one face, then the run's summary
     assert face.startswith("photo.jpg [") and summary == f"{len(PHOTOS)} photos, {len(PHOTOS)} faces, 0 errors", proc.stdout
+
+
+@pytest.mark.slow  # starts a local Ray (10-20 s)
+def test_readme_batch_example_runs_on_stdin_with_the_local_engine(workdir):
+    """The batch block as written, fed on stdin: Ray's workers never import the caller's main module either."""
+    (workdir / "model_repository").symlink_to(REPOSITORY)  # engine="local" reads ./model_repository
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env["RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION"] = "0.08"  # a small object store on a shared machine
+    proc = subprocess.run([sys.executable, "-"], input=readme_blocks()[2], cwd=workdir, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"{len(PHOTOS)} photos, {len(PHOTOS)} faces", proc.stdout
+    assert list((workdir / "out" / "batch" / "results").glob("part-*.parquet"))
 
 
 def test_readme_async_example_runs_as_a_notebook_cell(grpc_url, workdir, monkeypatch, capsys):

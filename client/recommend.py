@@ -176,9 +176,10 @@ def detection_pool(workers: int) -> ThreadPoolExecutor:
     """Detection threads, each with its own detector (detection.load_detector keeps one per thread).
 
     Threads, not worker processes (issue #28): LiteRT's interpreter, dlib and Pillow's decode and
-    resize release the GIL, so threads detect as fast as processes did (docs/benchmarks.md,
-    "Detection threads vs processes"), and nothing re-imports the caller's main module (spawned
-    workers did: a script without a main guard crashed, a script on stdin could not start them).
+    resize release the GIL, so threads cost no more CPU per photo than processes did and start
+    sooner (docs/benchmarks.md, "End to end vs model-only; detection threads vs processes"), and
+    nothing re-imports the caller's main module (spawned workers did: a script without a main
+    guard crashed, a script on stdin could not start them).
     Threads also end with the caller, however it ends, and crops never leave the process.
     """
     return ThreadPoolExecutor(workers, thread_name_prefix="detect")

@@ -123,6 +123,24 @@ def tree_rss(pid: int, skip: int | None = None) -> int:
     return total
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its living descendants."""
+    import psutil
+
+    total = 0.0
+    try:
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return total
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def process_peaks(pid: int) -> dict[int, tuple[str, float, float]]:
     """pid -> (name, resident MB, peak resident MB since it started: Linux VmHWM) for `pid` and its descendants.
 
@@ -277,17 +295,23 @@ def run_e2e_bench(
             idle = {name: round(probe() / MB, 1) for name, probe in probes.items()}
             idle_processes = process_peaks(server.proc.pid) if server is not None else {}
             e2e_runs, model_runs, groups, peaks = [], [], None, {"e2e": [], "model_only": []}
+            server_cpu = (lambda: tree_cpu_s(server.proc.pid)) if server is not None else (lambda: 0.0)
+            cpu = {"e2e": [], "model_only": []}  # (client, server) CPU seconds of each phase
             for i in range(repeats):
                 output = Path(tmp) / f"results-{i}.jsonl"
+                before = (_client_cpu_s(), server_cpu())
                 with PeakRss(probes) as rss:
                     e2e_runs.append(_end_to_end(url, settings, folder, output, workers, detector, detect))
+                cpu["e2e"].append((_client_cpu_s() - before[0], server_cpu() - before[1]))
                 peaks["e2e"].append(rss.peak_mb)
                 if groups is None:
                     groups = _crops_by_image(output, detector)
                 if not groups:
                     raise RuntimeError(f"no faces found in the {photos} photos from {source}")
+                before = (_client_cpu_s(), server_cpu())
                 with PeakRss(probes) as rss:
                     model_runs.append(asyncio.run(_model_only(settings, groups)))
+                cpu["model_only"].append((_client_cpu_s() - before[0], server_cpu() - before[1]))
                 peaks["model_only"].append(rss.peak_mb)
             after = {name: round(probe() / MB, 1) for name, probe in probes.items()}
             if server is not None:  # each server process: resident at idle, its peak (the most one photo-model instance needed)
@@ -298,6 +322,12 @@ def run_e2e_bench(
             if server is not None:
                 server.stop()
     faces = sum(len(g) for g in groups)
+    # CPU per face in each phase (client: this process; server: face2hbe serve's processes, when started here).
+    # On a machine whose cores both phases keep busy, faces/s go as 1 / (CPU per face): the ratio of the two
+    # totals is the end-to-end / model-only ratio that machine reaches when idle, whatever else ran meanwhile.
+    e2e_faces = e2e_runs[0]["faces"] or 1
+    cpu_ms = {phase: {side: round(1000 * statistics.median(run[k] for run in runs) / (e2e_faces if phase == "e2e" else faces), 2)
+                      for k, side in enumerate(("client", "server"))} for phase, runs in cpu.items()}
     memory = {name: {"idle_mb": idle[name], "after_mb": after[name],
                      **{f"{phase}_peak_mb": round(max(p[name] for p in runs), 1) for phase, runs in peaks.items()}}
               for name in probes}
@@ -322,6 +352,8 @@ def run_e2e_bench(
         "e2e_seconds": [round(r["seconds"], 2) for r in e2e_runs],
         "e2e_first_result_s": round(statistics.median(first), 2) if first else None,
         "memory": memory,  # MB: resident set at idle, its peaks in each phase, after the last phase
+        "cpu_ms_per_face": cpu_ms,
+        "cpu_bound_ratio": round(sum(cpu_ms["model_only"].values()) / sum(cpu_ms["e2e"].values()), 3) if server is not None else None,
         "server_processes": server_processes,  # face2hbe serve started here: each process, its idle and peak MB
         # the client's CPU per photo end to end (detection, requests, records): what it takes from a machine it shares
         "e2e_client_cpu_ms_per_photo": round(1000 * statistics.median(r["client_cpu_s"] / max(r["images"], 1) for r in e2e_runs), 2),
@@ -366,6 +398,10 @@ def main(argv=None) -> int:
     print(f"model-only  {result['model_only_faces_per_s']:8.2f} faces/s")
     print(f"end-to-end  {result['e2e_faces_per_s']:8.2f} faces/s  {result['e2e_photos_per_s']:.2f} photos/s  "
           f"({result['ratio']:.0%} of model-only)")
+    if result["cpu_bound_ratio"] is not None:
+        per_face = {phase: " + ".join(f"{ms:.1f}" for ms in sides.values()) for phase, sides in result["cpu_ms_per_face"].items()}
+        print(f"CPU ms per face (client + server): end to end {per_face['e2e']}, model-only {per_face['model_only']}"
+              f"  -> {result['cpu_bound_ratio']:.0%} on an idle machine whose cores both phases keep busy")
     for name, memory in result["memory"].items():
         print(f"{name} RSS  idle {memory['idle_mb']:.0f} MB, peak {memory['e2e_peak_mb']:.0f} MB end to end, "
               f"{memory['model_only_peak_mb']:.0f} MB model-only, {memory['after_mb']:.0f} MB after")

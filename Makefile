@@ -64,7 +64,7 @@ audit: $(STAMP)
 
 ## train-served: train the served model's five stages again (training/recipes/served.yaml) into
 ## $(RUNS)/NAME; hours on a CPU. A cut-off stage resumes, a finished one is only re-evaluated.
-## STAGE=stage5 runs one stage. Then: face2hbe export $(RUNS)/stage5 --repository model_repository
+## STAGE=stage5 runs one stage. Then: face2hbe promote $(RUNS)/stage5 (fp32 + INT8 + thresholds, behind the gate)
 RUNS ?= runs
 train-served: $(STAMP)
 	$(VENV)/bin/face2hbe train --recipe training/recipes/served.yaml --output-root $(RUNS) $(if $(STAGE),--stage $(STAGE))

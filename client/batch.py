@@ -45,6 +45,7 @@ from face2hbe.errors import BadImageError, Face2hbeError, InferenceError, InputE
 from face2hbe.imaging import Box, read_image_file
 
 from .inference import ClientSettings, ModelInfo
+from .ray_runtime import configure_progress, init_ray, quiet_stderr
 from .recommend import Limits, Prepared, Recommender, RunSummary, find_inputs, prepare_image, score_image
 from .results import RETRYABLE_ERRORS, ImageResult, aggregate_profile, image_result_from_record
 
@@ -73,11 +74,12 @@ class BatchSettings:
     skus_per_face: int = 3
     cpu_workers: int | None = None  # detection tasks at once (None: as many as Ray has CPUs)
     scorers: int = 1  # scoring actors (per Triton replica, see docs/batch.md)
-    images_per_task: int = 8  # images per detection task / scoring call
+    images_per_task: int = 32  # images per detection task / scoring call (one full Triton batch of faces, about)
     rows_per_part: int = 1000  # images per Parquet part file (at most)
     jsonl: Path | None = None  # also write every output row as JSONL (recommend's records)
     address: str | None = None  # Ray cluster; None: RAY_ADDRESS or a local Ray
-    num_cpus: int | None = None  # local Ray's CPUs (None: the machine's)
+    num_cpus: int | None = None  # local Ray's CPUs (None: the CPUs this process may use)
+    object_store_bytes: int | None = 2 * 1024**3  # local Ray's object store (None: Ray's default, 30 % of the memory)
     progress: bool = True
     # Test hook (hidden CLI options): after this many images a worker of `pause_stage` ("score":
     # a scoring actor, "prepare": a detection task's process) writes its pid to `<pause_file>.pid`
@@ -101,6 +103,8 @@ class BatchSummary(RunSummary):
     stages: list[dict] = field(default_factory=list)  # per-stage throughput from Ray Data's stats
     stats_text: str = ""
     model: dict = field(default_factory=dict)
+    phases: dict = field(default_factory=dict)  # seconds: ray_start, pipeline, ray_stop, finish
+    detection_nodes: Counter = field(default_factory=Counter)  # images this run detected, by Ray node ID
 
 
 # --- inputs ----------------------------------------------------------------------------
@@ -217,10 +221,16 @@ def read_stage(batch: dict, done_ref, max_file_bytes: int) -> dict:
 
 
 def prepare_stage(batch: dict, detector: DetectorSettings, limits: Limits, pause: tuple | None = None) -> dict:
-    """Decode, EXIF, detect, crop (recommend's prepare_image on the bytes); crops leave as raw uint8 bytes."""
+    """Decode, EXIF, detect, crop (recommend's prepare_image on the bytes); crops leave as raw uint8 bytes.
+
+    `node`: the Ray node that detected the image ("" when it was skipped or unreadable), counted per node in the summary.
+    """
+    import ray
+
     n = len(batch["path"])
+    node = ray.get_runtime_context().get_node_id()
     out = {k: list(batch[k]) for k in ("path", "profile", "sha256", "skip", "error_kind", "error_message")}
-    out.update({"width": [], "height": [], "faces_total": [], "boxes": [], "crops": []})
+    out.update({"width": [], "height": [], "faces_total": [], "boxes": [], "crops": [], "node": []})
     for i in range(n):
         prepared = None
         if not out["skip"][i] and not out["error_kind"][i]:
@@ -233,6 +243,7 @@ def prepare_stage(batch: dict, detector: DetectorSettings, limits: Limits, pause
         out["boxes"].append(json.dumps([b.as_list() for b in prepared.boxes]) if prepared else "[]")
         crops = prepared.crops if prepared is not None and prepared.crops is not None else None
         out["crops"].append(crops.tobytes() if crops is not None else b"")
+        out["node"].append(node if prepared is not None else "")
     if pause:
         _maybe_pause(n, *pause)
     return out
@@ -312,7 +323,7 @@ class ScoreStage:
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
-        rows = [{k: batch[k][i] for k in ("path", "profile", "sha256", "skip", "error_kind", "error_message", "width", "height", "faces_total", "boxes")} for i in range(n)]
+        rows = [{k: batch[k][i] for k in ("path", "profile", "sha256", "skip", "error_kind", "error_message", "width", "height", "faces_total", "boxes", "node")} for i in range(n)]
         counts = [len(json.loads(r["boxes"])) if not r["skip"] and not r["error_kind"] else 0 for r in rows]
         scores_by_row: list = [None] * n
         if sum(counts):
@@ -345,7 +356,7 @@ class ScoreStage:
                                     None, int(row["faces_total"]), error)
                 result = score_image(prepared, _text(row["profile"]) or None, scores, self.info, self.catalog, self.settings.skus_per_face)
                 record = result.to_json()
-            for k in ("path", "profile", "sha256", "skip", "error_kind"):
+            for k in ("path", "profile", "sha256", "skip", "error_kind", "node"):
                 out[k].append(row[k])
             out["record"].append(record)
             for k, v in self.model.items():
@@ -487,10 +498,13 @@ def write_stage(batch: dict, output: str) -> dict:
     rows, summary = [], RunSummary()
     skipped = 0
     error_lines = []
+    nodes: Counter = Counter()
     for i in range(n):
         if batch["skip"][i]:
             skipped += 1
             continue
+        if batch["node"][i]:
+            nodes[str(batch["node"][i])] += 1
         record = json.loads(batch["record"][i])
         model = {k: batch[k][i] for k in ("model_name", "model_version", "thresholds", "engine", "attribute_thresholds", "production_labels")}
         rows.append(_row(record, str(batch["sha256"][i]), model))
@@ -506,7 +520,7 @@ def write_stage(batch: dict, output: str) -> dict:
     counts = {"images": summary.images, "skipped": skipped, "faces": summary.faces,
               "recommendations": dict(summary.recommendations), "reasons": dict(summary.reasons),
               "errors": dict(summary.errors), "error_reasons": [[k, m, c] for (k, m), c in summary.error_reasons.items()],
-              "error_lines": error_lines[:MAX_LOGGED_ERRORS]}
+              "error_lines": error_lines[:MAX_LOGGED_ERRORS], "nodes": dict(nodes)}
     return {"counts": [json.dumps(counts)], "part": [part]}
 
 
@@ -567,27 +581,6 @@ def read_output(output: str | Path, columns=None) -> list[dict]:
 # --- the job -------------------------------------------------------------------------------
 
 
-def _init_ray(settings: BatchSettings) -> bool:
-    """Connect to RAY_ADDRESS / --address, or start a quiet local Ray; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = settings.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=settings.num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            # Face crops must stay in memory: Ray Data's backpressure keeps the store within bounds.
-            _system_config={"automatic_object_spilling_enabled": False},
-        )
-    return True
-
-
 def _source_datasets(paths, settings: BatchSettings):
     import ray
 
@@ -638,8 +631,10 @@ def build_pipeline(paths, settings: BatchSettings, done_ref):
         num_cpus=1 if settings.engine == "local" else 0,
         max_restarts=-1, max_task_retries=-1,  # a killed actor is restarted and its calls retried
     )
+    # No CPU reserved for the writes (one small task per part): a fraction of one kept Ray Data's budget for
+    # detection under 2 CPUs on a 2-CPU machine, so detection ran one task at a time (docs/batch.md "Why it lost").
     ds = ds.map_batches(write_stage, batch_size=settings.rows_per_part, batch_format="numpy",
-                        fn_kwargs={"output": str(settings.output)}, num_cpus=0.25, max_retries=-1)
+                        fn_kwargs={"output": str(settings.output)}, num_cpus=0, max_retries=-1)
     return ds
 
 
@@ -678,46 +673,69 @@ def run_batch(paths, settings: BatchSettings = BatchSettings()) -> BatchSummary:
     summary = BatchSummary()
     done, _, dropped = reconcile(output, drop_retryable=True)
     catalog = load_catalog(settings.catalog)  # fails fast on a bad catalog, before Ray starts
-    owns_ray = _init_ray(settings)
+    clock = time.perf_counter()
+    owns_ray = init_ray(settings.address, settings.num_cpus, settings.object_store_bytes)
+    summary.phases["ray_start"] = time.perf_counter() - clock
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = settings.progress
-        ctx.print_on_execution_start = False
+        clock = time.perf_counter()
+        stage_lines = configure_progress(settings.progress)
         with warnings.catch_warnings():
             # Retries are set explicitly as Ray remote options (max_retries, max_restarts, max_task_retries),
             # which Ray 2.60 flags as a deprecated way of passing them.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             ds = build_pipeline(paths, settings, ray.put(done))
-        logged = 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for counts in batch["counts"]:
-                c = json.loads(counts)
-                summary.images += c["images"]
-                summary.skipped += c["skipped"]
-                summary.faces += c["faces"]
-                summary.recommendations.update(c["recommendations"])
-                summary.reasons.update(c["reasons"])
-                summary.errors.update(c["errors"])
-                for kind, message, n in c["error_reasons"]:
-                    summary.error_reasons[(kind, message)] += n
-                for line in c["error_lines"]:
-                    if logged < MAX_LOGGED_ERRORS:
-                        log.error("%s", line)
-                    logged += 1
-        if logged > MAX_LOGGED_ERRORS:
-            log.error("%d more error rows not logged: see the output's error column", logged - MAX_LOGGED_ERRORS)
+        with quiet_stderr():
+            _collect(ds, summary)
         summary.stats_text = ds.stats()
         summary.stages = stage_throughput(summary.stats_text)
+        summary.phases["pipeline"] = time.perf_counter() - clock
+        if stage_lines:
+            for stage in summary.stages:
+                log.info("%s", stage_line(stage))
     except ray.exceptions.RayError as exc:  # Ray wraps what a task or an actor raised: report our error, in one line
         raise _user_error(exc) from None
     finally:
         if owns_ray:
+            clock = time.perf_counter()
             ray.shutdown()
+            summary.phases["ray_stop"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     _, summary.output_rows, dropped_at_end = reconcile(output, drop_retryable=False)
     summary.duplicates_dropped = dropped + dropped_at_end
     _finish(output, settings.jsonl, summary, catalog)
+    summary.phases["finish"] = time.perf_counter() - clock
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _collect(ds, summary: BatchSummary) -> None:
+    """Run the pipeline: add each written part's counts to the summary, log its error rows (at most MAX_LOGGED_ERRORS)."""
+    logged = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for counts in batch["counts"]:
+            c = json.loads(counts)
+            summary.images += c["images"]
+            summary.skipped += c["skipped"]
+            summary.faces += c["faces"]
+            summary.recommendations.update(c["recommendations"])
+            summary.reasons.update(c["reasons"])
+            summary.errors.update(c["errors"])
+            for kind, message, n in c["error_reasons"]:
+                summary.error_reasons[(kind, message)] += n
+            summary.detection_nodes.update(c["nodes"])
+            for line in c["error_lines"]:
+                if logged < MAX_LOGGED_ERRORS:
+                    log.error("%s", line)
+                logged += 1
+    if logged > MAX_LOGGED_ERRORS:
+        log.error("%d more error rows not logged: see the output's error column", logged - MAX_LOGGED_ERRORS)
+
+
+def stage_line(stage: dict) -> str:
+    """One stage's line: images, tasks, seconds and rate (Ray Data's stats)."""
+    rate = f", {stage['rows_per_s']:.1f} images/s" if stage["rows_per_s"] is not None else ""
+    per_task = f" ({stage['rows_per_s_per_task']:.1f} per task)" if stage["rows_per_s_per_task"] is not None else ""
+    return f"stage {stage['stage']}: {stage['rows']} images, {stage['tasks']} tasks, {stage['seconds']:.1f} s{rate}{per_task}"
 
 
 def _finish(output: str, jsonl: Path | None, summary: BatchSummary, catalog) -> None:
@@ -800,4 +818,12 @@ def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:
         rate = f"{stage['rows_per_s']:.1f} images/s" if stage["rows_per_s"] is not None else "-"
         per_task = f" ({stage['rows_per_s_per_task']:.1f}/s per task)" if stage["rows_per_s_per_task"] is not None else ""
         rows.append((f"stage {stage['stage']}", f"{rate}{per_task}, {stage['rows']} images, {stage['tasks']} tasks"))
+    if summary.detection_nodes:
+        nodes = sorted(summary.detection_nodes.items(), key=lambda kv: (-kv[1], kv[0]))
+        rows.append((f"images detected per node ({len(nodes)} node{'s' if len(nodes) > 1 else ''})",
+                     ", ".join(f"{node[:12]} {n}" for node, n in nodes)))
+    if summary.phases:
+        p = {k: summary.phases.get(k, 0.0) for k in ("ray_start", "pipeline", "ray_stop", "finish")}
+        rows.append(("time", f"Ray start-up {p['ray_start']:.1f} s, pipeline {p['pipeline']:.1f} s, "
+                             f"Ray shut-down {p['ray_stop']:.1f} s, finish {p['finish']:.1f} s"))
     return rows

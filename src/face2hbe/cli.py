@@ -532,9 +532,10 @@ def _batch_default(name: str):
 @click.option("--in-flight", default=4, type=click.IntRange(1), help="Batches (requests) in flight per scoring actor.")
 @click.option("--images-per-task", default=_batch_default("images_per_task"), type=click.IntRange(1), help="Images per detection task and per scoring call.")
 @click.option("--rows-per-part", default=_batch_default("rows_per_part"), type=click.IntRange(1), help="Images per Parquet part file (at most).")
-@click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray (default: this machine's).")
+@click.option("--local-cpus", type=click.IntRange(1), default=None, help="CPUs of the local Ray (default: the CPUs this process may use).")
 @_photo_options("catalog", *DETECTION_OPTIONS, "timeout", "retries", "wait_ready", "skus_per_face")
-@click.option("--progress/--no-progress", default=True, help="Ray Data's progress bars.")
+@click.option("--progress/--no-progress", default=True,
+              help="Progress: Ray Data's bars on a terminal; elsewhere (a log, a pipe) one log line per stage.")
 @click.option("--pause-after", type=click.IntRange(1), default=None, hidden=True, help="Test hook: a scoring actor pauses after N images.")
 @click.option("--pause-file", type=click.Path(path_type=Path), default=None, hidden=True, help="Test hook: the pause ends when this file exists.")
 @click.option("--pause-stage", type=click.Choice(["score", "prepare"]), default="score", hidden=True, help="Test hook: which stage's worker pauses.")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -254,3 +256,45 @@ def test_server_down_is_a_one_line_error(ray_local, tmp_path, capsys):
     assert rc == 1
     assert err[-1].startswith("error: model 'face2hbe' not ready at 127.0.0.1:") and "within 1 s" in err[-1], err[-1]
     assert not list((out / "results").glob("*.parquet"))
+
+
+def _stage_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if re.search(r"face2hbe\.client\.batch: stage .+: \d+ images, \d+ tasks", line)]
+
+
+def test_quiet_log_one_line_per_stage(ray_local, tmp_path, capfd, caplog):
+    """stdout not a terminal, progress on: one log line per stage; none of Ray Data's progress blocks, nor the
+    `core_worker.cc ... max_restarts` line Ray prints for every actor pool (it reaches fd 2, where capfd looks)."""
+    import logging
+
+    from face2hbe.client.batch import BatchSettings, run_batch, stage_line
+
+    caplog.set_level(logging.INFO, logger="face2hbe.client.batch")
+    summary = run_batch([str(SAMPLES)], BatchSettings(output=tmp_path / "batch", engine="local", repository=REPOSITORY))
+    print("after the run", file=sys.stderr, flush=True)  # fd 2 is this process's again
+    out, err = capfd.readouterr()
+    assert summary.images > 0 and not summary.errors
+    stages = [r.getMessage() for r in caplog.records if r.name == "face2hbe.client.batch" and r.getMessage().startswith("stage ")]
+    assert stages == [stage_line(s) for s in summary.stages] and len(stages) == len(summary.stages) >= 3, stages
+    assert any("ScoreStage" in s for s in stages) and any("prepare_stage" in s for s in stages), stages
+    noise = [line for line in (out + err).splitlines()
+             if "core_worker.cc" in line or "max_restarts" in line or "logging_progress" in line or "Total Progress" in line
+             or "Progress bars disabled" in line or "execution finished" in line]
+    assert not noise, noise
+    assert "after the run" in err
+
+
+@pytest.mark.slow
+def test_cli_log_is_quiet(tmp_path):
+    """The real command on its own local Ray, output to a pipe: its stderr is one line per stage and nothing from Ray."""
+    import subprocess
+
+    job = subprocess.run([sys.executable, "-m", "face2hbe.cli", "batch", str(SAMPLES), "--engine", "local", "--repository", str(REPOSITORY),
+                          "--output", str(tmp_path / "batch")], capture_output=True, text=True, timeout=600,
+                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert job.returncode == 0, job.stderr
+    lines = job.stderr.splitlines()
+    stages = _stage_lines(job.stderr)
+    assert len(stages) >= 3 and len({s.split(":")[1] for s in stages}) == len(stages), stages  # one line per stage
+    assert lines == stages, lines  # and nothing else: no token-auth warning, no core_worker line, no progress blocks
+    assert "stage ScoreStage" in job.stdout and "Ray start-up" in job.stdout

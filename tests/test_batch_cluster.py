@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,8 @@ def two_nodes():
         for node in reversed(nodes):
             node.stop()
         leftovers = [p.pid for node in nodes for p in node.tree()]
+        if not leftovers:
+            shutil.rmtree(temp, ignore_errors=True)  # the nodes' session folders and logs
         assert not leftovers, f"ray processes left running: {leftovers}"
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import Face2hbeError
+from face2hbe.graphs import cpu_session
 from face2hbe.repository import CPU_PRECISION, PRECISION_FOLDERS
 from face2hbe.serving.process import ServerProcess
 
@@ -144,14 +145,11 @@ def _row(group: str, name: str, result: dict, **extra) -> Row:
 # --- in-process ONNX Runtime -------------------------------------------------------
 
 
-def ort_session(path: Path, graph: str | None = None):
-    """An onnxruntime session on `path` (as a `face2hbe.graphs` variant when `graph` is given), with onnxruntime's
-    default threading, as the server's CPU form uses."""
+def ort_session(path: Path):
     import onnxruntime as ort
 
-    from face2hbe.graphs import load_graph
-
-    return ort.InferenceSession(load_graph(path, graph) if graph else str(path), providers=["CPUExecutionProvider"])
+    # onnxruntime's defaults (the fp32 / INT8 / prototype rows compare files, not servers).
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _summed(parts: list[dict], faces: int) -> dict:
@@ -257,7 +255,7 @@ def run_bench(settings: BenchSettings) -> dict:
     g1, g2, g3 = "1 in-process vs Triton gRPC", "2 dynamic batching", "3 batch size"
     served_path = Path(settings.repository) / PRECISION_FOLDERS[CPU_PRECISION] / contract.MODEL_VERSION / "model.onnx"
     precision, top = CPU_PRECISION, max(settings.concurrencies)
-    session = ort_session(served_path, graph="mirror")
+    session = cpu_session(served_path, "mirror")  # the server's own session settings (serving/cpu_model.py)
     rounds = 1 if settings.quick else 3
     round_s = max(1.0, secs / rounds)
 

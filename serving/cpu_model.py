@@ -2,7 +2,8 @@
 
 The server copies this file to <workspace>/models/face2hbe/1/model.py next to a link to the repository's
 model.onnx; its config.pbtxt is the committed one in CPU form (serving/embedded.py). Parameters: `graph`
-("mirror" or "plain", face2hbe.graphs) and `intra_op_thread_count` (onnxruntime's threads; 0 = its default).
+("mirror" or "plain", face2hbe.graphs) and `intra_op_thread_count` (onnxruntime's threads; 0 = its default);
+the session is face2hbe.graphs.cpu_session's, which `face2hbe bench` measures in-process too.
 Triton checks names, types, shapes and batch sizes against the config before a request gets here.
 """
 import json
@@ -12,22 +13,16 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from face2hbe import contract
-from face2hbe.graphs import load_graph
+from face2hbe.graphs import cpu_session
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        import onnxruntime as ort
-
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        options = ort.SessionOptions()
-        threads = int(params.get("intra_op_thread_count", "0"))
-        if threads:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         onnx_file = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        graph = load_graph(onnx_file, params.get("graph", "mirror"))
-        self.session = ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
+        threads = int(params.get("intra_op_thread_count", "0")) or None
+        self.session = cpu_session(onnx_file, params.get("graph", "mirror"), threads)
         self.outputs = [output["name"] for output in config["output"]]
 
     def execute(self, requests):

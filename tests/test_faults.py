@@ -322,3 +322,12 @@ def test_a_model_that_fails_to_load_is_one_line_and_the_path_of_the_full_log(tmp
     log = Path(line.rsplit("; full log: ", 1)[1])
     assert log.parent == tmp and "Traceback" not in line and "At:" in log.read_text()
     assert [p.name for p in tmp.iterdir() if p.name.startswith("face2hbe-serve-")] == [log.name]
+
+
+@pytest.mark.slow  # two full starts of the server pinned to one core; `tools/cold_starts.py --starts 20 --cpus 0` is the full check
+def test_cold_starts_on_one_core_are_clean():
+    """Each start until every model is ready, then SIGTERM: exit 0, no ERROR line, traceback or retry (tools/cold_starts.py)."""
+    proc = subprocess.run([sys.executable, str(REPOSITORY.parent / "tools" / "cold_starts.py"), "--starts", "2", "--cpus", "0",
+                           "--repository", str(REPOSITORY)], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2/2 clean starts" in proc.stdout

@@ -117,3 +117,20 @@ def load_graph(onnx_path, graph: str = "mirror") -> bytes:
     if graph == "plain" and is_mirror_averaged(model):
         model = plain_graph(model)
     return model.SerializeToString()
+
+
+def cpu_session(onnx_path, graph: str = "mirror", threads: int | None = None):
+    """An onnxruntime CPU session on `graph` of the file at `onnx_path`, as `face2hbe serve` runs it (cpu_model.py).
+
+    `threads`: intra-op threads (None: onnxruntime's default). No spin-waiting between ops: in the server these
+    threads share the cores with tritonserver's gRPC and batcher threads, which a spinning pool starves (on the
+    shared 2-core machine, face2hbe bench's Triton rows went from 0.59-0.61x to 0.91-0.93x of in-process at 16
+    clients). Scores do not change (tests/test_server.py compares them to the bit).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(load_graph(onnx_path, graph), sess_options=options, providers=["CPUExecutionProvider"])

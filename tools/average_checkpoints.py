@@ -72,7 +72,7 @@ def checkpoint_size(checkpoints) -> int:
     sizes = set()
     for path in checkpoints:
         if path.suffix == ".onnx":
-            from face2hbe.export.onnx_export import onnx_build_info
+            from face2hbe.repository import onnx_build_info
 
             found = onnx_build_info(path).get("working_size")
         else:

@@ -33,9 +33,10 @@ $(NODE_CLIENT): tools/kserve-node/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then (cd tools/kserve-node && npm ci --no-audit --no-fund --loglevel=error) || echo "npm ci failed: the Node.js client test will be skipped"; \
 	else echo "npm not found: the Node.js client test will be skipped"; fi
 
-## lint: pyflakes, import order and bugbear (ruff; rules in pyproject.toml).
+## lint: pyflakes, import order and bugbear, and the code as `ruff format` writes it (rules in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## test: lint, then the CI suite (needs ../shared/data for the real-photo tests; they skip without it).
 test: $(STAMP) $(NODE_CLIENT) lint

@@ -5,6 +5,7 @@ recommendation (or why there is none), and per face its box, every served label 
 passes (decisions.py) with its score, and the face's recommended products.
 Only whole photos are written (as JPEG), never the face crops.
 """
+
 from __future__ import annotations
 
 import os
@@ -124,7 +125,11 @@ def draw_annotations(image: np.ndarray, result: ImageResult, currency: str = "")
         # Caption below the box, or above it when the box reaches the bottom edge.
         texts = [_fit(draw, t, font, max(width - 2 * pad, font_size)) for t in face_lines(face)]
         text_h = len(texts) * (font_size + pad) + pad
-        y = bottom + band + line if bottom + band + line + text_h <= height + band else max(band, top + band - line - text_h)
+        y = (
+            bottom + band + line
+            if bottom + band + line + text_h <= height + band
+            else max(band, top + band - line - text_h)
+        )
         text_w = max(draw.textlength(t, font=font) for t in texts) + 2 * pad
         x = min(max(0, left), max(0, width - text_w))
         draw.rectangle((x, y, x + text_w, y + text_h), fill=colour)
@@ -133,8 +138,14 @@ def draw_annotations(image: np.ndarray, result: ImageResult, currency: str = "")
     return canvas
 
 
-def annotate(result: ImageResult, out_dir: str | Path, profile: str | None = None, currency: str = "",
-             max_pixels: int | None = None, max_file_bytes: int | None = None) -> Path | None:
+def annotate(
+    result: ImageResult,
+    out_dir: str | Path,
+    profile: str | None = None,
+    currency: str = "",
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> Path | None:
     """Write the annotated copy of `result`'s photo; None when the photo itself cannot be read.
 
     The photo is re-read (upright, as the client saw it): detection ran in

@@ -23,6 +23,7 @@ Exactly once: a rerun reads the parts already written, drops duplicate keys
 files), and skips every key left. Ray retries killed tasks and restarts killed
 actors (and retries their tasks). The run ends with the same reconciliation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -201,7 +202,15 @@ def read_stage(batch: dict, done_ref, max_file_bytes: int) -> dict:
     # "" for no profile between stages: a column mixing None and strings may come back as NaN or "nan".
     profiles = [_text(p) or "" for p in _column(batch, "profile", len(paths))]
     done = _done_keys(done_ref)
-    out = {"path": paths, "profile": profiles, "sha256": [], "data": [], "skip": [], "error_kind": [], "error_message": []}
+    out = {
+        "path": paths,
+        "profile": profiles,
+        "sha256": [],
+        "data": [],
+        "skip": [],
+        "error_kind": [],
+        "error_message": [],
+    }
     for path in paths:
         data, digest, kind, message = b"", "", "", ""
         try:
@@ -306,29 +315,60 @@ class ScoreStage:
         else:
             self._session, self.info = _local_session(settings)
         self.labels, self.thresholds, self.max_batch = self.info.labels, self.info.thresholds, self.info.max_batch_size
-        self.model = {"model_name": self.info.name, "model_version": self.info.version, "engine": self.engine,
-                      "thresholds": json.dumps({label: self.thresholds[label] for label in self.info.score_labels}),
-                      "attribute_thresholds": json.dumps({label: self.thresholds[label] for label in self.info.attribute_labels}),
-                      "production_labels": json.dumps(list(self.info.labels if self.info.production_labels is None
-                                                           else self.info.production_labels))}
+        self.model = {
+            "model_name": self.info.name,
+            "model_version": self.info.version,
+            "engine": self.engine,
+            "thresholds": json.dumps({label: self.thresholds[label] for label in self.info.score_labels}),
+            "attribute_thresholds": json.dumps({label: self.thresholds[label] for label in self.info.attribute_labels}),
+            "production_labels": json.dumps(
+                list(self.info.labels if self.info.production_labels is None else self.info.production_labels)
+            ),
+        }
         self.catalog = load_catalog(settings.catalog, labels=self.labels)
 
     def _score(self, crops: np.ndarray) -> np.ndarray:
         if self.engine == "triton":
             return self._loop.run(self._scorer.score(crops))
         step = self.max_batch or len(crops)
-        parts = [np.concatenate(self._session.run(self.info.outputs, {contract.INPUT_NAME: crops[i : i + step]}), axis=1)
-                 for i in range(0, len(crops), step)]
+        parts = [
+            np.concatenate(self._session.run(self.info.outputs, {contract.INPUT_NAME: crops[i : i + step]}), axis=1)
+            for i in range(0, len(crops), step)
+        ]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["path"])
-        rows = [{k: batch[k][i] for k in ("path", "profile", "sha256", "skip", "error_kind", "error_message", "width", "height", "faces_total", "boxes", "node")} for i in range(n)]
+        rows = [
+            {
+                k: batch[k][i]
+                for k in (
+                    "path",
+                    "profile",
+                    "sha256",
+                    "skip",
+                    "error_kind",
+                    "error_message",
+                    "width",
+                    "height",
+                    "faces_total",
+                    "boxes",
+                    "node",
+                )
+            }
+            for i in range(n)
+        ]
         counts = [len(json.loads(r["boxes"])) if not r["skip"] and not r["error_kind"] else 0 for r in rows]
         scores_by_row: list = [None] * n
         if sum(counts):
             side = contract.INPUT_SIZE
-            crops = np.concatenate([np.frombuffer(bytes(batch["crops"][i]), np.uint8).reshape(c, side, side, 3) for i, c in enumerate(counts) if c])
+            crops = np.concatenate(
+                [
+                    np.frombuffer(bytes(batch["crops"][i]), np.uint8).reshape(c, side, side, 3)
+                    for i, c in enumerate(counts)
+                    if c
+                ]
+            )
             try:
                 scores = self._score(crops)
                 start = 0
@@ -346,15 +386,32 @@ class ScoreStage:
                     raise
                 for i, c in enumerate(counts):
                     if c:
-                        rows[i]["error_kind"], rows[i]["error_message"] = "inference_error", " ".join(str(exc).split())[:300]
+                        rows[i]["error_kind"], rows[i]["error_message"] = (
+                            "inference_error",
+                            " ".join(str(exc).split())[:300],
+                        )
         out = defaultdict(list)
         for row, scores in zip(rows, scores_by_row):
             record = ""
             if not row["skip"]:
                 error = {"kind": row["error_kind"], "message": row["error_message"]} if row["error_kind"] else None
-                prepared = Prepared(row["path"], int(row["width"]), int(row["height"]), [Box(*b) for b in json.loads(row["boxes"])],
-                                    None, int(row["faces_total"]), error)
-                result = score_image(prepared, _text(row["profile"]) or None, scores, self.info, self.catalog, self.settings.skus_per_face)
+                prepared = Prepared(
+                    row["path"],
+                    int(row["width"]),
+                    int(row["height"]),
+                    [Box(*b) for b in json.loads(row["boxes"])],
+                    None,
+                    int(row["faces_total"]),
+                    error,
+                )
+                result = score_image(
+                    prepared,
+                    _text(row["profile"]) or None,
+                    scores,
+                    self.info,
+                    self.catalog,
+                    self.settings.skus_per_face,
+                )
                 record = result.to_json()
             for k in ("path", "profile", "sha256", "skip", "error_kind", "node"):
                 out[k].append(row[k])
@@ -364,6 +421,7 @@ class ScoreStage:
         if self.settings.pause_stage == "score":
             _maybe_pause(n, self.settings.pause_after, self.settings.pause_file)
         return dict(out)
+
 
 def _local_session(settings: BatchSettings):
     """An onnxruntime session on the repository's model, checked against the contract, and its ModelInfo."""
@@ -386,43 +444,105 @@ def _local_session(settings: BatchSettings):
 def _schema():
     import pyarrow as pa
 
-    sku = pa.struct([("sku", pa.string()), ("label", pa.string()), ("name", pa.string()), ("price", pa.float64()),
-                     ("url", pa.string()), ("min_score", pa.float64()), ("priority", pa.float64()), ("rank_score", pa.float64())])
-    face = pa.struct([("box", pa.list_(pa.int32())), ("scores", pa.map_(pa.string(), pa.float64())),
-                      ("labels", pa.list_(pa.string())), ("skus", pa.list_(sku)),
-                      ("attributes", pa.map_(pa.string(), pa.float64())), ("attribute_labels", pa.list_(pa.string()))])
-    return pa.schema([
-        ("path", pa.string()), ("sha256", pa.string()), ("profile", pa.string()),
-        ("width", pa.int32()), ("height", pa.int32()), ("faces", pa.list_(face)), ("faces_total", pa.int32()),
-        ("top_label", pa.string()), ("recommendation", sku), ("reason", pa.string()),
-        ("error", pa.struct([("kind", pa.string()), ("message", pa.string())])), ("error_kind", pa.string()),
-        ("model_name", pa.string()), ("model_version", pa.string()), ("thresholds", pa.map_(pa.string(), pa.float64())),
-        ("engine", pa.string()), ("attribute_thresholds", pa.map_(pa.string(), pa.float64())),
-        ("production_labels", pa.list_(pa.string())),
-        ("catalog_thresholds", pa.map_(pa.string(), pa.float64())), ("catalog_opt_in", pa.list_(pa.string())),
-    ])
+    sku = pa.struct(
+        [
+            ("sku", pa.string()),
+            ("label", pa.string()),
+            ("name", pa.string()),
+            ("price", pa.float64()),
+            ("url", pa.string()),
+            ("min_score", pa.float64()),
+            ("priority", pa.float64()),
+            ("rank_score", pa.float64()),
+        ]
+    )
+    face = pa.struct(
+        [
+            ("box", pa.list_(pa.int32())),
+            ("scores", pa.map_(pa.string(), pa.float64())),
+            ("labels", pa.list_(pa.string())),
+            ("skus", pa.list_(sku)),
+            ("attributes", pa.map_(pa.string(), pa.float64())),
+            ("attribute_labels", pa.list_(pa.string())),
+        ]
+    )
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("sha256", pa.string()),
+            ("profile", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("faces", pa.list_(face)),
+            ("faces_total", pa.int32()),
+            ("top_label", pa.string()),
+            ("recommendation", sku),
+            ("reason", pa.string()),
+            ("error", pa.struct([("kind", pa.string()), ("message", pa.string())])),
+            ("error_kind", pa.string()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("thresholds", pa.map_(pa.string(), pa.float64())),
+            ("engine", pa.string()),
+            ("attribute_thresholds", pa.map_(pa.string(), pa.float64())),
+            ("production_labels", pa.list_(pa.string())),
+            ("catalog_thresholds", pa.map_(pa.string(), pa.float64())),
+            ("catalog_opt_in", pa.list_(pa.string())),
+        ]
+    )
 
 
 def _row(record: dict, sha256: str, model: dict) -> dict:
     catalog = record.get("catalog") or {}
-    return {**record, "sha256": sha256, "error_kind": (record.get("error") or {}).get("kind"),
-            "model_name": model["model_name"], "model_version": model["model_version"],
-            "thresholds": json.loads(model["thresholds"]), "engine": model["engine"],
-            "attribute_thresholds": json.loads(model.get("attribute_thresholds") or "{}"),
-            "production_labels": json.loads(model["production_labels"]) if model.get("production_labels") else None,
-            "catalog_thresholds": catalog.get("thresholds"), "catalog_opt_in": catalog.get("opt_in")}
+    return {
+        **record,
+        "sha256": sha256,
+        "error_kind": (record.get("error") or {}).get("kind"),
+        "model_name": model["model_name"],
+        "model_version": model["model_version"],
+        "thresholds": json.loads(model["thresholds"]),
+        "engine": model["engine"],
+        "attribute_thresholds": json.loads(model.get("attribute_thresholds") or "{}"),
+        "production_labels": json.loads(model["production_labels"]) if model.get("production_labels") else None,
+        "catalog_thresholds": catalog.get("thresholds"),
+        "catalog_opt_in": catalog.get("opt_in"),
+    }
 
 
 def record_from_row(row: dict) -> dict:
     """recommend's JSON record (results.ImageResult) from one output row."""
-    faces = [{"box": list(f["box"]), "scores": dict(f["scores"]), "labels": list(f["labels"]), "skus": list(f["skus"]),
-              "attributes": dict(f.get("attributes") or []), "attribute_labels": list(f.get("attribute_labels") or [])}
-             for f in row.get("faces") or []]
-    record = {"path": row["path"], "profile": row["profile"], "width": row["width"], "height": row["height"], "faces": faces,
-              "top_label": row["top_label"], "recommendation": row["recommendation"], "reason": row["reason"], "error": row["error"]}
+    faces = [
+        {
+            "box": list(f["box"]),
+            "scores": dict(f["scores"]),
+            "labels": list(f["labels"]),
+            "skus": list(f["skus"]),
+            "attributes": dict(f.get("attributes") or []),
+            "attribute_labels": list(f.get("attribute_labels") or []),
+        }
+        for f in row.get("faces") or []
+    ]
+    record = {
+        "path": row["path"],
+        "profile": row["profile"],
+        "width": row["width"],
+        "height": row["height"],
+        "faces": faces,
+        "top_label": row["top_label"],
+        "recommendation": row["recommendation"],
+        "reason": row["reason"],
+        "error": row["error"],
+    }
     if row.get("faces_total") is not None:
         record["faces_total"] = row["faces_total"]
-    catalog = {k: v for k, v in (("thresholds", dict(row.get("catalog_thresholds") or [])), ("opt_in", list(row.get("catalog_opt_in") or []))) if v}
+    catalog = {
+        k: v
+        for k, v in (
+            ("thresholds", dict(row.get("catalog_thresholds") or [])),
+            ("opt_in", list(row.get("catalog_opt_in") or [])),
+        )
+        if v
+    }
     if catalog:
         record["catalog"] = catalog
     return record
@@ -506,7 +626,17 @@ def write_stage(batch: dict, output: str) -> dict:
         if batch["node"][i]:
             nodes[str(batch["node"][i])] += 1
         record = json.loads(batch["record"][i])
-        model = {k: batch[k][i] for k in ("model_name", "model_version", "thresholds", "engine", "attribute_thresholds", "production_labels")}
+        model = {
+            k: batch[k][i]
+            for k in (
+                "model_name",
+                "model_version",
+                "thresholds",
+                "engine",
+                "attribute_thresholds",
+                "production_labels",
+            )
+        }
         rows.append(_row(record, str(batch["sha256"][i]), model))
         result = image_result_from_record(record)
         _count(summary, result)
@@ -517,10 +647,17 @@ def write_stage(batch: dict, output: str) -> dict:
         table = pa.Table.from_pylist(rows, schema=_schema())
         part = _part_name((r["path"], r["sha256"]) for r in rows)
         OutputStore(output).write_atomic(table, part)
-    counts = {"images": summary.images, "skipped": skipped, "faces": summary.faces,
-              "recommendations": dict(summary.recommendations), "reasons": dict(summary.reasons),
-              "errors": dict(summary.errors), "error_reasons": [[k, m, c] for (k, m), c in summary.error_reasons.items()],
-              "error_lines": error_lines[:MAX_LOGGED_ERRORS], "nodes": dict(nodes)}
+    counts = {
+        "images": summary.images,
+        "skipped": skipped,
+        "faces": summary.faces,
+        "recommendations": dict(summary.recommendations),
+        "reasons": dict(summary.reasons),
+        "errors": dict(summary.errors),
+        "error_reasons": [[k, m, c] for (k, m), c in summary.error_reasons.items()],
+        "error_lines": error_lines[:MAX_LOGGED_ERRORS],
+        "nodes": dict(nodes),
+    }
     return {"counts": [json.dumps(counts)], "part": [part]}
 
 
@@ -561,7 +698,11 @@ def reconcile(output: str | Path, drop_retryable: bool) -> tuple[set, int, int]:
             continue
         dropped += keep.count(False)
         table = store.read(part).filter(pa.array(keep))
-        name = _part_name(zip(table.column("path").to_pylist(), table.column("sha256").to_pylist())) if table.num_rows else None
+        name = (
+            _part_name(zip(table.column("path").to_pylist(), table.column("sha256").to_pylist()))
+            if table.num_rows
+            else None
+        )
         if name is not None:
             store.write_atomic(table, name)  # same name (duplicates inside one part): replaced in place
         if name != part:
@@ -611,30 +752,50 @@ def build_pipeline(paths, settings: BatchSettings, done_ref):
         cpu["compute"] = ray.data.TaskPoolStrategy(size=settings.cpu_workers)
     stages = []
     for ds in _source_datasets(paths, settings):
-        ds = ds.map_batches(read_stage, batch_size=settings.images_per_task, batch_format="numpy",
-                            fn_kwargs={"done_ref": done_ref, "max_file_bytes": settings.limits.max_file_bytes}, **cpu)
+        ds = ds.map_batches(
+            read_stage,
+            batch_size=settings.images_per_task,
+            batch_format="numpy",
+            fn_kwargs={"done_ref": done_ref, "max_file_bytes": settings.limits.max_file_bytes},
+            **cpu,
+        )
         stages.append(ds)
     ds = stages[0].union(*stages[1:]) if len(stages) > 1 else stages[0]
-    ds = ds.map_batches(prepare_stage, batch_size=settings.images_per_task, batch_format="numpy",
-                        fn_kwargs={"detector": settings.detector, "limits": settings.limits,
-                                   "pause": (settings.pause_after, settings.pause_file) if settings.pause_stage == "prepare" else None},
-                        **cpu)
+    ds = ds.map_batches(
+        prepare_stage,
+        batch_size=settings.images_per_task,
+        batch_format="numpy",
+        fn_kwargs={
+            "detector": settings.detector,
+            "limits": settings.limits,
+            "pause": (settings.pause_after, settings.pause_file) if settings.pause_stage == "prepare" else None,
+        },
+        **cpu,
+    )
     in_flight = max(1, settings.client.max_in_flight)
     ds = ds.map_batches(
         ScoreStage,
         fn_constructor_kwargs={"settings": settings},
         batch_size=settings.images_per_task,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=settings.scorers, max_concurrent_calls_per_actor=in_flight,
-                                           enable_true_multi_threading=True),
+        compute=ray.data.ActorPoolStrategy(
+            size=settings.scorers, max_concurrent_calls_per_actor=in_flight, enable_true_multi_threading=True
+        ),
         # Triton does the work for "triton"; onnxruntime uses one core per actor for "local".
         num_cpus=1 if settings.engine == "local" else 0,
-        max_restarts=-1, max_task_retries=-1,  # a killed actor is restarted and its calls retried
+        max_restarts=-1,
+        max_task_retries=-1,  # a killed actor is restarted and its calls retried
     )
     # No CPU reserved for the writes (one small task per part): a fraction of one kept Ray Data's budget for
     # detection under 2 CPUs on a 2-CPU machine, so detection ran one task at a time (docs/batch.md "Why it lost").
-    ds = ds.map_batches(write_stage, batch_size=settings.rows_per_part, batch_format="numpy",
-                        fn_kwargs={"output": str(settings.output)}, num_cpus=0, max_retries=-1)
+    ds = ds.map_batches(
+        write_stage,
+        batch_size=settings.rows_per_part,
+        batch_format="numpy",
+        fn_kwargs={"output": str(settings.output)},
+        num_cpus=0,
+        max_retries=-1,
+    )
     return ds
 
 
@@ -653,12 +814,16 @@ def stage_throughput(stats_text: str) -> list[dict]:
         # converted to images/s with their input/output ratio.
         n_in, n_out = (int(m.group(1)) if m else 0 for m in (rows_in, rows_out))
         scale = n_in / n_out if n_in and n_out else 1.0
-        stages.append({
-            "stage": re.sub(r"MapBatches\((\w+)\)", r"\1", head.group(1).strip()), "tasks": int(head.group(2)), "seconds": float(head.group(4)),
-            "rows": n_in or n_out,
-            "rows_per_s": round(float(throughput.group(1)) * scale, 2) if throughput else None,
-            "rows_per_s_per_task": round(float(single.group(1)) * scale, 2) if single else None,
-        })
+        stages.append(
+            {
+                "stage": re.sub(r"MapBatches\((\w+)\)", r"\1", head.group(1).strip()),
+                "tasks": int(head.group(2)),
+                "seconds": float(head.group(4)),
+                "rows": n_in or n_out,
+                "rows_per_s": round(float(throughput.group(1)) * scale, 2) if throughput else None,
+                "rows_per_s_per_task": round(float(single.group(1)) * scale, 2) if single else None,
+            }
+        )
     return stages
 
 
@@ -745,7 +910,7 @@ def _finish(output: str, jsonl: Path | None, summary: BatchSummary, catalog) -> 
     tmp = Path(f"{jsonl}.tmp") if jsonl else None
     if tmp:
         tmp.parent.mkdir(parents=True, exist_ok=True)
-    with (tmp.open("w", encoding="utf-8") if tmp else open(os.devnull, "w")) as lines:
+    with tmp.open("w", encoding="utf-8") if tmp else open(os.devnull, "w") as lines:
         for part in store.parts():
             for row in store.read(part).to_pylist():
                 if row["error_kind"]:
@@ -789,18 +954,40 @@ def _user_error(exc: BaseException) -> Face2hbeError:
     return Face2hbeError(f"batch job failed: {' '.join(text.split())[:500]}")
 
 
-def write_profiles(output: str | Path, by_profile: dict[str, list[ImageResult]], labels: list[str], catalog,
-                   production: list[str] | None = None) -> list:
+def write_profiles(
+    output: str | Path,
+    by_profile: dict[str, list[ImageResult]],
+    labels: list[str],
+    catalog,
+    production: list[str] | None = None,
+) -> list:
     """profiles.parquet: recommend's aggregate_profile for each profile's images."""
     import pyarrow as pa
 
     profiles = [aggregate_profile(p, results, labels, catalog, production) for p, results in sorted(by_profile.items())]
-    rows = [{"profile": p.profile, "images": p.images, "images_with_faces": p.images_with_faces, "share": p.share,
-             "top_label": p.top_label, "recommendation": json.dumps(p.recommendation) if p.recommendation else None,
-             "reason": p.reason} for p in profiles]
-    schema = pa.schema([("profile", pa.string()), ("images", pa.int64()), ("images_with_faces", pa.int64()),
-                        ("share", pa.map_(pa.string(), pa.float64())), ("top_label", pa.string()), ("recommendation", pa.string()),
-                        ("reason", pa.string())])
+    rows = [
+        {
+            "profile": p.profile,
+            "images": p.images,
+            "images_with_faces": p.images_with_faces,
+            "share": p.share,
+            "top_label": p.top_label,
+            "recommendation": json.dumps(p.recommendation) if p.recommendation else None,
+            "reason": p.reason,
+        }
+        for p in profiles
+    ]
+    schema = pa.schema(
+        [
+            ("profile", pa.string()),
+            ("images", pa.int64()),
+            ("images_with_faces", pa.int64()),
+            ("share", pa.map_(pa.string(), pa.float64())),
+            ("top_label", pa.string()),
+            ("recommendation", pa.string()),
+            ("reason", pa.string()),
+        ]
+    )
     OutputStore(output).write_atomic(pa.Table.from_pylist(rows, schema=schema), PROFILES_FILE, folder=None)
     return profiles
 
@@ -813,17 +1000,30 @@ def summary_rows(summary: BatchSummary) -> list[tuple[str, str]]:
     if summary.duplicates_dropped:
         rows.append(("rows reconciled (duplicates, retried errors)", str(summary.duplicates_dropped)))
     if summary.model:
-        rows.append(("model", f"{summary.model['model_name']} v{summary.model['model_version']} ({summary.model['engine']})"))
+        rows.append(
+            ("model", f"{summary.model['model_name']} v{summary.model['model_version']} ({summary.model['engine']})")
+        )
     for stage in summary.stages:
         rate = f"{stage['rows_per_s']:.1f} images/s" if stage["rows_per_s"] is not None else "-"
-        per_task = f" ({stage['rows_per_s_per_task']:.1f}/s per task)" if stage["rows_per_s_per_task"] is not None else ""
+        per_task = (
+            f" ({stage['rows_per_s_per_task']:.1f}/s per task)" if stage["rows_per_s_per_task"] is not None else ""
+        )
         rows.append((f"stage {stage['stage']}", f"{rate}{per_task}, {stage['rows']} images, {stage['tasks']} tasks"))
     if summary.detection_nodes:
         nodes = sorted(summary.detection_nodes.items(), key=lambda kv: (-kv[1], kv[0]))
-        rows.append((f"images detected per node ({len(nodes)} node{'s' if len(nodes) > 1 else ''})",
-                     ", ".join(f"{node[:12]} {n}" for node, n in nodes)))
+        rows.append(
+            (
+                f"images detected per node ({len(nodes)} node{'s' if len(nodes) > 1 else ''})",
+                ", ".join(f"{node[:12]} {n}" for node, n in nodes),
+            )
+        )
     if summary.phases:
         p = {k: summary.phases.get(k, 0.0) for k in ("ray_start", "pipeline", "ray_stop", "finish")}
-        rows.append(("time", f"Ray start-up {p['ray_start']:.1f} s, pipeline {p['pipeline']:.1f} s, "
-                             f"Ray shut-down {p['ray_stop']:.1f} s, finish {p['finish']:.1f} s"))
+        rows.append(
+            (
+                "time",
+                f"Ray start-up {p['ray_start']:.1f} s, pipeline {p['pipeline']:.1f} s, "
+                f"Ray shut-down {p['ray_stop']:.1f} s, finish {p['finish']:.1f} s",
+            )
+        )
     return rows

@@ -24,6 +24,7 @@ CSV has no currency, no thresholds and no opt_in):
     sku,label,name,price,url,min_score,priority
     EW-1001,eyewear,Round acetate frames,89.0,https://shop.example/ew-1001,,
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -71,8 +72,13 @@ class Catalog:
         """What this catalog changes in the decisions (its thresholds, its opt-ins), for the records; {} when nothing."""
         return {k: v for k, v in (("thresholds", dict(self.thresholds)), ("opt_in", list(self.opt_in))) if v}
 
-    def rank(self, label_scores: dict[str, float], thresholds: dict[str, float], limit: int = 3,
-             production: list[str] | tuple[str, ...] | None = None) -> list[dict]:
+    def rank(
+        self,
+        label_scores: dict[str, float],
+        thresholds: dict[str, float],
+        limit: int = 3,
+        production: list[str] | tuple[str, ...] | None = None,
+    ) -> list[dict]:
         """Products for every recommended label that passes, best first (decisions.py).
 
         A label passes by the catalog's threshold for it when it sets one, else `thresholds` (the model's); it is
@@ -124,8 +130,12 @@ def load_catalog(path: str | Path | None = None, labels: list[str] | None = None
         rows, currency, thresholds, opt_in = _read_csv(path, text), "", {}, []
     else:
         rows, currency, thresholds, opt_in = _read_yaml(path, text)
-    return Catalog(_validate(path, rows, labels), currency, _validate_thresholds(path, thresholds, labels),
-                   _validate_opt_in(path, opt_in, labels))
+    return Catalog(
+        _validate(path, rows, labels),
+        currency,
+        _validate_thresholds(path, thresholds, labels),
+        _validate_opt_in(path, opt_in, labels),
+    )
 
 
 def _validate_opt_in(path: Path, opt_in, labels: list[str] | None) -> tuple[str, ...]:
@@ -201,7 +211,9 @@ def _validate(path: Path, rows: list, labels: list[str] | None) -> tuple[Product
         if unknown:
             raise CatalogError(f"{path}: product {row['sku']!r} has unknown fields {sorted(unknown)}")
         if labels is not None and row["label"] not in labels:
-            raise CatalogError(f"{path}: product {row['sku']!r} has label {row['label']!r}, not one of the served labels {labels}")
+            raise CatalogError(
+                f"{path}: product {row['sku']!r} has label {row['label']!r}, not one of the served labels {labels}"
+            )
         if row["sku"] in seen:
             raise CatalogError(f"{path}: duplicate sku {row['sku']!r}")
         seen.add(row["sku"])

@@ -10,6 +10,7 @@
   to the higher priority, then to the SKU in alphabetical order (`rank_key`).
 - Why nothing is recommended: one of REASONS.
 """
+
 from __future__ import annotations
 
 NO_FACE = "no face detected"

@@ -11,6 +11,7 @@ code, never by their text:
 - any other answer of the server: InferenceError (that request failed, the run goes on);
 - anything else (a TypeError in our own code, say) is a bug and propagates.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,9 +27,17 @@ from face2hbe.repository import config_from_json, labels_and_thresholds, output_
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URLS = {"grpc": f"{contract.DEFAULT_HOST}:{contract.GRPC_PORT}", "http": f"{contract.DEFAULT_HOST}:{contract.HTTP_PORT}"}
+DEFAULT_URLS = {
+    "grpc": f"{contract.DEFAULT_HOST}:{contract.GRPC_PORT}",
+    "http": f"{contract.DEFAULT_HOST}:{contract.HTTP_PORT}",
+}
 
-TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.NOT_FOUND"}
+TRANSIENT_GRPC = {
+    "StatusCode.UNAVAILABLE",
+    "StatusCode.RESOURCE_EXHAUSTED",
+    "StatusCode.DEADLINE_EXCEEDED",
+    "StatusCode.NOT_FOUND",
+}
 TRANSIENT_HTTP = {"404", "429", "502", "503", "504"}
 # The photo model's answer to a photo it cannot take (unreadable, above a limit): the photo's fault, not the server's.
 REFUSED_PHOTO = {"StatusCode.INVALID_ARGUMENT", "400"}
@@ -51,8 +60,15 @@ class ModelInfo:
         labels, thresholds = labels_and_thresholds(config)
         attributes = tuple(output_labels(config).get(contract.ATTRIBUTES_NAME, ()))
         production = production_labels_in(config)
-        return cls(labels, thresholds, int(config.max_batch_size), name, version, attributes,
-                   None if production is None else tuple(production))
+        return cls(
+            labels,
+            thresholds,
+            int(config.max_batch_size),
+            name,
+            version,
+            attributes,
+            None if production is None else tuple(production),
+        )
 
     @property
     def score_labels(self) -> list[str]:
@@ -106,7 +122,9 @@ def is_transient(exc: BaseException) -> bool:
         return str(exc.status()) in TRANSIENT_GRPC | TRANSIENT_HTTP
     import aiohttp
 
-    return isinstance(exc, (asyncio.TimeoutError, ConnectionError, aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError))
+    return isinstance(
+        exc, (asyncio.TimeoutError, ConnectionError, aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError)
+    )
 
 
 def is_server_failure(exc: BaseException) -> bool:
@@ -176,7 +194,14 @@ class AsyncScorer:
         waiting never looks like hanging. Cancelling the wait (Ctrl-C under asyncio.run) ends it
         at once with CancelledError, never as "not ready".
         """
-        from tenacity import AsyncRetrying, RetryError, retry_if_exception, retry_if_result, stop_after_delay, wait_exponential_jitter
+        from tenacity import (
+            AsyncRetrying,
+            RetryError,
+            retry_if_exception,
+            retry_if_result,
+            stop_after_delay,
+            wait_exponential_jitter,
+        )
 
         s = self.settings
         last: list[str] = []
@@ -205,7 +230,8 @@ class AsyncScorer:
 
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda ok: not ok) | retry_if_exception(is_transient),
-            stop=stop_after_delay(s.wait_ready_s), wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
+            stop=stop_after_delay(s.wait_ready_s),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
         )
         slow = asyncio.get_running_loop().call_later(WAIT_NOTICE_S, notice)
         try:
@@ -218,7 +244,9 @@ class AsyncScorer:
         except Exception as exc:
             if not is_server_failure(exc):
                 raise
-            raise ServerUnavailableError(f"model {s.model_name!r} at {s.address} ({s.protocol}): {one_line(exc)}") from None
+            raise ServerUnavailableError(
+                f"model {s.model_name!r} at {s.address} ({s.protocol}): {one_line(exc)}"
+            ) from None
         finally:
             slow.cancel()
 
@@ -245,8 +273,14 @@ class AsyncScorer:
 
         The columns follow `info.labels`: the `scores` output's, then the `attributes` output's when served.
         """
-        if crops.ndim != 4 or crops.shape[1:] != contract.INPUT_SHAPE or crops.dtype != contract.numpy_dtype(contract.INPUT_DTYPE):
-            raise InferenceError(f"crops must be uint8 [N,{','.join(map(str, contract.INPUT_SHAPE))}], got {crops.dtype} {list(crops.shape)}")
+        if (
+            crops.ndim != 4
+            or crops.shape[1:] != contract.INPUT_SHAPE
+            or crops.dtype != contract.numpy_dtype(contract.INPUT_DTYPE)
+        ):
+            raise InferenceError(
+                f"crops must be uint8 [N,{','.join(map(str, contract.INPUT_SHAPE))}], got {crops.dtype} {list(crops.shape)}"
+            )
         if len(crops) == 0:
             return np.zeros((0, len(self.info.labels)), np.float32)
         step = self.info.max_batch_size or len(crops)
@@ -265,7 +299,9 @@ class AsyncScorer:
         if s.protocol == "grpc":
             result = await self._client.infer(s.model_name, inputs, outputs=outputs, client_timeout=s.timeout_s)
         else:
-            result = await asyncio.wait_for(self._client.infer(s.model_name, inputs, outputs=outputs), timeout=s.timeout_s)
+            result = await asyncio.wait_for(
+                self._client.infer(s.model_name, inputs, outputs=outputs), timeout=s.timeout_s
+            )
         return np.concatenate([result.as_numpy(name) for name in self.info.outputs], axis=1)
 
     async def score_photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -285,13 +321,18 @@ class AsyncScorer:
         inputs = [t.InferInput(contract.PHOTO_INPUT_NAME, list(contract.PHOTO_INPUT_SHAPE), contract.PHOTO_INPUT_DTYPE)]
         inputs[0].set_data_from_numpy(np.array([data], dtype=object))
         names = (contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME) + (
-            (contract.ATTRIBUTES_NAME,) if self.info.attribute_labels else ())
+            (contract.ATTRIBUTES_NAME,) if self.info.attribute_labels else ()
+        )
         outputs = [t.InferRequestedOutput(n) for n in names]
         try:
             if s.protocol == "grpc":
-                result = await self._client.infer(contract.PHOTO_MODEL_NAME, inputs, outputs=outputs, client_timeout=s.timeout_s)
+                result = await self._client.infer(
+                    contract.PHOTO_MODEL_NAME, inputs, outputs=outputs, client_timeout=s.timeout_s
+                )
             else:
-                result = await asyncio.wait_for(self._client.infer(contract.PHOTO_MODEL_NAME, inputs, outputs=outputs), timeout=s.timeout_s)
+                result = await asyncio.wait_for(
+                    self._client.infer(contract.PHOTO_MODEL_NAME, inputs, outputs=outputs), timeout=s.timeout_s
+                )
         except InferenceServerException as exc:
             reason = refused_photo_reason(exc)
             if reason is not None:
@@ -299,8 +340,17 @@ class AsyncScorer:
             raise
         boxes = result.as_numpy(contract.BOXES_NAME).reshape(-1, 4)
         # One row per face in self.info.labels order: the scores' labels, then the attributes'.
-        rows = np.concatenate([result.as_numpy(name).reshape(len(boxes), width) for name, width in (
-            (contract.OUTPUT_NAME, len(self.info.score_labels)), (contract.ATTRIBUTES_NAME, len(self.info.attribute_labels))) if width], axis=1)
+        rows = np.concatenate(
+            [
+                result.as_numpy(name).reshape(len(boxes), width)
+                for name, width in (
+                    (contract.OUTPUT_NAME, len(self.info.score_labels)),
+                    (contract.ATTRIBUTES_NAME, len(self.info.attribute_labels)),
+                )
+                if width
+            ],
+            axis=1,
+        )
         return boxes, rows, result.as_numpy(contract.DETECTION_SCORES_NAME).reshape(-1)
 
     async def _with_retries(self, call, what: str):
@@ -310,14 +360,22 @@ class AsyncScorer:
         s = self.settings
 
         def before_sleep(state) -> None:
-            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, one_line(state.outcome.exception()),
-                        state.attempt_number, s.retries, state.next_action.sleep)
+            log.warning(
+                "%s failed (%s); retry %d/%d in %.1fs",
+                what,
+                one_line(state.outcome.exception()),
+                state.attempt_number,
+                s.retries,
+                state.next_action.sleep,
+            )
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception(is_transient), stop=stop_after_attempt(s.retries + 1),
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(s.retries + 1),
             wait=wait_exponential_jitter(multiplier=s.backoff_s, max=s.backoff_max_s, jitter=s.backoff_s / 4),
             before_sleep=before_sleep,
         )
+
         async def attempt():  # tenacity awaits only coroutine functions, not lambdas returning coroutines
             try:
                 return await call()

@@ -12,6 +12,7 @@
 - `configure_progress`: Ray Data's live progress bars on a terminal; elsewhere (a log file, a
   pipe) none of its progress blocks (one every 10 s), the caller logs one line per stage instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,13 +81,15 @@ def configure_progress(progress: bool) -> bool:
         # Ray Data says once that it has no progress bars (a warning) and logs its start/finish at INFO.
         for name in (RAY_DATA_LOGGER, f"{RAY_DATA_LOGGER}._internal.progress"):
             logger = logging.getLogger(name)
-            logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR if name.endswith("progress") else logging.WARNING))
+            logger.setLevel(
+                max(logger.getEffectiveLevel(), logging.ERROR if name.endswith("progress") else logging.WARNING)
+            )
     return progress and not bars
 
 
 def _write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 @contextlib.contextmanager
@@ -136,5 +139,7 @@ def quiet_stderr(patterns=SPURIOUS_STDERR):
             pass
         os.dup2(saved, 2)  # the pipe's last write end closes: the pump sees its end
         thread.join(timeout=10)
-        if not thread.is_alive():  # else a process spawned meanwhile holds the pipe: the pump keeps forwarding to `saved`
+        if (
+            not thread.is_alive()
+        ):  # else a process spawned meanwhile holds the pipe: the pump keeps forwarding to `saved`
             os.close(saved)

@@ -18,6 +18,7 @@ time. No process is started: a script without a main guard, `python - < script.p
 `python -c`, a notebook and a web app's worker thread all work, and nothing outlives
 the caller.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,15 @@ from face2hbe.imaging import (
 from .catalog import Catalog, load_catalog
 from .decisions import passing
 from .inference import AsyncScorer, ClientSettings, ModelInfo
-from .results import FaceResult, ImageResult, JsonlWriter, ProfileResult, aggregate_profile, image_result_from_record, summarise_image
+from .results import (
+    FaceResult,
+    ImageResult,
+    JsonlWriter,
+    ProfileResult,
+    aggregate_profile,
+    image_result_from_record,
+    summarise_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +157,9 @@ def prepare_image(path: str, detector: DetectorSettings, limits: Limits, data: b
     """
     try:
         data = read_image_file(path, limits.max_file_bytes) if data is None else data
-        image = decode_for_detection(data, path, detector, limits.max_pixels, limits.max_file_bytes)  # one decode, reduced
+        image = decode_for_detection(
+            data, path, detector, limits.max_pixels, limits.max_file_bytes
+        )  # one decode, reduced
     except BadImageError as exc:
         return Prepared(path, error={"kind": "bad_image", "message": exc.reason})
     return prepare_array(image, path, detector, limits)
@@ -199,16 +210,32 @@ def _outside_event_loop(method: str) -> None:
     raise RuntimeError(f"Recommender.{method}() cannot run inside a running event loop: await Recommender.a{method}()")
 
 
-def score_image(prepared: Prepared, profile: str | None, scores: np.ndarray | None, info: ModelInfo, catalog: Catalog,
-                skus_per_face: int) -> ImageResult:
+def score_image(
+    prepared: Prepared,
+    profile: str | None,
+    scores: np.ndarray | None,
+    info: ModelInfo,
+    catalog: Catalog,
+    skus_per_face: int,
+) -> ImageResult:
     """One image's record from its detections and their scores: per-face labels and SKUs, the image's pick."""
     score_labels, attribute_labels = info.score_labels, list(info.attribute_labels)
-    model = {"name": info.name, "version": info.version, "thresholds": {label: info.thresholds[label] for label in score_labels}}
+    model = {
+        "name": info.name,
+        "version": info.version,
+        "thresholds": {label: info.thresholds[label] for label in score_labels},
+    }
     if attribute_labels:
         model["attribute_thresholds"] = {label: info.thresholds[label] for label in attribute_labels}
     model["production_labels"] = list(info.labels if info.production_labels is None else info.production_labels)
-    result = ImageResult(path=prepared.path, profile=profile, width=prepared.width or None, height=prepared.height or None, model=model,
-                         catalog=catalog.rules() or None)
+    result = ImageResult(
+        path=prepared.path,
+        profile=profile,
+        width=prepared.width or None,
+        height=prepared.height or None,
+        model=model,
+        catalog=catalog.rules() or None,
+    )
     if prepared.error:
         result.error = prepared.error
         return result
@@ -221,8 +248,16 @@ def score_image(prepared: Prepared, profile: str | None, scores: np.ndarray | No
             label_scores = {label: every[label] for label in score_labels}
             attributes = {label: every[label] for label in attribute_labels}
             skus = catalog.rank(every, info.thresholds, skus_per_face, info.production_labels)
-            result.faces.append(FaceResult(box.as_list(), label_scores, passing(label_scores, thresholds), skus, attributes,
-                                           passing(attributes, thresholds)))
+            result.faces.append(
+                FaceResult(
+                    box.as_list(),
+                    label_scores,
+                    passing(label_scores, thresholds),
+                    skus,
+                    attributes,
+                    passing(attributes, thresholds),
+                )
+            )
     return summarise_image(result, catalog, info.production_labels)
 
 
@@ -246,7 +281,9 @@ class Recommender:
         if detect not in DETECT_MODES:
             raise ValueError(f"detect must be one of {', '.join(DETECT_MODES)}, not {detect!r}")
         if skus_per_face < 1:
-            raise ValueError(f"skus_per_face must be at least 1 (the image's pick is its faces' first product), not {skus_per_face}")
+            raise ValueError(
+                f"skus_per_face must be at least 1 (the image's pick is its faces' first product), not {skus_per_face}"
+            )
         self.detect = detect
         self.client_settings = client or ClientSettings(url=url, protocol=protocol)
         self._catalog_source = catalog
@@ -326,7 +363,9 @@ class Recommender:
                 self.catalog = load_catalog(self._catalog_source, labels=info.labels)
             unknown = {p.label for p in self.catalog.products} - set(info.labels)
             if unknown:
-                raise CatalogError(f"catalog labels {sorted(unknown)} are not served by the model (labels {info.labels})")
+                raise CatalogError(
+                    f"catalog labels {sorted(unknown)} are not served by the model (labels {info.labels})"
+                )
         except BaseException:
             await scorer.close()
             raise
@@ -343,16 +382,30 @@ class Recommender:
         try:
             boxes, scores, _ = await scorer.score_photo(prepared.photo, prepared.path)
         except BadImageError as exc:
-            failed = Prepared(prepared.path, prepared.width, prepared.height, error={"kind": "bad_image", "message": exc.reason})
+            failed = Prepared(
+                prepared.path, prepared.width, prepared.height, error={"kind": "bad_image", "message": exc.reason}
+            )
             return score_image(failed, profile, None, scorer.info, self.catalog, self.skus_per_face)
-        kept = [Box(top=int(t), right=int(r), bottom=int(b), left=int(left)) for t, r, b, left in boxes[: self.limits.max_faces]]
+        kept = [
+            Box(top=int(t), right=int(r), bottom=int(b), left=int(left))
+            for t, r, b, left in boxes[: self.limits.max_faces]
+        ]
         found = Prepared(prepared.path, prepared.width, prepared.height, kept, faces_total=len(boxes))
-        return score_image(found, profile, scores[: len(kept)] if kept else None, scorer.info, self.catalog, self.skus_per_face)
+        return score_image(
+            found, profile, scores[: len(kept)] if kept else None, scorer.info, self.catalog, self.skus_per_face
+        )
 
     # --- batches ------------------------------------------------------------------
 
-    def run(self, paths, output: str | Path, resume: bool = False, progress: bool = True, on_result=None,
-            annotate: str | Path | None = None) -> RunSummary:
+    def run(
+        self,
+        paths,
+        output: str | Path,
+        resume: bool = False,
+        progress: bool = True,
+        on_result=None,
+        annotate: str | Path | None = None,
+    ) -> RunSummary:
         """Process every image under `paths`, writing one JSONL record per image as it finishes.
 
         With `annotate`, an annotated JPEG copy of each photo goes to that folder
@@ -363,8 +416,15 @@ class Recommender:
         _outside_event_loop("run")
         return asyncio.run(self.arun(paths, output, resume, progress, on_result, annotate))
 
-    async def arun(self, paths, output: str | Path, resume: bool = False, progress: bool = True, on_result=None,
-                   annotate: str | Path | None = None) -> RunSummary:
+    async def arun(
+        self,
+        paths,
+        output: str | Path,
+        resume: bool = False,
+        progress: bool = True,
+        on_result=None,
+        annotate: str | Path | None = None,
+    ) -> RunSummary:
         """`run`, awaitable."""
         summary = RunSummary()
         items = find_inputs(paths, summary.ignored_files)
@@ -385,7 +445,14 @@ class Recommender:
             currency = self.catalog.currency if self.catalog else ""
             try:
                 written = await asyncio.get_running_loop().run_in_executor(
-                    pool, annotate_image, result, annotate, profile, currency, self.limits.max_pixels, self.limits.max_file_bytes
+                    pool,
+                    annotate_image,
+                    result,
+                    annotate,
+                    profile,
+                    currency,
+                    self.limits.max_pixels,
+                    self.limits.max_file_bytes,
                 )
             except Exception as exc:  # a picture is a by-product: its failure must not lose the record
                 log.warning("%s: annotated copy not written (%s)", result.path, exc)
@@ -395,16 +462,24 @@ class Recommender:
 
         return picture, pool
 
-    async def _run(self, items, output: Path, resume: bool, progress: bool, on_result, annotate, summary: RunSummary) -> RunSummary:
+    async def _run(
+        self, items, output: Path, resume: bool, progress: bool, on_result, annotate, summary: RunSummary
+    ) -> RunSummary:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         # The output first: a results file this run cannot write fails the run before any work, and
         # an older one is gone (or, with resume, compacted) before anything can go wrong.
         local = self.detect == "local"
-        with JsonlWriter(output, resume=resume) as writer, (detection_pool(self.workers) if local else
-                                                            ThreadPoolExecutor(self.workers, thread_name_prefix="read")) as pool:
+        with (
+            JsonlWriter(output, resume=resume) as writer,
+            (
+                detection_pool(self.workers) if local else ThreadPoolExecutor(self.workers, thread_name_prefix="read")
+            ) as pool,
+        ):
             # The threads load their detectors while we connect (a failure shows where `warm` is awaited, if at all).
-            warm = asyncio.gather(*(loop.run_in_executor(pool, _warm_up, self.detector.model) for _ in range(self.workers * local)))
+            warm = asyncio.gather(
+                *(loop.run_in_executor(pool, _warm_up, self.detector.model) for _ in range(self.workers * local))
+            )
             warm.add_done_callback(lambda done: done.cancelled() or done.exception())
             scorer = await self._connect()
             picture, draw_pool = self._pictures(annotate, summary)
@@ -422,12 +497,24 @@ class Recommender:
         """prepare_image in a worker, with a deadline: an image that hangs gets an error record, the run goes on."""
         loop = asyncio.get_running_loop()
         try:
-            work = (prepare_image, str(path), self.detector, self.limits) if self.detect == "local" else (read_photo, str(path), self.limits)
+            work = (
+                (prepare_image, str(path), self.detector, self.limits)
+                if self.detect == "local"
+                else (read_photo, str(path), self.limits)
+            )
             return await asyncio.wait_for(loop.run_in_executor(pool, *work), self.limits.image_timeout_s)
         except asyncio.TimeoutError:
-            return Prepared(str(path), error={"kind": "image_timeout", "message": f"not read and detected within {self.limits.image_timeout_s:g} s"})
+            return Prepared(
+                str(path),
+                error={
+                    "kind": "image_timeout",
+                    "message": f"not read and detected within {self.limits.image_timeout_s:g} s",
+                },
+            )
 
-    async def _batch(self, items, writer: JsonlWriter, annotate, progress, on_result, summary, started, pool, scorer, picture) -> None:
+    async def _batch(
+        self, items, writer: JsonlWriter, annotate, progress, on_result, summary, started, pool, scorer, picture
+    ) -> None:
         from tqdm import tqdm
 
         from .annotate import annotated_path
@@ -454,8 +541,14 @@ class Recommender:
                 result = await self._score(prepared, profile, scorer)
             except InferenceError as exc:  # the server rejected this request; the run goes on
                 error = {"kind": "inference_error", "message": str(exc)}
-                result = score_image(Prepared(str(path), prepared.width, prepared.height, error=error), profile, None,
-                                     scorer.info, self.catalog, self.skus_per_face)
+                result = score_image(
+                    Prepared(str(path), prepared.width, prepared.height, error=error),
+                    profile,
+                    None,
+                    scorer.info,
+                    self.catalog,
+                    self.skus_per_face,
+                )
             await picture(result, profile)  # before the record: a resumed run skips only finished images
             return profile, result
 
@@ -493,8 +586,10 @@ class Recommender:
                 bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
         bar.close()
         summary.not_processed = len(todo) - summary.images
-        summary.profiles = [aggregate_profile(p, r, scorer.info.labels, self.catalog, scorer.info.production_labels)
-                            for p, r in by_profile.items()]
+        summary.profiles = [
+            aggregate_profile(p, r, scorer.info.labels, self.catalog, scorer.info.production_labels)
+            for p, r in by_profile.items()
+        ]
 
     @staticmethod
     def _count(summary: RunSummary, result: ImageResult) -> None:
@@ -503,7 +598,9 @@ class Recommender:
         if result.error:
             summary.errors[result.error["kind"]] += 1
             summary.error_reasons[(result.error["kind"], result.error.get("message", ""))] += 1
-            log.error("%r: %s", result.path, result.error["message"])  # repr: a newline in a name cannot forge a log line
+            log.error(
+                "%r: %s", result.path, result.error["message"]
+            )  # repr: a newline in a name cannot forge a log line
         elif result.recommendation:  # a top label with no product counts under its reason instead
             summary.recommendations[result.top_label] += 1
         if result.reason:

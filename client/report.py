@@ -1,4 +1,5 @@
 """Readable tables for a recommend run (rich): images, profiles, summary."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,17 @@ def _passing_text(faces: list[dict]) -> str:
 
 def _outcome(record: dict, currency: str) -> str:
     """The recommendation, or the error's message, or the reason there is none."""
-    return _sku_text(record.get("recommendation"), currency) or (record.get("error") or {}).get("message") or record.get("reason") or ""
+    return (
+        _sku_text(record.get("recommendation"), currency)
+        or (record.get("error") or {}).get("message")
+        or record.get("reason")
+        or ""
+    )
 
 
-def print_report(output: Path, summary, catalog, console=None, records: list[dict] | None = None, extra_rows=()) -> None:
+def print_report(
+    output: Path, summary, catalog, console=None, records: list[dict] | None = None, extra_rows=()
+) -> None:
     """Images (small runs), profiles and summary tables.
 
     `records` are the image records when they are not a JSONL file at `output`
@@ -48,8 +56,13 @@ def print_report(output: Path, summary, catalog, console=None, records: list[dic
         for column in ("image", "faces", "passing labels (score)", "top label", "recommendation or reason"):
             table.add_column(column, overflow="fold")
         for r in records:
-            table.add_row(Path(r["path"]).name, str(len(r.get("faces", []))), _passing_text(r.get("faces", [])),
-                          r.get("top_label") or "-", _outcome(r, currency))
+            table.add_row(
+                Path(r["path"]).name,
+                str(len(r.get("faces", []))),
+                _passing_text(r.get("faces", [])),
+                r.get("top_label") or "-",
+                _outcome(r, currency),
+            )
         console.print(table)
     if summary.profiles:
         table = Table(title="Profiles (share of images with a face in which each label passes)")
@@ -58,8 +71,14 @@ def print_report(output: Path, summary, catalog, console=None, records: list[dic
         for column in ["profile", "images", "with faces", *labels, "top label", "recommendation or reason"]:
             table.add_column(column)
         for p in summary.profiles:
-            table.add_row(p.profile, str(p.images), str(p.images_with_faces), *[f"{p.share[l]:.0%}" for l in labels],
-                          p.top_label or "-", _sku_text(p.recommendation, currency) or p.reason or "")
+            table.add_row(
+                p.profile,
+                str(p.images),
+                str(p.images_with_faces),
+                *[f"{p.share[l]:.0%}" for l in labels],
+                p.top_label or "-",
+                _sku_text(p.recommendation, currency) or p.reason or "",
+            )
         console.print(table)
     table = Table(title="Summary")
     table.add_column("what", overflow="fold")

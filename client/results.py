@@ -1,4 +1,5 @@
 """Typed results (face, image, profile) and the incremental, resumable JSONL writer."""
+
 from __future__ import annotations
 
 import errno
@@ -12,8 +13,20 @@ from face2hbe.errors import OutputError
 
 from .decisions import BELOW_BAR, NO_FACE, NO_ITEMS, NO_PRODUCT, REASONS, rank_key, reason
 
-__all__ = ["BELOW_BAR", "NO_FACE", "NO_ITEMS", "NO_PRODUCT", "REASONS", "FaceResult", "ImageResult", "JsonlWriter",
-           "ProfileResult", "aggregate_profile", "image_result_from_record", "summarise_image"]
+__all__ = [
+    "BELOW_BAR",
+    "NO_FACE",
+    "NO_ITEMS",
+    "NO_PRODUCT",
+    "REASONS",
+    "FaceResult",
+    "ImageResult",
+    "JsonlWriter",
+    "ProfileResult",
+    "aggregate_profile",
+    "image_result_from_record",
+    "summarise_image",
+]
 
 # Error kinds that a rerun may fix (server trouble); the rest are final for that file.
 RETRYABLE_ERRORS = {"inference_error", "image_timeout"}
@@ -78,7 +91,9 @@ class ProfileResult:
     reason: str | None = None  # why nothing was recommended: one of decisions.REASONS
 
 
-def summarise_image(result: ImageResult, catalog=None, production: list[str] | tuple[str, ...] | None = None) -> ImageResult:
+def summarise_image(
+    result: ImageResult, catalog=None, production: list[str] | tuple[str, ...] | None = None
+) -> ImageResult:
     """The image's pick: the best of its faces' first SKUs (decisions.rank_key), or the reason there is none.
 
     `production` (the model's production labels; None: every label) and `catalog` (its opt-ins) tell a label
@@ -91,13 +106,20 @@ def summarise_image(result: ImageResult, catalog=None, production: list[str] | t
         result.recommendation = min(firsts, key=rank_key)
         result.top_label = result.recommendation["label"]
         return result
-    recommended = catalog.recommended(production) if catalog is not None else (None if production is None else set(production))
+    recommended = (
+        catalog.recommended(production) if catalog is not None else (None if production is None else set(production))
+    )
     result.reason = reason(bool(result.faces), result.shown_labels, recommended)
     return result
 
 
-def aggregate_profile(profile: str, results: list[ImageResult], labels: list[str], catalog=None,
-                      production: list[str] | tuple[str, ...] | None = None) -> ProfileResult:
+def aggregate_profile(
+    profile: str,
+    results: list[ImageResult],
+    labels: list[str],
+    catalog=None,
+    production: list[str] | tuple[str, ...] | None = None,
+) -> ProfileResult:
     """A folder's pick: the share of images (with a face) in which each label passes; of the labels its faces list
     products for, the one with the largest share (ties: its best product's rank), and that label's best product."""
     with_faces = [r for r in results if r.faces]
@@ -110,8 +132,12 @@ def aggregate_profile(profile: str, results: list[ImageResult], labels: list[str
     if best:
         top = min(best, key=lambda label: (-share.get(label, 0.0), rank_key(best[label])))
         return ProfileResult(profile, len(results), len(with_faces), share, top, best[top])
-    recommended = catalog.recommended(production) if catalog is not None else (None if production is None else set(production))
-    return ProfileResult(profile, len(results), len(with_faces), share, None, None, reason(bool(with_faces), set(counts), recommended))
+    recommended = (
+        catalog.recommended(production) if catalog is not None else (None if production is None else set(production))
+    )
+    return ProfileResult(
+        profile, len(results), len(with_faces), share, None, None, reason(bool(with_faces), set(counts), recommended)
+    )
 
 
 class JsonlWriter:
@@ -159,7 +185,9 @@ class JsonlWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write results ({exc.strerror or exc}); rerun with --resume once fixed") from None
+            raise OutputError(
+                f"{self.path}: cannot write results ({exc.strerror or exc}); rerun with --resume once fixed"
+            ) from None
 
     def close(self) -> None:
         try:

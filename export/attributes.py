@@ -9,6 +9,7 @@ it replaces anything.
 
     face2hbe export --add-attributes --repository model_repository   # face2hbe and face2hbe_int8
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,10 @@ def head_tensor(graph) -> str:
     while node is not None and node.op_type == "Identity":
         node = producer.get(node.input[0])
     if node is None or node.op_type != "Slice":
-        raise ModelRepositoryError(f"graph output {contract.OUTPUT_NAME!r} is not produced by a Slice "
-                                   f"({node.op_type if node is not None else 'no node'}): cannot find the head tensor")
+        raise ModelRepositoryError(
+            f"graph output {contract.OUTPUT_NAME!r} is not produced by a Slice "
+            f"({node.op_type if node is not None else 'no node'}): cannot find the head tensor"
+        )
     return node.input[0]
 
 
@@ -51,11 +54,17 @@ def add_attributes_output(model):
     if any(o.name == contract.ATTRIBUTES_NAME for o in graph.output):
         raise ModelRepositoryError(f"the graph already has an {contract.ATTRIBUTES_NAME!r} output")
     head = head_tensor(graph)
-    graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(contract.ATTRIBUTE_COLUMNS, np.int64), COLUMNS_INITIALIZER))
-    graph.node.append(helper.make_node("Gather", [head, COLUMNS_INITIALIZER], [contract.ATTRIBUTES_NAME], name=GATHER_NODE, axis=1))
+    graph.initializer.append(
+        onnx.numpy_helper.from_array(np.asarray(contract.ATTRIBUTE_COLUMNS, np.int64), COLUMNS_INITIALIZER)
+    )
+    graph.node.append(
+        helper.make_node("Gather", [head, COLUMNS_INITIALIZER], [contract.ATTRIBUTES_NAME], name=GATHER_NODE, axis=1)
+    )
     scores = next(o for o in graph.output if o.name == contract.OUTPUT_NAME)
     batch = scores.type.tensor_type.shape.dim[0]
-    output = helper.make_tensor_value_info(contract.ATTRIBUTES_NAME, TensorProto.FLOAT, [None, *contract.ATTRIBUTES_SHAPE])
+    output = helper.make_tensor_value_info(
+        contract.ATTRIBUTES_NAME, TensorProto.FLOAT, [None, *contract.ATTRIBUTES_SHAPE]
+    )
     output.type.tensor_type.shape.dim[0].CopyFrom(batch)
     graph.output.append(output)
     return model
@@ -94,13 +103,17 @@ def check_upgrade(before: Path, after: Path, crops: np.ndarray, name: str = "") 
         old_scores, old_head = _run(_session(probe), [contract.OUTPUT_NAME, head], crops)
     new_scores, attributes = _run(_session(after), [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], crops)
     return UpgradeCheck(
-        model=name or str(before), faces=len(crops),
-        scores_identical=old_scores.dtype == new_scores.dtype and np.array_equal(old_scores.view(np.uint32), new_scores.view(np.uint32)),
+        model=name or str(before),
+        faces=len(crops),
+        scores_identical=old_scores.dtype == new_scores.dtype
+        and np.array_equal(old_scores.view(np.uint32), new_scores.view(np.uint32)),
         attributes_match_head=np.array_equal(attributes, old_head[:, list(contract.ATTRIBUTE_COLUMNS)]),
     )
 
 
-def upgrade_model_dir(model_dir: Path, crops: np.ndarray, batching: BatchingSettings, thresholds: dict[str, float] | None = None) -> UpgradeCheck:
+def upgrade_model_dir(
+    model_dir: Path, crops: np.ndarray, batching: BatchingSettings, thresholds: dict[str, float] | None = None
+) -> UpgradeCheck:
     """Add the attributes output to `model_dir`'s graph, check it on `crops`, then replace the graph and config.
 
     Keeps the config's thresholds (plus `thresholds`, e.g. chosen attribute thresholds). Nothing is
@@ -127,8 +140,17 @@ def upgrade_model_dir(model_dir: Path, crops: np.ndarray, batching: BatchingSett
         os.replace(tmp, onnx_path)
     finally:
         tmp.unlink(missing_ok=True)
-    write_config(build_config(kept, batching, name=config.name or model_dir.name, attributes=True,
-                              tensorrt=_tensorrt_of(config), production=production_labels_in(config)), model_dir)
+    write_config(
+        build_config(
+            kept,
+            batching,
+            name=config.name or model_dir.name,
+            attributes=True,
+            tensorrt=_tensorrt_of(config),
+            production=production_labels_in(config),
+        ),
+        model_dir,
+    )
     validate_model_dir(model_dir)
     return check
 
@@ -158,12 +180,18 @@ def batching_of(config) -> BatchingSettings:
         preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
         max_queue_delay_us=int(config.dynamic_batching.max_queue_delay_microseconds),
         instance_count=int(config.instance_group[0].count) if config.instance_group else 1,
-        instance_kind=config.instance_group[0].DESCRIPTOR.fields_by_name["kind"].enum_type.values_by_number[config.instance_group[0].kind].name
-        if config.instance_group else "KIND_GPU",
+        instance_kind=config.instance_group[0]
+        .DESCRIPTOR.fields_by_name["kind"]
+        .enum_type.values_by_number[config.instance_group[0].kind]
+        .name
+        if config.instance_group
+        else "KIND_GPU",
     )
 
 
-def upgrade_repository(repository: Path, crops: np.ndarray, names=(contract.MODEL_NAME, contract.INT8_MODEL_NAME)) -> list[UpgradeCheck]:
+def upgrade_repository(
+    repository: Path, crops: np.ndarray, names=(contract.MODEL_NAME, contract.INT8_MODEL_NAME)
+) -> list[UpgradeCheck]:
     """Upgrade every model folder in `names` that exists and lacks the attributes output; keep its batching/accelerator."""
     checks = []
     for name in names:

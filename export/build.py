@@ -1,4 +1,5 @@
 """Turn a training run's output into a Triton model repository entry."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def load_training_run(run_dir: str | Path):
     return keras.models.load_model(model_file, compile=False), summary
 
 
-def export_repository(run_dir: str | Path, repository: str | Path, batching: BatchingSettings = BatchingSettings()) -> Path:
+def export_repository(
+    run_dir: str | Path, repository: str | Path, batching: BatchingSettings = BatchingSettings()
+) -> Path:
     """Write <repository>/face2hbe/{config.pbtxt, labels files, 1/model.onnx}; return the model folder.
 
     A photo model folder already in `repository` gets its config regenerated, so it publishes the new thresholds.
@@ -33,7 +36,9 @@ def export_repository(run_dir: str | Path, repository: str | Path, batching: Bat
     model, summary = load_training_run(run_dir)
     model_dir = Path(repository) / contract.MODEL_NAME
     onnx_path = model_dir / contract.MODEL_VERSION / ONNX_FILE
-    export_onnx(model, int(summary["working_size"]), onnx_path, mirror_average=bool(summary.get("mirror_average", False)))
+    export_onnx(
+        model, int(summary["working_size"]), onnx_path, mirror_average=bool(summary.get("mirror_average", False))
+    )
     write_config(build_config(summary["thresholds"], batching, attributes=graph_has_attributes(model_dir)), model_dir)
     validate_model_dir(model_dir)
     if (Path(repository) / contract.PHOTO_MODEL_NAME).is_dir():

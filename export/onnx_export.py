@@ -6,17 +6,28 @@ mean, runs the network (optionally on each face and its mirror, averaged) and
 returns two outputs: the contract's labels' sigmoid scores (`scores`) and the
 served attribute labels' (`attributes`, columns of the same 43-wide head).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from face2hbe.contract import ATTRIBUTE_COLUMNS, ATTRIBUTES_NAME, HEAD_WIDTH, INPUT_NAME, INPUT_SHAPE, LABELS, OUTPUT_NAME
+from face2hbe.contract import (
+    ATTRIBUTE_COLUMNS,
+    ATTRIBUTES_NAME,
+    HEAD_WIDTH,
+    INPUT_NAME,
+    INPUT_SHAPE,
+    LABELS,
+    OUTPUT_NAME,
+)
 from face2hbe.repository import MIRROR_AVERAGE_KEY, WORKING_SIZE_KEY
 
 OPSET = 17
 
 
-def export_onnx(model, working_size: int, output_path: str | Path, opset: int = OPSET, mirror_average: bool = False) -> Path:
+def export_onnx(
+    model, working_size: int, output_path: str | Path, opset: int = OPSET, mirror_average: bool = False
+) -> Path:
     """Write `model` (a Keras model on preprocessed floats) as ONNX on raw uint8.
 
     `mirror_average`: the graph scores each face and its mirror and returns the mean
@@ -51,7 +62,9 @@ def export_onnx(model, working_size: int, output_path: str | Path, opset: int = 
     _set_batch_dim(onnx_model)
     import onnx
 
-    onnx.helper.set_model_props(onnx_model, {WORKING_SIZE_KEY: str(int(working_size)), MIRROR_AVERAGE_KEY: str(bool(mirror_average)).lower()})
+    onnx.helper.set_model_props(
+        onnx_model, {WORKING_SIZE_KEY: str(int(working_size)), MIRROR_AVERAGE_KEY: str(bool(mirror_average)).lower()}
+    )
 
     onnx.checker.check_model(onnx_model)
     onnx.save(onnx_model, output_path)

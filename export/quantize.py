@@ -9,6 +9,7 @@ distinct values, so ties near a threshold decided the ranking (issue #27,
 docs/serving.md "INT8 ties"). The result is served as its own model, `face2hbe_int8`,
 with the same tensors, labels and thresholds as `face2hbe`.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,9 @@ def sample_crops(samples_dir: Path) -> np.ndarray:
     return crops
 
 
-def calibration_crops(celeba_dir: Path | None, samples_dir: Path, count: int = CALIBRATION_IMAGES) -> tuple[np.ndarray, str]:
+def calibration_crops(
+    celeba_dir: Path | None, samples_dir: Path, count: int = CALIBRATION_IMAGES
+) -> tuple[np.ndarray, str]:
     """Real face crops for calibration: CelebA when present, else the sample photos' faces."""
     if celeba_dir is not None and (Path(celeba_dir) / "labels.csv").is_file():
         crops, _ = celeba_crops(Path(celeba_dir), 1, count)
@@ -97,7 +100,10 @@ def head_nodes(model) -> list[str]:
         node = producers.get(sigmoid.input[0])
         if node is not None and node.op_type == "Add":
             names.append(node.name)
-            node = next((producers[i] for i in node.input if i in producers and producers[i].op_type in ("MatMul", "Gemm")), None)
+            node = next(
+                (producers[i] for i in node.input if i in producers and producers[i].op_type in ("MatMul", "Gemm")),
+                None,
+            )
         if node is not None and node.op_type in ("MatMul", "Gemm"):
             names.append(node.name)
     return names
@@ -162,7 +168,10 @@ def _session(path: Path):
 
 
 def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
-    outs = [session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0] for i in range(0, len(crops), batch)]
+    outs = [
+        session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0]
+        for i in range(0, len(crops), batch)
+    ]
     return np.concatenate(outs) if outs else np.zeros((0, len(contract.LABELS)), np.float32)
 
 
@@ -222,7 +231,9 @@ class Int8Report:
             a, b = self.auc_fp32.get(label), self.auc_int8.get(label)
             drop = f"{a - b:+.4f}" if a is not None and b is not None else "n/a"
             distinct = f"{self.distinct_int8[label]:.0%}" if label in self.distinct_int8 else "n/a"
-            lines.append(f"| {label} | {a if a is None else f'{a:.4f}'} | {b if b is None else f'{b:.4f}'} | {drop} | {distinct} |")
+            lines.append(
+                f"| {label} | {a if a is None else f'{a:.4f}'} | {b if b is None else f'{b:.4f}'} | {drop} | {distinct} |"
+            )
         lines += [
             "",
             "| | fp32 | int8 | ratio |",
@@ -235,18 +246,27 @@ class Int8Report:
         return "\n".join(lines)
 
 
-def compare(fp32_path: Path, int8_path: Path, crops: np.ndarray, targets: np.ndarray | None, evaluation: str, calibration: str) -> Int8Report:
+def compare(
+    fp32_path: Path, int8_path: Path, crops: np.ndarray, targets: np.ndarray | None, evaluation: str, calibration: str
+) -> Int8Report:
     """Scores, per-label ROC AUC and speed of both graphs on the same crops, in one run."""
     sessions = {"fp32": _session(fp32_path), "int8": _session(int8_path)}
     s32, s8 = score(sessions["fp32"], crops), score(sessions["int8"], crops)
     speed = faces_per_second(sessions, crops)
     diff = np.abs(s32 - s8)
     report = Int8Report(
-        calibration=calibration, evaluation=evaluation, faces=len(crops),
-        mean_abs_diff=float(diff.mean()), max_abs_diff=float(diff.max()),
-        faces_per_s_fp32=speed["fp32"], faces_per_s_int8=speed["int8"],
-        size_mb_fp32=fp32_path.stat().st_size / 1e6, size_mb_int8=int8_path.stat().st_size / 1e6,
-        distinct_int8={label: len(np.unique(s8[:, k])) / len(s8) for k, label in enumerate(contract.LABELS)} if len(s8) else {},
+        calibration=calibration,
+        evaluation=evaluation,
+        faces=len(crops),
+        mean_abs_diff=float(diff.mean()),
+        max_abs_diff=float(diff.max()),
+        faces_per_s_fp32=speed["fp32"],
+        faces_per_s_int8=speed["int8"],
+        size_mb_fp32=fp32_path.stat().st_size / 1e6,
+        size_mb_int8=int8_path.stat().st_size / 1e6,
+        distinct_int8={label: len(np.unique(s8[:, k])) / len(s8) for k, label in enumerate(contract.LABELS)}
+        if len(s8)
+        else {},
     )
     if targets is not None:
         report.auc_fp32 = dict(zip(contract.LABELS, _auc(targets, s32)))

@@ -3,6 +3,7 @@
 config.pbtxt is built with Triton's own ModelConfig proto (shipped by tritonclient) and
 written with protobuf's text format; reading it is core code (face2hbe.repository).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,21 @@ from face2hbe.repository import (
     validate_photo_dir,
 )
 
-__all__ = ["ATTRIBUTE_LABELS_FILE", "CONFIG_FILE", "LABELS_FILE", "ONNX_FILE", "BatchingSettings", "TensorRTSettings", "build_config",
-           "build_photo_config", "cpu_batching", "production_labels", "rewrite_config", "write_config", "write_photo_config"]
+__all__ = [
+    "ATTRIBUTE_LABELS_FILE",
+    "CONFIG_FILE",
+    "LABELS_FILE",
+    "ONNX_FILE",
+    "BatchingSettings",
+    "TensorRTSettings",
+    "build_config",
+    "build_photo_config",
+    "cpu_batching",
+    "production_labels",
+    "rewrite_config",
+    "write_config",
+    "write_photo_config",
+]
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,9 @@ WARMUP_BATCH_SIZES = (1, 8, 32)
 def production_labels(aucs: dict[str, float | None], bar: float = contract.PRODUCTION_AUC_BAR) -> list[str]:
     """The served labels (served order) whose measured ROC AUC (CelebA test split) is at least `bar`: the
     `production_labels` parameter. A label without a measurement (absent, None, NaN) is not production-grade."""
-    return [label for label in contract.SERVED_LABELS if (auc := aucs.get(label)) is not None and auc == auc and auc >= bar]
+    return [
+        label for label in contract.SERVED_LABELS if (auc := aucs.get(label)) is not None and auc == auc and auc >= bar
+    ]
 
 
 def build_config(
@@ -88,13 +104,21 @@ def build_config(
     """
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name, platform=platform, max_batch_size=batching.max_batch_size)
-    config.input.add(name=contract.INPUT_NAME, data_type=config_type(contract.INPUT_DTYPE), dims=list(contract.INPUT_SHAPE))
+    config.input.add(
+        name=contract.INPUT_NAME, data_type=config_type(contract.INPUT_DTYPE), dims=list(contract.INPUT_SHAPE)
+    )
     label_files = {contract.OUTPUT_NAME: LABELS_FILE, contract.ATTRIBUTES_NAME: ATTRIBUTE_LABELS_FILE}
     for output, (dtype, shape) in contract_outputs(attributes).items():
-        config.output.add(name=output, data_type=config_type(dtype), dims=list(shape), label_filename=label_files[output])
-    config.dynamic_batching.preferred_batch_size.extend(b for b in batching.preferred_batch_sizes if b <= batching.max_batch_size)
+        config.output.add(
+            name=output, data_type=config_type(dtype), dims=list(shape), label_filename=label_files[output]
+        )
+    config.dynamic_batching.preferred_batch_size.extend(
+        b for b in batching.preferred_batch_sizes if b <= batching.max_batch_size
+    )
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-    config.instance_group.add(count=batching.instance_count, kind=getattr(pb.ModelInstanceGroup, batching.instance_kind))
+    config.instance_group.add(
+        count=batching.instance_count, kind=getattr(pb.ModelInstanceGroup, batching.instance_kind)
+    )
     if tensorrt is not None and batching.instance_kind == "KIND_GPU":
         trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         trt.parameters["precision_mode"] = tensorrt.precision_mode
@@ -113,8 +137,17 @@ def build_config(
     served = list(contract.LABELS) + (list(contract.ATTRIBUTE_LABELS) if attributes else [])
     # One `thresholds` object for every served label (scores' and attributes'); a client reads the ones it needs.
     config.parameters[contract.PARAM_THRESHOLDS].string_value = json.dumps(
-        {label: round(float(thresholds.get(label, contract.DEFAULT_THRESHOLD) if label not in contract.LABELS else thresholds[label]), 6)
-         for label in served}
+        {
+            label: round(
+                float(
+                    thresholds.get(label, contract.DEFAULT_THRESHOLD)
+                    if label not in contract.LABELS
+                    else thresholds[label]
+                ),
+                6,
+            )
+            for label in served
+        }
     )
     if attributes:
         config.parameters[contract.PARAM_ATTRIBUTE_LABELS].string_value = ",".join(contract.ATTRIBUTE_LABELS)
@@ -122,7 +155,9 @@ def build_config(
         unknown = sorted(set(production) - set(served))
         if unknown:
             raise ModelRepositoryError(f"production labels {unknown} are not served labels {served}")
-        config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value = ",".join(label for label in served if label in production)
+        config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value = ",".join(
+            label for label in served if label in production
+        )
     return config
 
 
@@ -137,8 +172,14 @@ def cpu_batching(batching: BatchingSettings = BatchingSettings()) -> BatchingSet
     return replace(batching, instance_kind="KIND_CPU")
 
 
-def rewrite_config(model_dir: str | Path, batching: BatchingSettings = BatchingSettings(), *, name: str | None = None,
-                   thresholds: dict[str, float] | None = None, production: list[str] | None = None) -> Path:
+def rewrite_config(
+    model_dir: str | Path,
+    batching: BatchingSettings = BatchingSettings(),
+    *,
+    name: str | None = None,
+    thresholds: dict[str, float] | None = None,
+    production: list[str] | None = None,
+) -> Path:
     """Regenerate `model_dir/config.pbtxt` from code, keeping the thresholds and production labels it carries
     (unless `thresholds` / `production` are given).
 
@@ -150,8 +191,13 @@ def rewrite_config(model_dir: str | Path, batching: BatchingSettings = BatchingS
         _, thresholds = labels_and_thresholds(old)
     if production is None and old is not None:
         production = production_labels_in(old)
-    config = build_config(thresholds, batching, name=name or model_dir.name, attributes=graph_has_attributes(model_dir),
-                          production=production)
+    config = build_config(
+        thresholds,
+        batching,
+        name=name or model_dir.name,
+        attributes=graph_has_attributes(model_dir),
+        production=production,
+    )
     return write_config(config, model_dir)
 
 
@@ -170,7 +216,9 @@ def write_config(config, model_dir: Path) -> Path:
     return path
 
 
-def build_photo_config(model_config, settings: PhotoSettings = PhotoSettings(), instance_count: int = PHOTO_INSTANCE_COUNT):
+def build_photo_config(
+    model_config, settings: PhotoSettings = PhotoSettings(), instance_count: int = PHOTO_INSTANCE_COUNT
+):
     """The photo model's ModelConfig (Triton's Python backend, not batched), derived from the face2hbe model's `model_config`.
 
     Labels, thresholds and production labels are the face2hbe model's parameters, copied; the photo model's limits
@@ -188,23 +236,30 @@ def build_photo_config(model_config, settings: PhotoSettings = PhotoSettings(), 
     config.instance_group.add(count=instance_count, kind=pb.ModelInstanceGroup.KIND_CPU)
     for key in (contract.PARAM_LABELS, contract.PARAM_ATTRIBUTE_LABELS, contract.PARAM_THRESHOLDS):
         if key not in model_config.parameters:
-            raise ModelRepositoryError(f"{contract.MODEL_NAME}'s config has no {key!r} parameter: export its graph with attributes first")
+            raise ModelRepositoryError(
+                f"{contract.MODEL_NAME}'s config has no {key!r} parameter: export its graph with attributes first"
+            )
         config.parameters[key].string_value = model_config.parameters[key].string_value
     if contract.PARAM_PRODUCTION_LABELS in model_config.parameters:
-        config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value = model_config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value
+        config.parameters[contract.PARAM_PRODUCTION_LABELS].string_value = model_config.parameters[
+            contract.PARAM_PRODUCTION_LABELS
+        ].string_value
     for key, value in settings.parameters().items():
         config.parameters[key].string_value = value
     return config
 
 
-def write_photo_config(repository: str | Path, settings: PhotoSettings = PhotoSettings(),
-                       instance_count: int = PHOTO_INSTANCE_COUNT) -> Path:
+def write_photo_config(
+    repository: str | Path, settings: PhotoSettings = PhotoSettings(), instance_count: int = PHOTO_INSTANCE_COUNT
+) -> Path:
     """(Re)write `<repository>/face2hbe_photo/config.pbtxt` and labels.txt from `<repository>/face2hbe`'s config.
 
     Its 1/model.py (the Triton Python-backend adapter) is source, kept in the committed repository.
     """
     repository = Path(repository)
     model_dir = repository / contract.PHOTO_MODEL_NAME
-    path = write_config(build_photo_config(read_config(repository / contract.MODEL_NAME), settings, instance_count), model_dir)
+    path = write_config(
+        build_photo_config(read_config(repository / contract.MODEL_NAME), settings, instance_count), model_dir
+    )
     validate_photo_dir(model_dir)
     return path

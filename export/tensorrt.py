@@ -5,6 +5,7 @@ the same Triton container release that serves them (docker-compose.yml), e.g.
 `docker compose run --rm triton ...`, or let Triton's onnxruntime backend build and
 cache engines itself (config.pbtxt's TensorRT accelerator) — the default path.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,14 @@ def load_tensorrt():
     return trt, builder
 
 
-def build_plan(onnx_path: Path, plan_path: Path, max_batch: int = contract.MAX_BATCH_SIZE, opt_batch: int = 8,
-               fp16: bool = True, workspace_bytes: int = 1 << 30) -> Path:
+def build_plan(
+    onnx_path: Path,
+    plan_path: Path,
+    max_batch: int = contract.MAX_BATCH_SIZE,
+    opt_batch: int = 8,
+    fp16: bool = True,
+    workspace_bytes: int = 1 << 30,
+) -> Path:
     """Parse the ONNX graph and serialise an engine with one profile over batch 1..max_batch."""
     trt, builder = load_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -84,8 +91,15 @@ def export_tensorrt(repository: Path, batching: BatchingSettings = BatchingSetti
     target_dir = repository / TRT_MODEL_NAME
     build_plan(onnx_path, target_dir / contract.MODEL_VERSION / PLAN_FILE, max_batch=batching.max_batch_size)
     # The plan already is TensorRT: no accelerator on top; the warm-up still matters.
-    config = build_config(thresholds, batching, platform="tensorrt_plan", name=TRT_MODEL_NAME, tensorrt=None,
-                          attributes=graph_has_attributes(source_dir), production=production_labels_in(source_config))
+    config = build_config(
+        thresholds,
+        batching,
+        platform="tensorrt_plan",
+        name=TRT_MODEL_NAME,
+        tensorrt=None,
+        attributes=graph_has_attributes(source_dir),
+        production=production_labels_in(source_config),
+    )
     write_config(config, target_dir)
     read_config(target_dir)  # parses with Triton's proto
     return target_dir

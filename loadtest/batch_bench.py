@@ -20,6 +20,7 @@ start-up, pipeline, shut-down).
     python -m face2hbe.loadtest.batch_bench --photos 500 --variant "8 per task=--images-per-task 8"
     python -m face2hbe.loadtest.batch_bench --photos 60 --rounds 0 --sizing   # per-core rates only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,18 @@ from face2hbe.net import free_port
 
 from .e2e_bench import DEFAULT_LFW, DEFAULT_REPOSITORY, photo_folder
 
-RAY_SYSTEM = ("gcs_server", "raylet", "dashboard", "monitor.py", "log_monitor", "DashboardAgent", "RuntimeEnvAgent",
-              "_StatsActor", "_AutoscalingCoordinatorActor", "ActorLocationTracker")
+RAY_SYSTEM = (
+    "gcs_server",
+    "raylet",
+    "dashboard",
+    "monitor.py",
+    "log_monitor",
+    "DashboardAgent",
+    "RuntimeEnvAgent",
+    "_StatsActor",
+    "_AutoscalingCoordinatorActor",
+    "ActorLocationTracker",
+)
 
 
 def cpu_model() -> str:
@@ -155,13 +166,17 @@ class CpuSampler:
         for pid, (category, _, cpu) in self._seen.items():
             totals[category] += cpu
             titles[f"{category}: {self._titles.get(pid, '?')}"] += cpu
-        return ({k: round(v, 1) for k, v in sorted(totals.items())},
-                {k: round(v, 1) for k, v in titles.most_common() if v >= 0.05})
+        return (
+            {k: round(v, 1) for k, v in sorted(totals.items())},
+            {k: round(v, 1) for k, v in titles.most_common() if v >= 0.05},
+        )
 
 
 def _phases(report: str) -> dict[str, float]:
     """The batch summary's time row: Ray start-up, pipeline, Ray shut-down, finish (seconds)."""
-    found = re.search(r"Ray start-up ([\d.]+) s, pipeline ([\d.]+) s, Ray shut-down ([\d.]+) s, finish ([\d.]+) s", report)
+    found = re.search(
+        r"Ray start-up ([\d.]+) s, pipeline ([\d.]+) s, Ray shut-down ([\d.]+) s, finish ([\d.]+) s", report
+    )
     keys = ("ray_start_s", "pipeline_s", "ray_stop_s", "finish_s")
     return dict(zip(keys, map(float, found.groups()))) if found else {}
 
@@ -182,8 +197,17 @@ def _run(kind: str, name: str, command: list[str], output: Path, server_pid: int
     if proc.returncode != 0:
         raise RuntimeError(f"{name} exited with {proc.returncode}:\n{report[-3000:]}")
     images, faces = _faces_in_jsonl(output)
-    row = {"kind": kind, "row": name, "seconds": round(seconds, 2), "images": images, "faces": faces,
-           "photos_per_s": round(images / seconds, 2), "cpu_s": cpu, "cpu_s_by_process": cpu_by_process, "load_average_1min": round(os.getloadavg()[0], 2)}
+    row = {
+        "kind": kind,
+        "row": name,
+        "seconds": round(seconds, 2),
+        "images": images,
+        "faces": faces,
+        "photos_per_s": round(images / seconds, 2),
+        "cpu_s": cpu,
+        "cpu_s_by_process": cpu_by_process,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
     if kind == "batch":
         row["phases"] = _phases(report)
         row["log_lines"] = [line for line in report.splitlines() if not line.startswith(("│", "┃", "┏", "┡", "└", " "))]
@@ -216,8 +240,13 @@ def detection_rates(paths: list[Path], limit: int = 60) -> dict:
                 crops.append(prepared.crops)
         rates[name] = round(len(blobs) / (time.perf_counter() - started), 2)
     size = Image.open(io.BytesIO(data[0])).size
-    return {"photos": len(paths), "stored_size": list(size), "photos_per_s_per_core": rates["stored"],
-            "photos_per_s_per_core_800px": rates["800px"], "crops": np.concatenate(crops) if crops else None}
+    return {
+        "photos": len(paths),
+        "stored_size": list(size),
+        "photos_per_s_per_core": rates["stored"],
+        "photos_per_s_per_core_800px": rates["800px"],
+        "crops": np.concatenate(crops) if crops else None,
+    }
 
 
 def scoring_rates(crops: np.ndarray, repository: Path, seconds: float = 8.0) -> dict:
@@ -240,26 +269,46 @@ def scoring_rates(crops: np.ndarray, repository: Path, seconds: float = 8.0) -> 
             session.run(None, {contract.INPUT_NAME: batch})
             done += len(batch)
         rates["1_thread" if threads else "default_threads"] = round(done / (time.perf_counter() - started), 2)
-    return {"faces_per_s_1_thread": rates["1_thread"], "faces_per_s_default_threads": rates["default_threads"], "batch": 32}
+    return {
+        "faces_per_s_1_thread": rates["1_thread"],
+        "faces_per_s_default_threads": rates["default_threads"],
+        "batch": 32,
+    }
 
 
-def run_batch_bench(photos: int = 2244, rounds: int = 2, repository: Path = DEFAULT_REPOSITORY, lfw_dir: Path = DEFAULT_LFW,
-                    variants: dict[str, list[str]] | None = None, recommend_args: list[str] | None = None, sizing: bool = False) -> dict:
+def run_batch_bench(
+    photos: int = 2244,
+    rounds: int = 2,
+    repository: Path = DEFAULT_REPOSITORY,
+    lfw_dir: Path = DEFAULT_LFW,
+    variants: dict[str, list[str]] | None = None,
+    recommend_args: list[str] | None = None,
+    sizing: bool = False,
+) -> dict:
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
     variants = variants or {"batch": []}
     face2hbe = [sys.executable, "-m", "face2hbe.cli"]
-    result: dict = {"photos": photos, "rounds": rounds, "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "load_average_before": [round(x, 2) for x in os.getloadavg()],
-                    "variants": {k: shlex.join(v) for k, v in variants.items()}, "recommend_args": shlex.join(recommend_args or []),
-                    "rows": []}
+    result: dict = {
+        "photos": photos,
+        "rounds": rounds,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "variants": {k: shlex.join(v) for k, v in variants.items()},
+        "recommend_args": shlex.join(recommend_args or []),
+        "rows": [],
+    }
     try:
         import ray
 
         result["ray"] = ray.__version__
     except ImportError:
         pass
-    server = EmbeddedServer(ServerSettings(Path(repository), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())).start()
+    server = EmbeddedServer(
+        ServerSettings(Path(repository), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    ).start()
     url = f"127.0.0.1:{server.settings.grpc_port}"
     server_pid = server.process.pid if getattr(server, "process", None) else None
     try:
@@ -270,13 +319,44 @@ def run_batch_bench(photos: int = 2244, rounds: int = 2, repository: Path = DEFA
                 for name, args in variants.items():
                     out = Path(tmp) / f"batch-{r}-{len(result['rows'])}"
                     jsonl = Path(f"{out}.jsonl")
-                    row = _run("batch", name, [*face2hbe, "batch", str(folder), "--url", url, "--output", str(out), "--jsonl", str(jsonl),
-                                               *args], jsonl, server_pid)
+                    row = _run(
+                        "batch",
+                        name,
+                        [
+                            *face2hbe,
+                            "batch",
+                            str(folder),
+                            "--url",
+                            url,
+                            "--output",
+                            str(out),
+                            "--jsonl",
+                            str(jsonl),
+                            *args,
+                        ],
+                        jsonl,
+                        server_pid,
+                    )
                     result["rows"].append({"round": r + 1, **row})
                     _print_row(result["rows"][-1])
                 jsonl = Path(tmp) / f"recommend-{r}.jsonl"
-                row = _run("recommend", "recommend", [*face2hbe, "recommend", str(folder), "--url", url, "--output", str(jsonl),
-                                                      "--no-progress", *(recommend_args or [])], jsonl, server_pid)
+                row = _run(
+                    "recommend",
+                    "recommend",
+                    [
+                        *face2hbe,
+                        "recommend",
+                        str(folder),
+                        "--url",
+                        url,
+                        "--output",
+                        str(jsonl),
+                        "--no-progress",
+                        *(recommend_args or []),
+                    ],
+                    jsonl,
+                    server_pid,
+                )
                 result["rows"].append({"round": r + 1, **row})
                 _print_row(result["rows"][-1])
             if sizing:  # per-core rates for docs/batch.md "Sizing", in this process
@@ -300,49 +380,84 @@ def run_batch_bench(photos: int = 2244, rounds: int = 2, repository: Path = DEFA
         for r in rows:
             rec = next(x for x in result["rows"] if x["kind"] == "recommend" and x["round"] == r["round"])
             per_round.append(round(rec["seconds"] / r["seconds"], 3))
-        result["summary"][name] = {"median_s": round(batch_s, 2), "speed_vs_recommend": round(recommend_s / batch_s, 3),
-                                   "speed_vs_recommend_per_round": per_round}
+        result["summary"][name] = {
+            "median_s": round(batch_s, 2),
+            "speed_vs_recommend": round(recommend_s / batch_s, 3),
+            "speed_vs_recommend_per_round": per_round,
+        }
     return result
 
 
 def _print_row(row: dict) -> None:
     cpu = ", ".join(f"{k} {v:.1f}" for k, v in row["cpu_s"].items())
     phases = ", ".join(f"{k[:-2]} {v:.1f}" for k, v in row.get("phases", {}).items())
-    print(f"round {row['round']} {row['row']:24} {row['seconds']:7.1f} s {row['photos_per_s']:6.2f} photos/s {row['faces']:5d} faces "
-          f"| CPU s: {cpu}{' | ' + phases if phases else ''} | load {row['load_average_1min']}", flush=True)
+    print(
+        f"round {row['round']} {row['row']:24} {row['seconds']:7.1f} s {row['photos_per_s']:6.2f} photos/s {row['faces']:5d} faces "
+        f"| CPU s: {cpu}{' | ' + phases if phases else ''} | load {row['load_average_1min']}",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.batch_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m face2hbe.loadtest.batch_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--photos", type=int, default=2244, help="Real photos (LFW; the samples repeated without it).")
-    parser.add_argument("--rounds", type=int, default=2, help="Rounds of (each batch variant, then recommend); 0 with --sizing.")
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="Model repository for the embedded server.")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
-                        help="A batch row with these extra `face2hbe batch` options (repeatable); default: one row, no options.")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="Rounds of (each batch variant, then recommend); 0 with --sizing."
+    )
+    parser.add_argument(
+        "--repository", type=Path, default=DEFAULT_REPOSITORY, help="Model repository for the embedded server."
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OPTIONS",
+        help="A batch row with these extra `face2hbe batch` options (repeatable); default: one row, no options.",
+    )
     parser.add_argument("--recommend-options", default="", help="Extra `face2hbe recommend` options.")
-    parser.add_argument("--sizing", action="store_true", help="Also measure detection photos/s per core (as stored and at "
-                        "800x800) and scoring faces/s of one onnxruntime session (docs/batch.md, Sizing).")
+    parser.add_argument(
+        "--sizing",
+        action="store_true",
+        help="Also measure detection photos/s per core (as stored and at "
+        "800x800) and scoring faces/s of one onnxruntime session (docs/batch.md, Sizing).",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
     variants = {}
     for spec in args.variant:
         name, _, options = spec.partition("=")
         variants[name.strip()] = shlex.split(options)
-    result = run_batch_bench(photos=args.photos, rounds=args.rounds, repository=args.repository, variants=variants or None,
-                             recommend_args=shlex.split(args.recommend_options), sizing=args.sizing)
-    print(f"{result['photos']} photos ({result['source']}); {result['cpu_model']}, {result['cpu_count']} CPUs; "
-          f"load average before/after {result['load_average_before']} / {result['load_average_after']}")
+    result = run_batch_bench(
+        photos=args.photos,
+        rounds=args.rounds,
+        repository=args.repository,
+        variants=variants or None,
+        recommend_args=shlex.split(args.recommend_options),
+        sizing=args.sizing,
+    )
+    print(
+        f"{result['photos']} photos ({result['source']}); {result['cpu_model']}, {result['cpu_count']} CPUs; "
+        f"load average before/after {result['load_average_before']} / {result['load_average_after']}"
+    )
     for name, s in result["summary"].items():
-        print(f"{name}: median {s['median_s']} s vs recommend {result['recommend_median_s']} s: "
-              f"{s['speed_vs_recommend']:.2f}x recommend's speed (per round {s['speed_vs_recommend_per_round']})")
+        print(
+            f"{name}: median {s['median_s']} s vs recommend {result['recommend_median_s']} s: "
+            f"{s['speed_vs_recommend']:.2f}x recommend's speed (per round {s['speed_vs_recommend_per_round']})"
+        )
     if "detection" in result:
         d = result["detection"]
-        print(f"detection on one core: {d['photos_per_s_per_core']} photos/s at {d['stored_size']}, "
-              f"{d['photos_per_s_per_core_800px']} photos/s at 800x800")
+        print(
+            f"detection on one core: {d['photos_per_s_per_core']} photos/s at {d['stored_size']}, "
+            f"{d['photos_per_s_per_core_800px']} photos/s at 800x800"
+        )
     if "scoring" in result:
         s = result["scoring"]
-        print(f"scoring, one onnxruntime session: {s['faces_per_s_1_thread']} faces/s on 1 thread, "
-              f"{s['faces_per_s_default_threads']} with default threads")
+        print(
+            f"scoring, one onnxruntime session: {s['faces_per_s_1_thread']} faces/s on 1 thread, "
+            f"{s['faces_per_s_default_threads']} with default threads"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -18,6 +18,7 @@ last worker's end, time.perf_counter):
 The server runs in its own process (as in production) so the client threads
 do not share its interpreter.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,9 +98,13 @@ class Bench:
             if base.faces_per_s and row.faces_per_s is not None:
                 row.ratio = row.faces_per_s / base.faces_per_s
         self.rows.append(row)
-        log.info("%s | %s: %s faces/s%s", row.group, row.name,
-                 "-" if row.faces_per_s is None else f"{row.faces_per_s:.2f}",
-                 "" if row.ratio is None else f" ({row.ratio:.2f}x {row.baseline})")
+        log.info(
+            "%s | %s: %s faces/s%s",
+            row.group,
+            row.name,
+            "-" if row.faces_per_s is None else f"{row.faces_per_s:.2f}",
+            "" if row.ratio is None else f" ({row.ratio:.2f}x {row.baseline})",
+        )
         return row
 
     def get(self, name: str) -> Row:
@@ -139,7 +144,14 @@ def _n(count: int, noun: str) -> str:
 
 
 def _row(group: str, name: str, result: dict, **extra) -> Row:
-    return Row(group=group, name=name, faces_per_s=result["faces_per_s"], requests=result["requests"], seconds=result["seconds"], **extra)
+    return Row(
+        group=group,
+        name=name,
+        faces_per_s=result["faces_per_s"],
+        requests=result["requests"],
+        seconds=result["seconds"],
+        **extra,
+    )
 
 
 # --- in-process ONNX Runtime -------------------------------------------------------
@@ -175,7 +187,9 @@ def grpc_calls(url: str, batches: list[np.ndarray]) -> tuple[list[Callable[[], o
         outputs = [triton.InferRequestedOutput(contract.OUTPUT_NAME)]
 
         def call(client=client, inputs=inputs, outputs=outputs):
-            return client.infer(contract.MODEL_NAME, inputs, outputs=outputs, client_timeout=300).as_numpy(contract.OUTPUT_NAME)
+            return client.infer(contract.MODEL_NAME, inputs, outputs=outputs, client_timeout=300).as_numpy(
+                contract.OUTPUT_NAME
+            )
 
         calls.append(call)
         clients.append(client)
@@ -212,8 +226,11 @@ def machine_info() -> dict:
     import onnxruntime
 
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__, "load_average_start": list(os.getloadavg()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "load_average_start": list(os.getloadavg()),
     }
 
 
@@ -242,11 +259,19 @@ def run_bench(settings: BenchSettings) -> dict:
     bench.add(_row(g4, fp32_name, measure(ort_calls(ort_session(fp32_path), batches(1, cb)), cb, secs, warm)))
     int8_path = find_int8_model(settings.repository)
     if int8_path is None:
-        bench.add(Row(g4, f"INT8, batch {cb}", None, note=f"skipped: no model.onnx under {settings.repository}/*int8*/"))
+        bench.add(
+            Row(g4, f"INT8, batch {cb}", None, note=f"skipped: no model.onnx under {settings.repository}/*int8*/")
+        )
     else:
         int8 = ort_session(int8_path)
-        bench.add(_row(g4, f"INT8 {int8_path.parent.parent.name}, batch {cb}", measure(ort_calls(int8, batches(1, cb)), cb, secs, warm),
-                       baseline=fp32_name))
+        bench.add(
+            _row(
+                g4,
+                f"INT8 {int8_path.parent.parent.name}, batch {cb}",
+                measure(ort_calls(int8, batches(1, cb)), cb, secs, warm),
+                baseline=fp32_name,
+            )
+        )
         del int8
 
     # 1 + 2 + 3: the server's default (its CPU precision and graph) in-process and over gRPC: the same file, the same
@@ -278,16 +303,23 @@ def run_bench(settings: BenchSettings) -> dict:
         def make():
             workers, clients = grpc_calls(url, batches(count, size))
             return workers, lambda: [client.close() for client in clients]
+
         return make
 
     with ServerProcess(settings.repository, args=["--no-photo"]) as server:
         for c in settings.concurrencies:
-            mine, theirs = f"in-process {precision}, {_n(c, 'thread')}, batch {rb}", f"Triton gRPC {precision}, {_n(c, 'client')}, batch {rb}"
+            mine, theirs = (
+                f"in-process {precision}, {_n(c, 'thread')}, batch {rb}",
+                f"Triton gRPC {precision}, {_n(c, 'client')}, batch {rb}",
+            )
             measured = interleaved({mine: local(c, rb), theirs: remote(server.grpc_url, c, rb)}, rb)
             bench.add(_row(g1, mine, measured[mine]))
             bench.add(_row(g1, theirs, measured[theirs], baseline=mine, goal=TRITON_GOAL if c == top else None))
         for b in settings.batch_sizes:
-            mine, theirs = f"in-process {precision}, 1 thread, batch {b}", f"Triton gRPC {precision}, 1 client, batch {b}"
+            mine, theirs = (
+                f"in-process {precision}, 1 thread, batch {b}",
+                f"Triton gRPC {precision}, 1 client, batch {b}",
+            )
             base = b != settings.batch_sizes[0]
             if b == rb and 1 in settings.concurrencies:
                 bench.add(Row(g3, mine, bench.get(mine).faces_per_s, note="same run as group 1, 1 thread"))
@@ -295,8 +327,22 @@ def run_bench(settings: BenchSettings) -> dict:
                 continue
             measured = interleaved({mine: local(1, b), theirs: remote(server.grpc_url, 1, b)}, b)
             first = settings.batch_sizes[0]
-            bench.add(_row(g3, mine, measured[mine], baseline=f"in-process {precision}, 1 thread, batch {first}" if base else None))
-            bench.add(_row(g3, theirs, measured[theirs], baseline=f"Triton gRPC {precision}, 1 client, batch {first}" if base else None))
+            bench.add(
+                _row(
+                    g3,
+                    mine,
+                    measured[mine],
+                    baseline=f"in-process {precision}, 1 thread, batch {first}" if base else None,
+                )
+            )
+            bench.add(
+                _row(
+                    g3,
+                    theirs,
+                    measured[theirs],
+                    baseline=f"Triton gRPC {precision}, 1 client, batch {first}" if base else None,
+                )
+            )
         with ServerProcess(settings.repository, args=["--no-photo", "--no-batching"]) as unbatched:
             off, on = f"batching off, {top} clients, batch {rb}", f"batching on, {top} clients, batch {rb}"
             measured = interleaved({off: remote(unbatched.grpc_url, top, rb), on: remote(server.grpc_url, top, rb)}, rb)
@@ -308,13 +354,34 @@ def run_bench(settings: BenchSettings) -> dict:
     if settings.prototype:
         proto = f"prototype: 3 VGG16@150 + 3 ResNet50@224, batch {cb}"
         runs = prototype_runs(settings, crops)
-        bench.add(_row(g5, proto, measure([lambda: [run() for _, run in runs]], cb, secs, warm),
-                       note="random weights; inputs pre-resized/cast outside the clock (favours the prototype)"))
+        bench.add(
+            _row(
+                g5,
+                proto,
+                measure([lambda: [run() for _, run in runs]], cb, secs, warm),
+                note="random weights; inputs pre-resized/cast outside the clock (favours the prototype)",
+            )
+        )
         vgg = next(run for net, run in runs if net.arch == "vgg16" and net.size == contract.INPUT_SIZE)
-        bench.add(_row(g5, f"one VGG16@150 per face (shared design at full size), batch {cb}", measure([vgg], cb, secs, warm),
-                       baseline=proto, goal=PROTOTYPE_GOAL, note="one of the prototype's VGG16s: the design's gain alone"))
-        bench.add(Row(g5, f"served model (fp32, one VGG16, works at {size_text}), batch {cb}", bench.get(fp32_name).faces_per_s,
-                      baseline=proto, note=f"same run as '{fp32_name}'; adds the trained model's working size"))
+        bench.add(
+            _row(
+                g5,
+                f"one VGG16@150 per face (shared design at full size), batch {cb}",
+                measure([vgg], cb, secs, warm),
+                baseline=proto,
+                goal=PROTOTYPE_GOAL,
+                note="one of the prototype's VGG16s: the design's gain alone",
+            )
+        )
+        bench.add(
+            Row(
+                g5,
+                f"served model (fp32, one VGG16, works at {size_text}), batch {cb}",
+                bench.get(fp32_name).faces_per_s,
+                baseline=proto,
+                note=f"same run as '{fp32_name}'; adds the trained model's working size",
+            )
+        )
     else:
         bench.add(Row(g5, "prototype: 6 CNNs per face", None, note="skipped: --skip-prototype"))
 
@@ -329,8 +396,13 @@ def run_bench(settings: BenchSettings) -> dict:
         "served_model": {"path": str(fp32_path), "working_size": served_size or contract.INPUT_SIZE},
         "int8_model": str(int8_path) if int8_path else None,
         # Group 1's two sides: this file, precision and graph in-process and behind tritonserver.
-        "triton_vs_in_process": {"model": str(served_path), "precision": precision, "graph": "mirror", "rounds": rounds,
-                                 f"ratio_at_{top}_clients": bench.get(f"Triton gRPC {precision}, {_n(top, 'client')}, batch {rb}").ratio},
+        "triton_vs_in_process": {
+            "model": str(served_path),
+            "precision": precision,
+            "graph": "mirror",
+            "rounds": rounds,
+            f"ratio_at_{top}_clients": bench.get(f"Triton gRPC {precision}, {_n(top, 'client')}, batch {rb}").ratio,
+        },
         "wall_s": time.perf_counter() - started,
         # Grouped for reading; measured in another order (in-process rows before any server starts).
         "rows": [row_dict(r) for r in sorted(bench.rows, key=lambda r: r.group)],
@@ -350,7 +422,11 @@ def prototype_runs(settings: BenchSettings, crops: np.ndarray) -> list[tuple[obj
     batch = batch_of(crops, settings.compare_batch)
     inputs = {}
     for size in (150, 224):
-        resized = batch if size == batch.shape[1] else np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in batch])
+        resized = (
+            batch
+            if size == batch.shape[1]
+            else np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in batch])
+        )
         inputs[size] = resized.astype(np.float32)
     runs = []
     for net, path in prototype_models(settings.cache_dir):
@@ -384,9 +460,16 @@ def working_size(onnx_path: Path) -> int | None:
 
 def row_dict(row: Row) -> dict:
     return {
-        "group": row.group, "name": row.name, "faces_per_s": row.faces_per_s, "requests": row.requests,
-        "seconds": round(row.seconds, 3), "baseline": row.baseline, "ratio": row.ratio, "goal": row.goal,
-        "meets_goal": row.meets_goal, "note": row.note,
+        "group": row.group,
+        "name": row.name,
+        "faces_per_s": row.faces_per_s,
+        "requests": row.requests,
+        "seconds": round(row.seconds, 3),
+        "baseline": row.baseline,
+        "ratio": row.ratio,
+        "goal": row.goal,
+        "meets_goal": row.meets_goal,
+        "note": row.note,
     }
 
 
@@ -416,7 +499,9 @@ def plot(result: dict, path: Path) -> None:
         ax.text(r["faces_per_s"], yi, " " + label, va="center", fontsize=7)
     ax.set_xlabel("faces/s (higher is better)")
     machine = result["machine"]
-    ax.set_title(f"face2hbe bench{' --quick' if result['quick'] else ''}: {machine['cores']} cores, {machine['cpu']}", fontsize=9)
+    ax.set_title(
+        f"face2hbe bench{' --quick' if result['quick'] else ''}: {machine['cores']} cores, {machine['cpu']}", fontsize=9
+    )
     handles = [Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups]
     ax.legend(handles, groups, fontsize=7, loc="lower right")
     ax.margins(x=0.25)
@@ -428,17 +513,26 @@ def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"face2hbe bench ({result['seconds_per_row']:g} s per row, {result['warmup_requests']} warm-up request(s) per worker)")
+    table = Table(
+        title=f"face2hbe bench ({result['seconds_per_row']:g} s per row, {result['warmup_requests']} warm-up request(s) per worker)"
+    )
     for column in ("group", "row", "faces/s", "ratio", "vs", "goal", "note"):
         table.add_column(column, justify="right" if column in ("faces/s", "ratio") else "left", overflow="fold")
     for r in result["rows"]:
         goal = "" if r["goal"] is None else f">= {r['goal']:g}x " + ("met" if r["meets_goal"] else "MISSED")
         table.add_row(
-            r["group"], r["name"], "-" if r["faces_per_s"] is None else f"{r['faces_per_s']:.2f}",
-            "" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["baseline"] or "", goal, r["note"],
+            r["group"],
+            r["name"],
+            "-" if r["faces_per_s"] is None else f"{r['faces_per_s']:.2f}",
+            "" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            r["baseline"] or "",
+            goal,
+            r["note"],
         )
     console = Console(width=max(180, Console().width))
     console.print(table)
     m = result["machine"]
-    console.print(f"{m['cores']} cores, {m['cpu']}; load average {m['load_average_start'][0]:.1f} at start, "
-                  f"{m.get('load_average_end', [float('nan')])[0]:.1f} at end; crops: {result['crops']}")
+    console.print(
+        f"{m['cores']} cores, {m['cpu']}; load average {m['load_average_start'][0]:.1f} at start, "
+        f"{m.get('load_average_end', [float('nan')])[0]:.1f} at end; crops: {result['crops']}"
+    )

@@ -8,6 +8,7 @@ interleaved round by round so that the ratios hold on a shared machine, and ROC 
 label on the CelebA and LFW test splits (the seeded identity split training and
 `face2hbe evaluate` use; LFW through real detection). Writes JSON and prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,19 @@ def sessions(repository: Path, threads: int | None) -> dict[str, object]:
 
     from face2hbe.graphs import load_graph
 
-    files = {"fp32": repository / contract.MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE,
-             "int8": repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE}
+    files = {
+        "fp32": repository / contract.MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE,
+        "int8": repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE,
+    }
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return {f"{precision} {graph}": ort.InferenceSession(load_graph(files[precision], graph), sess_options=options,
-                                                         providers=["CPUExecutionProvider"])
-            for precision, graph in VARIANTS}
+    return {
+        f"{precision} {graph}": ort.InferenceSession(
+            load_graph(files[precision], graph), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        for precision, graph in VARIANTS
+    }
 
 
 def test_crops(data: str, cache_dir: Path | None):
@@ -60,37 +66,68 @@ def auc_per_label(targets: np.ndarray, scores: np.ndarray) -> dict[str, float | 
 
 
 def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
-    parts = [session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0] for i in range(0, len(crops), batch)]
+    parts = [
+        session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0]
+        for i in range(0, len(crops), batch)
+    ]
     return np.concatenate(parts)
 
 
 def markdown(result: dict) -> str:
     sets = list(result["auc"])
-    head = "| graph | " + " | ".join(f"faces/s b{b}" for b in BATCHES) + " | " + " | ".join(
-        f"{s} AUC {label}" for s in sets for label in contract.LABELS) + " |"
+    head = (
+        "| graph | "
+        + " | ".join(f"faces/s b{b}" for b in BATCHES)
+        + " | "
+        + " | ".join(f"{s} AUC {label}" for s in sets for label in contract.LABELS)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (1 + len(BATCHES) + len(sets) * len(contract.LABELS))]
     for name in result["faces_per_second"]:
         fps = result["faces_per_second"][name]
         aucs = [result["auc"][s][name][label] for s in sets for label in contract.LABELS]
-        lines.append(f"| {name} | " + " | ".join(f"{fps[str(b)]:.1f}" for b in BATCHES) + " | "
-                     + " | ".join("n/a" if a is None else f"{a:.4f}" for a in aucs) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{fps[str(b)]:.1f}" for b in BATCHES)
+            + " | "
+            + " | ".join("n/a" if a is None else f"{a:.4f}" for a in aucs)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 @click.command()
-@click.option("--repository", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("model_repository"))
-@click.option("--data", "data_specs", multiple=True, default=("celeba:../shared/data/celeba", "lfw:../shared/data/lfw"),
-              show_default=True, help="Labelled sets (KIND:PATH) whose test split gives the AUC columns.")
+@click.option(
+    "--repository", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("model_repository")
+)
+@click.option(
+    "--data",
+    "data_specs",
+    multiple=True,
+    default=("celeba:../shared/data/celeba", "lfw:../shared/data/lfw"),
+    show_default=True,
+    help="Labelled sets (KIND:PATH) whose test split gives the AUC columns.",
+)
 @click.option("--rounds", default=9, show_default=True, help="Timed runs per graph and batch size (median kept).")
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's, all cores).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Cache of the test crops (training data only).")
+@click.option(
+    "--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's, all cores)."
+)
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), default=None, help="Cache of the test crops (training data only)."
+)
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the measurements as JSON here.")
 def main(repository, data_specs, rounds, threads, cache_dir, output):
     from face2hbe.loadtest.bench import machine_info
     from face2hbe.paths import portable_spec
 
     runs = sessions(repository, threads)
-    result = {"machine": machine_info(), "threads": threads, "rounds": rounds, "faces_per_second": {n: {} for n in runs}, "auc": {}}
+    result = {
+        "machine": machine_info(),
+        "threads": threads,
+        "rounds": rounds,
+        "faces_per_second": {n: {} for n in runs},
+        "auc": {},
+    }
     timing_crops = None
     for spec in data_specs:
         crops, targets = test_crops(spec, cache_dir)

@@ -5,6 +5,7 @@ the training code's own `build_crops` (same crop as training and serving).
 Fallback: faces detected in the bundled public-domain sample photos. Crops are
 never cached or written to disk (they are faces of real people).
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,9 @@ def load_crops(count: int = 32) -> tuple[np.ndarray, str]:
         crops = sample_photo_crops()
         source = f"{len(crops)} faces detected in {portable(SAMPLES)}"
     if crops.shape[1:] != contract.INPUT_SHAPE or crops.dtype != np.uint8:
-        raise DataError(f"crops have shape {crops.shape} {crops.dtype}, expected uint8 [N,{contract.INPUT_SIZE},{contract.INPUT_SIZE},3]")
+        raise DataError(
+            f"crops have shape {crops.shape} {crops.dtype}, expected uint8 [N,{contract.INPUT_SIZE},{contract.INPUT_SIZE},3]"
+        )
     return crops, source
 
 

@@ -26,6 +26,7 @@ decode + detect + crop:
   by one pixel does to the full crops' scores (the model's own sensitivity); and whether the draft
   path finds the same faces (a face counts as found again at IoU >= 0.7).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,11 +100,28 @@ def _peak_child(variant: str, folder: Path, lfw_dir: Path) -> None:
 
 def peak_per_photo(variant: str, folder: Path, lfw_dir: Path) -> dict:
     """Resident MB before the photos in `folder` and at their peak, measured in a fresh child process."""
-    out = subprocess.run([sys.executable, "-m", "face2hbe.loadtest.decode_bench", "--peak-child", variant, "--folder", str(folder),
-                          "--lfw", str(lfw_dir)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.loadtest.decode_bench",
+            "--peak-child",
+            variant,
+            "--folder",
+            str(folder),
+            "--lfw",
+            str(lfw_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     figures = json.loads(out.strip().splitlines()[-1])
-    return {"before_mb": round(figures["before_mb"], 1), "peak_mb": round(figures["peak_mb"], 1),
-            "peak_per_photo_mb": round(figures["peak_mb"] - figures["before_mb"], 1)}
+    return {
+        "before_mb": round(figures["before_mb"], 1),
+        "peak_mb": round(figures["peak_mb"], 1),
+        "peak_per_photo_mb": round(figures["peak_mb"] - figures["before_mb"], 1),
+    }
 
 
 def _iou(a, b) -> float:
@@ -111,20 +129,33 @@ def _iou(a, b) -> float:
     return inter / (a.width * a.height + b.width * b.height - inter)
 
 
-def run_decode_bench(photos: int = 12, sets: tuple[str, ...] = ("phone", "large"), repository: Path = DEFAULT_REPOSITORY,
-                     lfw_dir: Path = DEFAULT_LFW) -> dict:
+def run_decode_bench(
+    photos: int = 12,
+    sets: tuple[str, ...] = ("phone", "large"),
+    repository: Path = DEFAULT_REPOSITORY,
+    lfw_dir: Path = DEFAULT_LFW,
+) -> dict:
     import onnxruntime as ort
 
     from face2hbe import contract
     from face2hbe.detection import load_detector
     from face2hbe.loadtest.bench import machine_info
 
-    sessions = {precision: ort.InferenceSession(str(Path(repository) / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-                for precision, model in (("fp32", contract.MODEL_NAME), ("int8", contract.INT8_MODEL_NAME))}
+    sessions = {
+        precision: ort.InferenceSession(
+            str(Path(repository) / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        for precision, model in (("fp32", contract.MODEL_NAME), ("int8", contract.INT8_MODEL_NAME))
+    }
     load_detector("blazeface")
     with tempfile.TemporaryDirectory(prefix="face2hbe-decode-") as tmp:  # the collages (LFW is not ours to keep)
         rows = [_set_row(size, photos, Path(tmp), sessions, lfw_dir) for size in sets]
-    return {"lfw": portable(lfw_dir), "machine": machine_info(), "rows": rows, "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "lfw": portable(lfw_dir),
+        "machine": machine_info(),
+        "rows": rows,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _set_row(size: str, photos: int, tmp: Path, sessions: dict, lfw_dir: Path) -> dict:
@@ -135,7 +166,10 @@ def _set_row(size: str, photos: int, tmp: Path, sessions: dict, lfw_dir: Path) -
     from .phone_photos import SIZES, write_phone_photos
 
     def scores(precision: str, crops: np.ndarray) -> np.ndarray:
-        return np.concatenate(sessions[precision].run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops}), axis=1)
+        return np.concatenate(
+            sessions[precision].run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops}),
+            axis=1,
+        )
 
     seconds = {variant: [] for variant in VARIANTS}
     cpu = {variant: [] for variant in VARIANTS}
@@ -155,7 +189,9 @@ def _set_row(size: str, photos: int, tmp: Path, sessions: dict, lfw_dir: Path) -
             raise AssertionError(f"{path.name}: the full decode's boxes or crops differ from the code before issue #25")
         found += len(boxes)
         found_again += sum(max((_iou(b, d) for d in draft_boxes), default=0) >= 0.7 for b in boxes)
-        second_looks += sum(draft.scale > 1 and crop_box(b, full.height, full.width)[2] < MIN_CROP_SIDE * draft.scale for b in boxes)
+        second_looks += sum(
+            draft.scale > 1 and crop_box(b, full.height, full.width)[2] < MIN_CROP_SIDE * draft.scale for b in boxes
+        )
         if not boxes:
             continue
         moved = face_crops(full, [Box(b.top + 1, b.right + 1, b.bottom + 1, b.left + 1) for b in boxes])
@@ -168,37 +204,68 @@ def _set_row(size: str, photos: int, tmp: Path, sessions: dict, lfw_dir: Path) -
     agreement = []
     for (precision, what), parts in diffs.items():
         d = np.concatenate(parts)
-        agreement.append({"model": precision, "compared": what, "scores": int(d.size), "max": round(float(d.max()), 4),
-                          "p99": round(float(np.quantile(d, 0.99)), 4), "mean": round(float(d.mean()), 5)})
+        agreement.append(
+            {
+                "model": precision,
+                "compared": what,
+                "scores": int(d.size),
+                "max": round(float(d.max()), 4),
+                "p99": round(float(np.quantile(d, 0.99)), 4),
+                "mean": round(float(d.mean()), 5),
+            }
+        )
     width, height = SIZES[size]
-    return {"set": size, "size": f"{width}x{height}", "photos": photos, "faces": found, "faces_found_again": found_again,
-            "faces_cut_from_a_finer_decode": int(second_looks),
-            "cpu_seconds_per_photo": {v: round(statistics.mean(s), 3) for v, s in cpu.items()},
-            "seconds_per_photo": {v: round(statistics.mean(s), 3) for v, s in seconds.items()},
-            "speed_vs_before": {v: round(statistics.mean(cpu["before"]) / statistics.mean(s), 2) for v, s in cpu.items()},
-            "memory": memory, "agreement": agreement}
+    return {
+        "set": size,
+        "size": f"{width}x{height}",
+        "photos": photos,
+        "faces": found,
+        "faces_found_again": found_again,
+        "faces_cut_from_a_finer_decode": int(second_looks),
+        "cpu_seconds_per_photo": {v: round(statistics.mean(s), 3) for v, s in cpu.items()},
+        "seconds_per_photo": {v: round(statistics.mean(s), 3) for v, s in seconds.items()},
+        "speed_vs_before": {v: round(statistics.mean(cpu["before"]) / statistics.mean(s), 2) for v, s in cpu.items()},
+        "memory": memory,
+        "agreement": agreement,
+    }
 
 
 def markdown(result: dict) -> str:
-    lines = ["| photos | decode | CPU s per photo | wall s per photo | speed vs before (CPU) | peak MB per photo | faces found | "
-             "of them found again | cut from a finer decode |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| photos | decode | CPU s per photo | wall s per photo | speed vs before (CPU) | peak MB per photo | faces found | "
+        "of them found again | cut from a finer decode |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in result["rows"]:
         for variant in VARIANTS:
             draft = variant == "draft"
-            lines.append(f"| {row['photos']} x {row['size']} | {variant} | {row['cpu_seconds_per_photo'][variant]:.3f} | "
-                         f"{row['seconds_per_photo'][variant]:.3f} | "
-                         f"{row['speed_vs_before'][variant]:.2f}x | {row['memory'][variant]['peak_per_photo_mb']:.0f} | "
-                         + (f"| {row['faces_found_again']} | {row['faces_cut_from_a_finer_decode']} |" if draft else f"{row['faces']} | | |"))
-    lines += ["", "| photos | model | scores compared with the full decode's | max | 99th percentile | mean |",
-              "|---|---|---|---:|---:|---:|"]
+            lines.append(
+                f"| {row['photos']} x {row['size']} | {variant} | {row['cpu_seconds_per_photo'][variant]:.3f} | "
+                f"{row['seconds_per_photo'][variant]:.3f} | "
+                f"{row['speed_vs_before'][variant]:.2f}x | {row['memory'][variant]['peak_per_photo_mb']:.0f} | "
+                + (
+                    f"| {row['faces_found_again']} | {row['faces_cut_from_a_finer_decode']} |"
+                    if draft
+                    else f"{row['faces']} | | |"
+                )
+            )
+    lines += [
+        "",
+        "| photos | model | scores compared with the full decode's | max | 99th percentile | mean |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for row in result["rows"]:
         for a in row["agreement"]:
-            lines.append(f"| {row['size']} | {a['model']} | {a['compared']} | {a['max']:.4f} | {a['p99']:.4f} | {a['mean']:.5f} |")
+            lines.append(
+                f"| {row['size']} | {a['model']} | {a['compared']} | {a['max']:.4f} | {a['p99']:.4f} | {a['mean']:.5f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.decode_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m face2hbe.loadtest.decode_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--photos", type=int, default=12, help="Collages per set (layouts and orientations in turn).")
     parser.add_argument("--sets", default="phone,large", help="Comma-separated: phone (4032x3024), large (6000x4000).")
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)

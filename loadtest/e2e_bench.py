@@ -24,6 +24,7 @@ tritonserver and the backend stubs), sampled every 0.1 s in each phase.
     python -m face2hbe.loadtest.e2e_bench --photos 200
     python -m face2hbe.loadtest.e2e_bench --set phone --photos 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,8 +80,21 @@ def phone_folder(target: Path, count: int, photo_set: str, lfw_dir: Path = DEFAU
 
     if not (lfw_dir / "labels.csv").is_file():
         raise FileNotFoundError(f"--set {photo_set} builds its photos from LFW, which is not at {portable(lfw_dir)}")
-    subprocess.run([sys.executable, "-m", "face2hbe.loadtest.phone_photos", str(target), "--lfw", str(lfw_dir),
-                    "--count", str(count), "--size", photo_set], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.loadtest.phone_photos",
+            str(target),
+            "--lfw",
+            str(lfw_dir),
+            "--count",
+            str(count),
+            "--size",
+            photo_set,
+        ],
+        check=True,
+    )
     width, height = SIZES[photo_set]
     return target, f"{width}x{height} JPEG collages of LFW photos ({portable(lfw_dir)}; loadtest/phone_photos.py)"
 
@@ -95,8 +109,9 @@ def _crops_by_image(output: Path, detector) -> list[np.ndarray]:
     for line in output.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if record.get("faces"):
-            photo = decode_for_detection(read_image_file(record["path"]), record["path"], detector, DEFAULT_MAX_PIXELS,
-                                         DEFAULT_MAX_FILE_BYTES)
+            photo = decode_for_detection(
+                read_image_file(record["path"]), record["path"], detector, DEFAULT_MAX_PIXELS, DEFAULT_MAX_FILE_BYTES
+            )
             groups.append(face_crops(photo, [Box(*f["box"]) for f in record["faces"]]))
     return groups
 
@@ -155,7 +170,11 @@ def process_peaks(pid: int) -> dict[int, tuple[str, float, float]]:
     for process in processes:
         try:
             command = process.cmdline()
-            name = Path(command[1]).parent.parent.name if command and command[0].endswith("_stub") and len(command) > 1 else process.name()
+            name = (
+                Path(command[1]).parent.parent.name
+                if command and command[0].endswith("_stub") and len(command) > 1
+                else process.name()
+            )
             with open(f"/proc/{process.pid}/status") as f:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
             peaks[process.pid] = (name, int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024)
@@ -228,15 +247,24 @@ def _end_to_end(url: str, settings, folder: Path, output: Path, workers: int, de
         [folder], output, progress=False, on_result=lambda r: stamps.append(time.perf_counter())
     )
     total = time.perf_counter() - started
-    return {"seconds": total, "faces": summary.faces, "images": summary.images, "errors": sum(summary.errors.values()),
-            "first_result_s": (stamps[0] - started) if stamps else None, "client_cpu_s": _client_cpu_s() - cpu}
+    return {
+        "seconds": total,
+        "faces": summary.faces,
+        "images": summary.images,
+        "errors": sum(summary.errors.values()),
+        "first_result_s": (stamps[0] - started) if stamps else None,
+        "client_cpu_s": _client_cpu_s() - cpu,
+    }
 
 
 def _client_cpu_s() -> float:
     """CPU seconds of this process and of its children that have ended (a client's worker processes, if any)."""
     import resource
 
-    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return sum(
+        u.ru_utime + u.ru_stime
+        for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
 
 
 def run_e2e_bench(
@@ -271,14 +299,19 @@ def run_e2e_bench(
     load_before = os.getloadavg()
     server_processes = []
     given = lambda **values: {k: v for k, v in values.items() if v is not None}  # noqa: E731
-    detector = DetectorSettings(**given(max_side=max_side, upsample=upsample, retry_upsample=retry_upsample), draft=not full_decode)
+    detector = DetectorSettings(
+        **given(max_side=max_side, upsample=upsample, retry_upsample=retry_upsample), draft=not full_decode
+    )
     with tempfile.TemporaryDirectory(prefix="face2hbe-e2e-") as tmp:
         server = None
         if url is None:
             served = Path(repository)
             if full_decode and detect == "server":
                 served = _full_decode_repository(served, Path(tmp) / "repository")
-            args = [*(["--threads", str(threads)] if threads else []), *(["--instances", str(instances)] if instances else [])]
+            args = [
+                *(["--threads", str(threads)] if threads else []),
+                *(["--instances", str(instances)] if instances else []),
+            ]
             server = ServerProcess(served, Path(tmp) / "server.log", args=args).start()
         try:
             if server is not None:
@@ -314,10 +347,15 @@ def run_e2e_bench(
                 cpu["model_only"].append((_client_cpu_s() - before[0], server_cpu() - before[1]))
                 peaks["model_only"].append(rss.peak_mb)
             after = {name: round(probe() / MB, 1) for name, probe in probes.items()}
-            if server is not None:  # each server process: resident at idle, its peak (the most one photo-model instance needed)
+            if (
+                server is not None
+            ):  # each server process: resident at idle, its peak (the most one photo-model instance needed)
                 peaks_now = process_peaks(server.proc.pid)
-                server_processes = [{"name": name, "idle_mb": round(idle_processes[pid][1], 1), "peak_mb": round(hwm, 1)}
-                                    for pid, (name, _, hwm) in peaks_now.items() if pid in idle_processes]
+                server_processes = [
+                    {"name": name, "idle_mb": round(idle_processes[pid][1], 1), "peak_mb": round(hwm, 1)}
+                    for pid, (name, _, hwm) in peaks_now.items()
+                    if pid in idle_processes
+                ]
         finally:
             if server is not None:
                 server.stop()
@@ -326,11 +364,21 @@ def run_e2e_bench(
     # On a machine whose cores both phases keep busy, faces/s go as 1 / (CPU per face): the ratio of the two
     # totals is the end-to-end / model-only ratio that machine reaches when idle, whatever else ran meanwhile.
     e2e_faces = e2e_runs[0]["faces"] or 1
-    cpu_ms = {phase: {side: round(1000 * statistics.median(run[k] for run in runs) / (e2e_faces if phase == "e2e" else faces), 2)
-                      for k, side in enumerate(("client", "server"))} for phase, runs in cpu.items()}
-    memory = {name: {"idle_mb": idle[name], "after_mb": after[name],
-                     **{f"{phase}_peak_mb": round(max(p[name] for p in runs), 1) for phase, runs in peaks.items()}}
-              for name in probes}
+    cpu_ms = {
+        phase: {
+            side: round(1000 * statistics.median(run[k] for run in runs) / (e2e_faces if phase == "e2e" else faces), 2)
+            for k, side in enumerate(("client", "server"))
+        }
+        for phase, runs in cpu.items()
+    }
+    memory = {
+        name: {
+            "idle_mb": idle[name],
+            "after_mb": after[name],
+            **{f"{phase}_peak_mb": round(max(p[name] for p in runs), 1) for phase, runs in peaks.items()},
+        }
+        for name in probes
+    }
     e2e_s = statistics.median(r["seconds"] for r in e2e_runs)
     model_s = statistics.median(model_runs)
     first = [r["first_result_s"] for r in e2e_runs if r["first_result_s"] is not None]
@@ -353,12 +401,25 @@ def run_e2e_bench(
         "e2e_first_result_s": round(statistics.median(first), 2) if first else None,
         "memory": memory,  # MB: resident set at idle, its peaks in each phase, after the last phase
         "cpu_ms_per_face": cpu_ms,
-        "cpu_bound_ratio": round(sum(cpu_ms["model_only"].values()) / sum(cpu_ms["e2e"].values()), 3) if server is not None else None,
+        "cpu_bound_ratio": round(sum(cpu_ms["model_only"].values()) / sum(cpu_ms["e2e"].values()), 3)
+        if server is not None
+        else None,
         "server_processes": server_processes,  # face2hbe serve started here: each process, its idle and peak MB
         # the client's CPU per photo end to end (detection, requests, records): what it takes from a machine it shares
-        "e2e_client_cpu_ms_per_photo": round(1000 * statistics.median(r["client_cpu_s"] / max(r["images"], 1) for r in e2e_runs), 2),
-        "settings": {"workers": workers or default_workers(), "threads": threads, "instances": instances, "in_flight": settings.max_in_flight,
-                     "max_side": detector.max_side, "upsample": detector.upsample, "retry_upsample": detector.retry_upsample, "repeats": repeats, "own_server": server is not None},
+        "e2e_client_cpu_ms_per_photo": round(
+            1000 * statistics.median(r["client_cpu_s"] / max(r["images"], 1) for r in e2e_runs), 2
+        ),
+        "settings": {
+            "workers": workers or default_workers(),
+            "threads": threads,
+            "instances": instances,
+            "in_flight": settings.max_in_flight,
+            "max_side": detector.max_side,
+            "upsample": detector.upsample,
+            "retry_upsample": detector.retry_upsample,
+            "repeats": repeats,
+            "own_server": server is not None,
+        },
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -373,39 +434,91 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.e2e_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=200, help="Real photos to process (LFW; samples without it).")
     parser.add_argument("--url", default=None, help="Use the gRPC server at host:port instead of starting one.")
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="Model repository for the embedded server.")
-    parser.add_argument("--workers", type=int, default=None, help="Detection threads (default: the client's, the CPUs this process may use).")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads on the embedded server.")
+    parser.add_argument(
+        "--repository", type=Path, default=DEFAULT_REPOSITORY, help="Model repository for the embedded server."
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Detection threads (default: the client's, the CPUs this process may use).",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime intra-op threads on the embedded server."
+    )
     parser.add_argument("--instances", type=int, default=None, help="Model instances on the embedded server.")
-    parser.add_argument("--in-flight", type=int, default=client.max_in_flight, help="Most inference requests in flight (both phases).")
+    parser.add_argument(
+        "--in-flight", type=int, default=client.max_in_flight, help="Most inference requests in flight (both phases)."
+    )
     parser.add_argument("--max-side", type=int, default=detector.max_side, help="Detection copy's largest side.")
     parser.add_argument("--upsample", type=int, default=detector.upsample, help="Detector up-sampling steps.")
-    parser.add_argument("--retry-upsample", type=int, default=detector.retry_upsample, help="Up-sampling steps for a second look when none found.")
+    parser.add_argument(
+        "--retry-upsample",
+        type=int,
+        default=detector.retry_upsample,
+        help="Up-sampling steps for a second look when none found.",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="Alternate the two phases this many times (medians).")
-    parser.add_argument("--set", dest="photo_set", choices=PHOTO_SETS, default="lfw",
-                        help="lfw: LFW's 250x250 photos; phone / large: 4032x3024 / 6000x4000 collages of them, built at run time.")
-    parser.add_argument("--detect", choices=("local", "server"), default="local",
-                        help="End to end with local detection (crops to face2hbe) or the photo model (photos to face2hbe_photo).")
-    parser.add_argument("--full-decode", action="store_true", help="Decode every photo at full resolution (the path before issue #25).")
+    parser.add_argument(
+        "--set",
+        dest="photo_set",
+        choices=PHOTO_SETS,
+        default="lfw",
+        help="lfw: LFW's 250x250 photos; phone / large: 4032x3024 / 6000x4000 collages of them, built at run time.",
+    )
+    parser.add_argument(
+        "--detect",
+        choices=("local", "server"),
+        default="local",
+        help="End to end with local detection (crops to face2hbe) or the photo model (photos to face2hbe_photo).",
+    )
+    parser.add_argument(
+        "--full-decode", action="store_true", help="Decode every photo at full resolution (the path before issue #25)."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
-    result = run_e2e_bench(photos=args.photos, url=args.url, repository=args.repository, workers=args.workers,
-                           threads=args.threads, instances=args.instances, in_flight=args.in_flight,
-                           max_side=args.max_side, upsample=args.upsample, retry_upsample=args.retry_upsample, repeats=args.repeats,
-                           photo_set=args.photo_set, detect=args.detect, full_decode=args.full_decode)
-    print(f"{result['faces']} faces in {result['photos']} photos ({result['source']}), detection {result['detect']}, "
-          f"{result['decode']} decode")
+    result = run_e2e_bench(
+        photos=args.photos,
+        url=args.url,
+        repository=args.repository,
+        workers=args.workers,
+        threads=args.threads,
+        instances=args.instances,
+        in_flight=args.in_flight,
+        max_side=args.max_side,
+        upsample=args.upsample,
+        retry_upsample=args.retry_upsample,
+        repeats=args.repeats,
+        photo_set=args.photo_set,
+        detect=args.detect,
+        full_decode=args.full_decode,
+    )
+    print(
+        f"{result['faces']} faces in {result['photos']} photos ({result['source']}), detection {result['detect']}, "
+        f"{result['decode']} decode"
+    )
     print(f"model-only  {result['model_only_faces_per_s']:8.2f} faces/s")
-    print(f"end-to-end  {result['e2e_faces_per_s']:8.2f} faces/s  {result['e2e_photos_per_s']:.2f} photos/s  "
-          f"({result['ratio']:.0%} of model-only)")
+    print(
+        f"end-to-end  {result['e2e_faces_per_s']:8.2f} faces/s  {result['e2e_photos_per_s']:.2f} photos/s  "
+        f"({result['ratio']:.0%} of model-only)"
+    )
     if result["cpu_bound_ratio"] is not None:
-        per_face = {phase: " + ".join(f"{ms:.1f}" for ms in sides.values()) for phase, sides in result["cpu_ms_per_face"].items()}
-        print(f"CPU ms per face (client + server): end to end {per_face['e2e']}, model-only {per_face['model_only']}"
-              f"  -> {result['cpu_bound_ratio']:.0%} on an idle machine whose cores both phases keep busy")
+        per_face = {
+            phase: " + ".join(f"{ms:.1f}" for ms in sides.values())
+            for phase, sides in result["cpu_ms_per_face"].items()
+        }
+        print(
+            f"CPU ms per face (client + server): end to end {per_face['e2e']}, model-only {per_face['model_only']}"
+            f"  -> {result['cpu_bound_ratio']:.0%} on an idle machine whose cores both phases keep busy"
+        )
     for name, memory in result["memory"].items():
-        print(f"{name} RSS  idle {memory['idle_mb']:.0f} MB, peak {memory['e2e_peak_mb']:.0f} MB end to end, "
-              f"{memory['model_only_peak_mb']:.0f} MB model-only, {memory['after_mb']:.0f} MB after")
-    print(f"load average before/after: {result['load_average_before']} / {result['load_average_after']} on {result['cpu_count']} CPUs")
+        print(
+            f"{name} RSS  idle {memory['idle_mb']:.0f} MB, peak {memory['e2e_peak_mb']:.0f} MB end to end, "
+            f"{memory['model_only_peak_mb']:.0f} MB model-only, {memory['after_mb']:.0f} MB after"
+        )
+    print(
+        f"load average before/after: {result['load_average_before']} / {result['load_average_after']} on {result['cpu_count']} CPUs"
+    )
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

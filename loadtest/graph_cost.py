@@ -9,6 +9,7 @@ every output it has, at batch 1, 8 and 32, round by round (median of `--rounds`)
 crops when ../shared/data is there (else the sample photos' faces), so the ratios (each graph's
 faces/s over the first graph's) hold on a busy machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,12 @@ from .cpu_variants import BATCHES
 @click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), show_default=True)
 @click.option("--rounds", default=9, show_default=True, help="Timed runs per graph and batch size (median kept).")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON here.")
-@click.option("--name", "given", multiple=True, help="What each graph is (once per graph, in order), e.g. the git revision it came from.")
+@click.option(
+    "--name",
+    "given",
+    multiple=True,
+    help="What each graph is (once per graph, in order), e.g. the git revision it came from.",
+)
 def main(graphs, celeba, rounds, output, given):
     import onnxruntime as ort
 
@@ -40,15 +46,30 @@ def main(graphs, celeba, rounds, output, given):
         raise click.UsageError("give --name once per graph, each different, or not at all")
     unique = len({path.name for path in graphs}) == len(graphs)
     names = list(given) or [path.name if unique else f"{i + 1}: {path.name}" for i, path in enumerate(graphs)]
-    crops, source = calibration_crops(celeba if celeba.is_dir() else None, Path(__file__).resolve().parents[1] / "client" / "samples", count=64)
-    runs = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for name, path in zip(names, graphs)}
-    result = {"graphs": dict(zip(names, (portable(str(p)) for p in graphs))), "outputs": {n: [o.name for o in s.get_outputs()] for n, s in runs.items()},
-              "crops": source, "rounds": rounds, "machine": machine_info(), "faces_per_second": {}}
+    crops, source = calibration_crops(
+        celeba if celeba.is_dir() else None, Path(__file__).resolve().parents[1] / "client" / "samples", count=64
+    )
+    runs = {
+        name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for name, path in zip(names, graphs)
+    }
+    result = {
+        "graphs": dict(zip(names, (portable(str(p)) for p in graphs))),
+        "outputs": {n: [o.name for o in s.get_outputs()] for n, s in runs.items()},
+        "crops": source,
+        "rounds": rounds,
+        "machine": machine_info(),
+        "faces_per_second": {},
+    }
     for batch in BATCHES:
         fps = faces_per_second(runs, crops, batch=batch, rounds=rounds)
         result["faces_per_second"][str(batch)] = {n: round(v, 2) for n, v in fps.items()}
-        click.echo(f"batch {batch:>2}: " + ", ".join(
-            f"{n} {v:6.1f} faces/s" + (f" ({v / fps[names[0]]:.3f}x)" if n != names[0] else "") for n, v in fps.items()))
+        click.echo(
+            f"batch {batch:>2}: "
+            + ", ".join(
+                f"{n} {v:6.1f} faces/s" + (f" ({v / fps[names[0]]:.3f}x)" if n != names[0] else "")
+                for n, v in fps.items()
+            )
+        )
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=1) + "\n")

@@ -9,6 +9,7 @@ HTTP with the binary-tensor extension (tritonclient.http, which is built on
 geventhttpclient and so cooperates with Locust's gevent). Every request is
 reported to Locust with request_type "grpc" or "http".
 """
+
 from __future__ import annotations
 
 import time
@@ -33,8 +34,12 @@ _SENT = {"requests": 0}
 @events.init_command_line_parser.add_listener
 def _options(parser):
     group = parser.add_argument_group("face2hbe")
-    group.add_argument("--grpc-url", default=f"{contract.DEFAULT_HOST}:{contract.GRPC_PORT}", help="Triton gRPC host:port")
-    group.add_argument("--http-url", default=f"{contract.DEFAULT_HOST}:{contract.HTTP_PORT}", help="Triton HTTP host:port")
+    group.add_argument(
+        "--grpc-url", default=f"{contract.DEFAULT_HOST}:{contract.GRPC_PORT}", help="Triton gRPC host:port"
+    )
+    group.add_argument(
+        "--http-url", default=f"{contract.DEFAULT_HOST}:{contract.HTTP_PORT}", help="Triton HTTP host:port"
+    )
     group.add_argument("--model-name", default=contract.MODEL_NAME, help="Served model name")
     group.add_argument("--batch-size", type=int, default=1, help="Faces per inference request")
     group.add_argument("--grpc-weight", type=int, default=1, help="Relative share of gRPC users (0 = none)")
@@ -42,7 +47,9 @@ def _options(parser):
     group.add_argument("--think-time", type=float, default=0.0, help="Seconds each user waits between requests")
     group.add_argument("--crop-count", type=int, default=32, help="Real face crops held in memory and cycled through")
     group.add_argument("--timeout", type=float, default=30.0, help="Per-request timeout in seconds")
-    group.add_argument("--max-requests", type=int, default=0, help="Stop the run after this many requests (0 = run for -t)")
+    group.add_argument(
+        "--max-requests", type=int, default=0, help="Stop the run after this many requests (0 = run for -t)"
+    )
 
 
 @events.init.add_listener
@@ -140,7 +147,9 @@ class GrpcUser(_TritonUser):
         t = self.triton
         inputs = [t.InferInput(contract.INPUT_NAME, list(batch.shape), contract.INPUT_DTYPE)]
         inputs[0].set_data_from_numpy(batch)
-        result = self.client.infer(self.model_name, inputs, outputs=[t.InferRequestedOutput(contract.OUTPUT_NAME)], client_timeout=self.timeout)
+        result = self.client.infer(
+            self.model_name, inputs, outputs=[t.InferRequestedOutput(contract.OUTPUT_NAME)], client_timeout=self.timeout
+        )
         return result.as_numpy(contract.OUTPUT_NAME)
 
 

@@ -17,6 +17,7 @@ decode as camera files of that size rather than smooth upscales (0.12-0.15 bytes
 Nothing is written into the repository: the photos are built in memory; callers keep them there or
 write them to a temporary folder (LFW is research data we may not redistribute).
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,7 @@ def lfw_photos(lfw_dir: str | Path, count: int, skip: int = 0) -> list[Path]:
     lfw_dir = Path(lfw_dir)
     with (lfw_dir / "labels.csv").open(newline="") as f:
         rows = [row["path"] for row in csv.DictReader(f)]
-    return [lfw_dir / path for path in rows[skip:skip + count]]
+    return [lfw_dir / path for path in rows[skip : skip + count]]
 
 
 def photos_needed(layout: str, size: tuple[int, int] = PHONE) -> int:
@@ -55,7 +56,9 @@ def _cells(layout: str, width: int, height: int) -> list[tuple[int, int, int]]:
         cells = [(c * side, r * side, side) for r in range(3) for c in range(4)]
     elif layout == "mixed":
         big, side = short // 2, short // 4
-        cells = [(0, 0, big), (0, big, big)] + [(big + c * side, r * side, side) for r in range(4) for c in range((long_ - big) // side)]
+        cells = [(0, 0, big), (0, big, big)] + [
+            (big + c * side, r * side, side) for r in range(4) for c in range((long_ - big) // side)
+        ]
     elif layout == "single":
         cells = [((long_ - short) // 2, 0, short)]
     else:
@@ -84,7 +87,9 @@ def _grain(width: int, height: int):
     from PIL import Image
 
     tile = np.random.default_rng(0).integers(0, 2 * GRAIN + 1, (256, 256, 3), dtype=np.uint8)
-    return Image.fromarray(np.ascontiguousarray(np.tile(tile, (height // 256 + 1, width // 256 + 1, 1))[:height, :width]))
+    return Image.fromarray(
+        np.ascontiguousarray(np.tile(tile, (height // 256 + 1, width // 256 + 1, 1))[:height, :width])
+    )
 
 
 def encode(image, portrait: bool) -> bytes:
@@ -126,8 +131,12 @@ def main(argv=None) -> int:
     """Write collages to a folder (benchmarks build them in a child process, so the client's memory is measured clean)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.phone_photos", description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", type=Path, help="Folder to write the JPEGs into (a temporary one: never the repository).")
+    parser = argparse.ArgumentParser(
+        prog="python -m face2hbe.loadtest.phone_photos", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "target", type=Path, help="Folder to write the JPEGs into (a temporary one: never the repository)."
+    )
     parser.add_argument("--lfw", type=Path, required=True, help="LFW folder (with labels.csv).")
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--size", choices=sorted(SIZES), default="phone", help="phone: 4032x3024, large: 6000x4000.")

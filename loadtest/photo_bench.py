@@ -9,6 +9,7 @@ with 1 and 8 concurrent photo streams (photos in flight). The rows are run round
 `--repeats` times and medians kept, so a machine whose load changes hurts them alike.
 Photos: LFW (250 px news photos) when ../shared/data is there, else the bundled samples repeated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,16 +42,31 @@ def _run(url: str, folder: Path, output: Path, detect: str, detector: str, strea
     from face2hbe.client.inference import ClientSettings
     from face2hbe.detection import DetectorSettings
 
-    rec = Recommender(client=ClientSettings(url=url, max_in_flight=streams), detector=DetectorSettings(model=detector),
-                      workers=workers if detect == "local" else streams, detect=detect)
+    rec = Recommender(
+        client=ClientSettings(url=url, max_in_flight=streams),
+        detector=DetectorSettings(model=detector),
+        workers=workers if detect == "local" else streams,
+        detect=detect,
+    )
     started = time.perf_counter()
     summary = rec.run([folder], output, progress=False)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": summary.images, "faces": summary.faces, "errors": sum(summary.errors.values())}
+    return {
+        "seconds": seconds,
+        "images": summary.images,
+        "faces": summary.faces,
+        "errors": sum(summary.errors.values()),
+    }
 
 
-def run_photo_bench(photos: int = 100, repository: Path = DEFAULT_REPOSITORY, detectors: tuple[str, ...] = ("hog", "blazeface"),
-                    workers: int = 1, repeats: int = 1, lfw_dir: Path = DEFAULT_LFW) -> dict:
+def run_photo_bench(
+    photos: int = 100,
+    repository: Path = DEFAULT_REPOSITORY,
+    detectors: tuple[str, ...] = ("hog", "blazeface"),
+    workers: int = 1,
+    repeats: int = 1,
+    lfw_dir: Path = DEFAULT_LFW,
+) -> dict:
     from face2hbe.detection import DetectorSettings
     from face2hbe.loadtest.bench import machine_info
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
@@ -64,37 +80,68 @@ def run_photo_bench(photos: int = 100, repository: Path = DEFAULT_REPOSITORY, de
         folder, source = photo_folder(Path(tmp) / "photos", photos, Path(lfw_dir))
         for i in range(repeats):
             for row in rows:
-                runs[row].append(_run(url, folder, Path(tmp) / f"out-{i}-{'-'.join(map(str, row))}.jsonl", *row, workers))
+                runs[row].append(
+                    _run(url, folder, Path(tmp) / f"out-{i}-{'-'.join(map(str, row))}.jsonl", *row, workers)
+                )
     table = []
     for (detect, detector, streams), results in runs.items():
         seconds = statistics.median(r["seconds"] for r in results)
-        table.append({"detect": detect, "detector": detector, "streams": streams, "photos": results[0]["images"],
-                      "faces": results[0]["faces"], "errors": max(r["errors"] for r in results),
-                      "photos_per_s": round(results[0]["images"] / seconds, 2), "faces_per_s": round(results[0]["faces"] / seconds, 2),
-                      "seconds": [round(r["seconds"], 2) for r in results]})
-    return {"source": source, "photos": photos, "repeats": repeats, "client_workers": workers, "machine": machine_info(),
-            "server_instances": {"face2hbe": "config.pbtxt", "face2hbe_photo": "config.pbtxt"}, "rows": table,
-            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+        table.append(
+            {
+                "detect": detect,
+                "detector": detector,
+                "streams": streams,
+                "photos": results[0]["images"],
+                "faces": results[0]["faces"],
+                "errors": max(r["errors"] for r in results),
+                "photos_per_s": round(results[0]["images"] / seconds, 2),
+                "faces_per_s": round(results[0]["faces"] / seconds, 2),
+                "seconds": [round(r["seconds"], 2) for r in results],
+            }
+        )
+    return {
+        "source": source,
+        "photos": photos,
+        "repeats": repeats,
+        "client_workers": workers,
+        "machine": machine_info(),
+        "server_instances": {"face2hbe": "config.pbtxt", "face2hbe_photo": "config.pbtxt"},
+        "rows": table,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def markdown(result: dict) -> str:
-    lines = ["| detection | detector | streams | photos/s | faces/s | faces | errors |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| detection | detector | streams | photos/s | faces/s | faces | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['detect']} | {r['detector']} | {r['streams']} | {r['photos_per_s']:.2f} | {r['faces_per_s']:.2f} | {r['faces']} | {r['errors']} |")
+        lines.append(
+            f"| {r['detect']} | {r['detector']} | {r['streams']} | {r['photos_per_s']:.2f} | {r['faces_per_s']:.2f} | {r['faces']} | {r['errors']} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.photo_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m face2hbe.loadtest.photo_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--photos", type=int, default=100, help="Real photos per row (LFW; the samples without it).")
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--detectors", default="hog,blazeface", help="Local detectors to compare (comma-separated; missing ones are skipped).")
+    parser.add_argument(
+        "--detectors",
+        default="hog,blazeface",
+        help="Local detectors to compare (comma-separated; missing ones are skipped).",
+    )
     parser.add_argument("--workers", type=int, default=1, help="Client detection worker processes for the local rows.")
     parser.add_argument("--repeats", type=int, default=1, help="Round-robin passes over the rows (medians kept).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
     result = run_photo_bench(args.photos, args.repository, tuple(args.detectors.split(",")), args.workers, args.repeats)
-    print(f"{result['photos']} photos from {result['source']}, {result['repeats']} pass(es), {result['machine']['cpu']}")
+    print(
+        f"{result['photos']} photos from {result['source']}, {result['repeats']} pass(es), {result['machine']['cpu']}"
+    )
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps({**result, "table": markdown(result)}, indent=1) + "\n")

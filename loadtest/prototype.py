@@ -4,6 +4,7 @@ Three VGG16 at 150x150 and three ResNet50 at 224x224 (one per label each),
 Keras applications with random weights (only compute is compared) and a tiny
 sigmoid head, exported to ONNX once with tf2onnx and cached outside the repo.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,9 @@ class PrototypeNet:
         return f"proto-{self.arch}-{self.size}-{self.label}.onnx"
 
 
-NETS = [PrototypeNet("vgg16", 150, label) for label in LABELS] + [PrototypeNet("resnet50", 224, label) for label in LABELS]
+NETS = [PrototypeNet("vgg16", 150, label) for label in LABELS] + [
+    PrototypeNet("resnet50", 224, label) for label in LABELS
+]
 
 
 def _keras_model(net: PrototypeNet, seed: int):

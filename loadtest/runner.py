@@ -5,6 +5,7 @@ interpreter with gevent, which must not leak into the caller (or into the
 embedded Triton server this module may start). Its CSV and HTML reports land
 in the output folder, next to verdict.json.
 """
+
 from __future__ import annotations
 
 import csv
@@ -89,20 +90,49 @@ def require_loopback(url: str) -> None:
         raise LoadTestError(f"{url}: load tests target loopback addresses only (127.0.0.1, ::1, localhost)")
 
 
-
-
 def locust_command(settings: LoadTestSettings, grpc_url: str, http_url: str) -> list[str]:
     out = Path(settings.output_dir)
-    classes = [name for name, weight in (("GrpcUser", settings.grpc_weight), ("HttpUser", settings.http_weight)) if weight > 0]
+    classes = [
+        name for name, weight in (("GrpcUser", settings.grpc_weight), ("HttpUser", settings.http_weight)) if weight > 0
+    ]
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "-u", str(settings.users), "-r", str(settings.spawn_rate), "-t", f"{settings.duration_s}s",
-        "--csv", str(out / CSV_PREFIX), "--html", str(out / "report.html"),
-        "--only-summary", "--exit-code-on-error", "0", "--host", f"http://{http_url}",
-        "--grpc-url", grpc_url, "--http-url", http_url, "--batch-size", str(settings.batch_size),
-        "--grpc-weight", str(settings.grpc_weight), "--http-weight", str(settings.http_weight),
-        "--think-time", str(settings.think_time_s), "--crop-count", str(settings.crop_count),
-        "--max-requests", str(settings.max_requests),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        str(settings.users),
+        "-r",
+        str(settings.spawn_rate),
+        "-t",
+        f"{settings.duration_s}s",
+        "--csv",
+        str(out / CSV_PREFIX),
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--host",
+        f"http://{http_url}",
+        "--grpc-url",
+        grpc_url,
+        "--http-url",
+        http_url,
+        "--batch-size",
+        str(settings.batch_size),
+        "--grpc-weight",
+        str(settings.grpc_weight),
+        "--http-weight",
+        str(settings.http_weight),
+        "--think-time",
+        str(settings.think_time_s),
+        "--crop-count",
+        str(settings.crop_count),
+        "--max-requests",
+        str(settings.max_requests),
         *classes,
     ]
 
@@ -136,14 +166,24 @@ def judge(rows: list[dict], slo: SLO, batch_size: int) -> dict:
     checks = [
         {"name": "requests", "limit": "> 0", "measured": requests, "ok": requests > 0},
         {"name": "p95_ms", "limit": slo.p95_ms, "measured": p95, "ok": requests > 0 and p95 <= slo.p95_ms},
-        {"name": "error_rate", "limit": slo.max_error_rate, "measured": round(error_rate, 6), "ok": error_rate <= slo.max_error_rate},
+        {
+            "name": "error_rate",
+            "limit": slo.max_error_rate,
+            "measured": round(error_rate, 6),
+            "ok": error_rate <= slo.max_error_rate,
+        },
         {"name": "rps", "limit": slo.min_rps, "measured": rps, "ok": requests > 0 and rps >= slo.min_rps},
     ]
     per_type = [
         {
-            "type": r["Type"], "name": r["Name"], "requests": int(_number(r, "Request Count")),
-            "failures": int(_number(r, "Failure Count")), "median_ms": _number(r, "50%"), "p95_ms": _number(r, "95%"),
-            "p99_ms": _number(r, "99%"), "rps": _number(r, "Requests/s"),
+            "type": r["Type"],
+            "name": r["Name"],
+            "requests": int(_number(r, "Request Count")),
+            "failures": int(_number(r, "Failure Count")),
+            "median_ms": _number(r, "50%"),
+            "p95_ms": _number(r, "95%"),
+            "p99_ms": _number(r, "99%"),
+            "rps": _number(r, "Requests/s"),
         }
         for r in rows
     ]
@@ -189,9 +229,14 @@ def run_loadtest(settings: LoadTestSettings) -> dict:
         if grpc_url is None and http_url is None:
             from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
-            server = EmbeddedServer(ServerSettings(
-                repository=Path(settings.repository), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-            ))
+            server = EmbeddedServer(
+                ServerSettings(
+                    repository=Path(settings.repository),
+                    http_port=free_port(),
+                    grpc_port=free_port(),
+                    metrics_port=free_port(),
+                )
+            )
             stack.enter_context(server)
             grpc_url = f"{contract.DEFAULT_HOST}:{server.settings.grpc_port}"
             http_url = f"{contract.DEFAULT_HOST}:{server.settings.http_port}"
@@ -201,13 +246,23 @@ def run_loadtest(settings: LoadTestSettings) -> dict:
         run_locust(settings, grpc_url, http_url)
     verdict = judge(read_stats(out / f"{CSV_PREFIX}_stats.csv"), settings.slo, settings.batch_size)
     verdict["settings"] = {
-        "users": settings.users, "spawn_rate": settings.spawn_rate, "duration_s": settings.duration_s,
-        "max_requests": settings.max_requests, "batch_size": settings.batch_size, "grpc_weight": settings.grpc_weight, "http_weight": settings.http_weight,
-        "think_time_s": settings.think_time_s, "target": target, "grpc_url": grpc_url, "http_url": http_url,
+        "users": settings.users,
+        "spawn_rate": settings.spawn_rate,
+        "duration_s": settings.duration_s,
+        "max_requests": settings.max_requests,
+        "batch_size": settings.batch_size,
+        "grpc_weight": settings.grpc_weight,
+        "http_weight": settings.http_weight,
+        "think_time_s": settings.think_time_s,
+        "target": target,
+        "grpc_url": grpc_url,
+        "http_url": http_url,
         "slo": asdict(settings.slo),
     }
     verdict["files"] = {
-        "stats_csv": str(out / f"{CSV_PREFIX}_stats.csv"), "html": str(out / "report.html"), "log": str(out / "locust.log"),
+        "stats_csv": str(out / f"{CSV_PREFIX}_stats.csv"),
+        "html": str(out / "report.html"),
+        "log": str(out / "locust.log"),
     }
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str) + "\n")
     return verdict
@@ -222,8 +277,16 @@ def print_verdict(verdict: dict) -> None:
     for column in ("type", "name", "requests", "failures", "median ms", "p95 ms", "p99 ms", "req/s"):
         stats.add_column(column, justify="left" if column in ("type", "name") else "right")
     for r in verdict["rows"]:
-        stats.add_row(r["type"], r["name"], str(r["requests"]), str(r["failures"]),
-                      f"{r['median_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['rps']:.2f}")
+        stats.add_row(
+            r["type"],
+            r["name"],
+            str(r["requests"]),
+            str(r["failures"]),
+            f"{r['median_ms']:.0f}",
+            f"{r['p95_ms']:.0f}",
+            f"{r['p99_ms']:.0f}",
+            f"{r['rps']:.2f}",
+        )
     checks = Table(title=f"SLO verdict: {'PASS' if verdict['passed'] else 'FAIL'}")
     for column in ("check", "limit", "measured", "ok"):
         checks.add_column(column)

@@ -6,6 +6,7 @@ model.onnx; its config.pbtxt is the committed one in CPU form (serving/embedded.
 the session is face2hbe.graphs.cpu_session's, which `face2hbe bench` measures in-process too.
 Triton checks names, types, shapes and batch sizes against the config before a request gets here.
 """
+
 import json
 from pathlib import Path
 

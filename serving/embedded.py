@@ -9,6 +9,7 @@ the rest: strict readiness, exit on error, model_warmup, dynamic batching and in
 the admin APIs behind a key that only this object holds. A killed server's workspace and its shared memory
 (the Python backend's regions carry face crops) are removed at the next start.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,12 @@ SHM_TAG = "-shm-"
 LOG_FILE = "triton.log"
 ADMIN_APIS = "model-repository,shared-memory,statistics,trace,logging"  # Triton's names; closed without the key
 # What NVIDIA's container runs with too (docker-compose.yml; tests/test_compose.py compares them).
-CONTAINER_FLAGS = ("--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
-                   "--disable-auto-complete-config")
+CONTAINER_FLAGS = (
+    "--model-control-mode=none",
+    "--strict-readiness=true",
+    "--exit-on-error=true",
+    "--disable-auto-complete-config",
+)
 ACCESS_HEADER = "triton-access-token"
 # glibc gives blocks of 64 KiB and more back to the OS when freed (a decoded photo, a refused 512 MB request).
 SERVER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 10), "MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
@@ -181,8 +186,11 @@ class EmbeddedServer:
         folder = s.model_folder or by_precision
         model_dir = Path(s.repository) / folder
         if not model_dir.is_dir():
-            hint = (" (export it with `face2hbe export --format int8`, or serve with --precision fp32)"
-                    if folder == contract.INT8_MODEL_NAME else "")
+            hint = (
+                " (export it with `face2hbe export --format int8`, or serve with --precision fp32)"
+                if folder == contract.INT8_MODEL_NAME
+                else ""
+            )
             raise ModelRepositoryError(f"{model_dir}: model folder not found in repository {s.repository}{hint}")
         self.config, self.onnx_path = validate_model_dir(model_dir, s.version)
         self.labels, self.thresholds = labels_and_thresholds(self.config)
@@ -240,16 +248,27 @@ class EmbeddedServer:
 
     def _command(self, binary: Path) -> list[str]:
         s, restricted = self.settings, f"{ADMIN_APIS}:{ACCESS_HEADER}={self.access_token}"
-        return [str(binary), f"--model-repository={self.workspace / 'models'}",
-                f"--backend-directory={self.workspace / 'backends'}", *CONTAINER_FLAGS,
-                f"--http-address={s.host}", f"--http-port={s.http_port}", f"--grpc-address={s.host}",
-                f"--grpc-port={s.grpc_port}", f"--metrics-address={s.host}", f"--metrics-port={s.metrics_port}",
-                "--allow-gpu-metrics=false",
-                # No reuse pool for gRPC request objects: a pooled one keeps the largest payload it ever held.
-                "--grpc-infer-allocation-pool-size=0", f"--log-verbose={s.log_verbose}", "--exit-timeout-secs=10",
-                "--pinned-memory-pool-byte-size=0",  # the models run on CPUs: no page-locked buffers for GPU copies
-                f"--backend-config=python,shm-region-prefix-name={self.workspace.name}{SHM_TAG}",
-                f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+        return [
+            str(binary),
+            f"--model-repository={self.workspace / 'models'}",
+            f"--backend-directory={self.workspace / 'backends'}",
+            *CONTAINER_FLAGS,
+            f"--http-address={s.host}",
+            f"--http-port={s.http_port}",
+            f"--grpc-address={s.host}",
+            f"--grpc-port={s.grpc_port}",
+            f"--metrics-address={s.host}",
+            f"--metrics-port={s.metrics_port}",
+            "--allow-gpu-metrics=false",
+            # No reuse pool for gRPC request objects: a pooled one keeps the largest payload it ever held.
+            "--grpc-infer-allocation-pool-size=0",
+            f"--log-verbose={s.log_verbose}",
+            "--exit-timeout-secs=10",
+            "--pinned-memory-pool-byte-size=0",  # the models run on CPUs: no page-locked buffers for GPU copies
+            f"--backend-config=python,shm-region-prefix-name={self.workspace.name}{SHM_TAG}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
+        ]
 
     # --- life cycle -------------------------------------------------------------------------------------
 
@@ -273,13 +292,24 @@ class EmbeddedServer:
             if threading.current_thread() is threading.main_thread():
                 # SIGTERM to tritonserver when this process ends (PR_SET_PDEATHSIG, kept across exec). The kernel sends
                 # it when the thread that started it ends, hence the main thread only.
-                command = [sys.executable, "-S", "-c", "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 15); "
-                           f"os.getppid() == {os.getpid()} or sys.exit(1); os.execv(sys.argv[1], sys.argv[1:])",
-                           *command]
+                command = [
+                    sys.executable,
+                    "-S",
+                    "-c",
+                    "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 15); "
+                    f"os.getppid() == {os.getpid()} or sys.exit(1); os.execv(sys.argv[1], sys.argv[1:])",
+                    *command,
+                ]
             out = self.log_path.open("ab") if self.log_path else None
             with out or contextlib.nullcontext():
-                self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, cwd=self.workspace,
-                                                stderr=subprocess.STDOUT if out else None, env=server_environment(libs))
+                self.process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    cwd=self.workspace,
+                    stderr=subprocess.STDOUT if out else None,
+                    env=server_environment(libs),
+                )
             self._wait_ready()
         except Exception as exc:
             kept = self._keep_log()
@@ -292,8 +322,16 @@ class EmbeddedServer:
             raise
         self._stubs = self._stub_pids()
         names = [s.model_name] + ([contract.PHOTO_MODEL_NAME] if self.photo_config is not None else [])
-        log.info("serving %s (%s, graph %s) on %s: http %d, grpc %d, metrics %d", ", ".join(names),
-                 self.onnx_path.parent.parent.name, s.graph, s.host, s.http_port, s.grpc_port, s.metrics_port)
+        log.info(
+            "serving %s (%s, graph %s) on %s: http %d, grpc %d, metrics %d",
+            ", ".join(names),
+            self.onnx_path.parent.parent.name,
+            s.graph,
+            s.host,
+            s.http_port,
+            s.grpc_port,
+            s.metrics_port,
+        )
         return self
 
     def _wait_ready(self) -> None:
@@ -328,8 +366,11 @@ class EmbeddedServer:
         """tritonserver's last error line (E... in its log), on one line; '' when none."""
         path = self.log_path
         lines = path.read_text(errors="replace").splitlines() if path and path.is_file() else []
-        errors = [line.split("] ", 1)[-1] for line in lines
-                  if line[:1] == "E" and line[1:5].isdigit() and CPU_HOST_NOTICE not in line]
+        errors = [
+            line.split("] ", 1)[-1]
+            for line in lines
+            if line[:1] == "E" and line[1:5].isdigit() and CPU_HOST_NOTICE not in line
+        ]
         # Triton quotes its messages and escapes their line breaks: the first line is the reason (a traceback follows).
         return " ".join(errors[-1].strip('"').split("\\n", 1)[0].split())[:500] if errors else ""
 

@@ -3,6 +3,7 @@
 The child runs in its own process group, so `kill()` reaches tritonserver and its
 Python-backend stubs too, as a crash or an OOM kill would.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,12 +21,19 @@ from face2hbe.net import free_port
 class ServerProcess:
     """`python -m face2hbe.cli serve` on free (or given) loopback ports.
 
-        with ServerProcess(repository, log) as server:   # started and ready
-            client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+    with ServerProcess(repository, log) as server:   # started and ready
+        client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
     """
 
-    def __init__(self, repository: str | Path, log: str | Path | None = None, ports: tuple[int, int, int] | None = None,
-                 args: list[str] = (), env: dict | None = None, cwd: str | Path | None = None):
+    def __init__(
+        self,
+        repository: str | Path,
+        log: str | Path | None = None,
+        ports: tuple[int, int, int] | None = None,
+        args: list[str] = (),
+        env: dict | None = None,
+        cwd: str | Path | None = None,
+    ):
         self.repository, self.log = Path(repository), Path(log) if log else None
         self.ports = ports or (free_port(), free_port(), free_port())
         self.args, self.env, self.cwd = list(args), env, cwd
@@ -45,14 +53,33 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         http, grpc, metrics = self.ports
-        return [sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(self.repository),
-                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *self.args]
+        return [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "serve",
+            "--repository",
+            str(self.repository),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            *self.args,
+        ]
 
     def start(self) -> "ServerProcess":
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}, cwd=self.cwd)
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})},
+                cwd=self.cwd,
+            )
         finally:
             if self.log:
                 out.close()
@@ -70,7 +97,9 @@ class ServerProcess:
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise ServerUnavailableError(f"server exited with code {self.proc.returncode}: {self.log_tail(500)}")
+                    raise ServerUnavailableError(
+                        f"server exited with code {self.proc.returncode}: {self.log_tail(500)}"
+                    )
                 try:
                     if client.is_server_ready(client_timeout=2) and client.is_model_ready(model, client_timeout=2):
                         return self

@@ -1,4 +1,5 @@
 """Shared fixtures: real data from ../shared/data, a live embedded Triton server."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FACE2HBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 REPOSITORY = ROOT / "model_repository"
 SAMPLES = ROOT / "client" / "samples"
-
-
 
 
 @pytest.fixture(scope="session")

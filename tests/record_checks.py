@@ -4,6 +4,7 @@ Each record (recommend's JSONL object, or the batch job's rebuilt one) is re-dec
 client/decisions.py: its scores and the thresholds it names (the model's, replaced by the catalog's where the record
 says the catalog set one), its production labels and the catalog's opt-ins.
 """
+
 from __future__ import annotations
 
 from face2hbe.client.decisions import BELOW_BAR, NO_FACE, NO_ITEMS, NO_PRODUCT, REASONS, passing, rank_key
@@ -12,7 +13,9 @@ from face2hbe.client.decisions import BELOW_BAR, NO_FACE, NO_ITEMS, NO_PRODUCT, 
 def contradictions(record: dict) -> list[str]:
     """What in `record` disagrees with the rest of it (empty: nothing)."""
     if record.get("error"):
-        return [] if record.get("recommendation") is None and not record.get("faces") else ["an error record with results"]
+        return (
+            [] if record.get("recommendation") is None and not record.get("faces") else ["an error record with results"]
+        )
     found = []
     model, catalog = record["model"], record.get("catalog") or {}
     thresholds = {**model["thresholds"], **model.get("attribute_thresholds", {}), **catalog.get("thresholds", {})}
@@ -22,7 +25,9 @@ def contradictions(record: dict) -> list[str]:
         if face["labels"] != passing(face["scores"], thresholds):
             found.append(f"face {i}: labels {face['labels']} are not the scores' passing labels")
         if face.get("attribute_labels", []) != passing(face.get("attributes", {}), thresholds):
-            found.append(f"face {i}: attribute_labels {face.get('attribute_labels')} are not the attributes' passing labels")
+            found.append(
+                f"face {i}: attribute_labels {face.get('attribute_labels')} are not the attributes' passing labels"
+            )
         shown = set(face["labels"]) | set(face.get("attribute_labels", []))
         for sku in face["skus"]:
             if sku["label"] not in shown or sku["label"] not in recommended:
@@ -38,9 +43,14 @@ def contradictions(record: dict) -> list[str]:
         found.append("faces list SKUs, and the recommendation is not the best of their first ones")
     if record.get("top_label") != (recommendation or {}).get("label"):
         found.append(f"top_label {record.get('top_label')!r} is not the recommendation's label")
-    expected = {NO_FACE: not record["faces"], NO_ITEMS: bool(record["faces"]) and not passed,
-                BELOW_BAR: bool(passed) and not passed & recommended,
-                NO_PRODUCT: bool(passed & recommended) and not firsts}
+    expected = {
+        NO_FACE: not record["faces"],
+        NO_ITEMS: bool(record["faces"]) and not passed,
+        BELOW_BAR: bool(passed) and not passed & recommended,
+        NO_PRODUCT: bool(passed & recommended) and not firsts,
+    }
     if reason is not None and (reason not in REASONS or not expected[reason]):
-        found.append(f"reason {reason!r} does not hold (passing labels {sorted(passed)}, recommended {sorted(recommended)})")
+        found.append(
+            f"reason {reason!r} does not hold (passing labels {sorted(passed)}, recommended {sorted(recommended)})"
+        )
     return found

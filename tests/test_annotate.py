@@ -1,4 +1,5 @@
 """--annotate: an annotated JPEG per input photo (never the crops), boxes drawn where the faces are."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,11 @@ def test_annotated_copy_for_every_photo(grpc_url, lfw_sample, tmp_path):
     profile.mkdir()
     for path, _ in lfw_sample:
         (profile / path.name).symlink_to(path)
-    singles = [SAMPLES / "no_face_china.jpg", SAMPLES / "cameraman_grayscale.png", SAMPLES / "astronaut_eileen_collins.jpg"]
+    singles = [
+        SAMPLES / "no_face_china.jpg",
+        SAMPLES / "cameraman_grayscale.png",
+        SAMPLES / "astronaut_eileen_collins.jpg",
+    ]
     out, pictures = tmp_path / "results.jsonl", tmp_path / "annotated"
     summary = Recommender(url=grpc_url, workers=1).run([profile, *singles], out, progress=False, annotate=pictures)
 
@@ -64,16 +69,29 @@ def test_draw_annotations_titles_recommendation_or_reason():
 
 def test_the_picture_shows_every_passing_label():
     """Issue #27: the picture shows every passing label, and its colour and title follow the record."""
-    from face2hbe.client.annotate import LABEL_COLOURS, NO_ITEM_COLOUR, OTHER_COLOUR, face_colour, face_lines, title_text
+    from face2hbe.client.annotate import (
+        LABEL_COLOURS,
+        NO_ITEM_COLOUR,
+        OTHER_COLOUR,
+        face_colour,
+        face_lines,
+        title_text,
+    )
     from face2hbe.client.results import BELOW_BAR, FaceResult, ImageResult
 
     sku = {"sku": "NT-1", "name": "Silk tie", "price": 49.0, "label": "necktie"}
-    tie = FaceResult([10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [sku], {"necktie": 0.8}, ["necktie"])
+    tie = FaceResult(
+        [10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [sku], {"necktie": 0.8}, ["necktie"]
+    )
     assert face_lines(tie) == ["necktie 0.80", "> Silk tie"] and face_colour(tie) == OTHER_COLOUR
-    earrings = FaceResult([10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [], {"earrings": 0.36}, ["earrings"])
+    earrings = FaceResult(
+        [10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [], {"earrings": 0.36}, ["earrings"]
+    )
     assert face_lines(earrings) == ["earrings 0.36"] and face_colour(earrings) == OTHER_COLOUR
     assert title_text(ImageResult("c.jpg", faces=[earrings], reason=BELOW_BAR)) == BELOW_BAR
-    glasses = FaceResult([10, 60, 60, 10], {"eyewear": 0.9, "beard": 0.2, "hat": 0.05}, ["eyewear"], [], {"earrings": 0.36}, ["earrings"])
+    glasses = FaceResult(
+        [10, 60, 60, 10], {"eyewear": 0.9, "beard": 0.2, "hat": 0.05}, ["eyewear"], [], {"earrings": 0.36}, ["earrings"]
+    )
     assert face_lines(glasses) == ["eyewear 0.90  earrings 0.36"] and face_colour(glasses) == LABEL_COLOURS["eyewear"]
     none = FaceResult([10, 60, 60, 10], {"eyewear": 0.1, "beard": 0.2, "hat": 0.05}, [], [], {"earrings": 0.25}, [])
     assert face_lines(none) == ["no items (earrings 0.25)"] and face_colour(none) == NO_ITEM_COLOUR

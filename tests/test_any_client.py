@@ -1,4 +1,5 @@
 """A non-Python gRPC client (Node.js + Triton's .proto files) gets the same scores as tritonclient."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,20 @@ def node() -> str:
 
 def _run(node: str, grpc_url: str, batch: np.ndarray, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.MODEL_NAME, "--batch", str(len(batch)), *extra],
-        input=batch.tobytes(), capture_output=True, timeout=60,
+        [
+            node,
+            str(NODE_CLIENT / "infer.js"),
+            "--url",
+            grpc_url,
+            "--model",
+            contract.MODEL_NAME,
+            "--batch",
+            str(len(batch)),
+            *extra,
+        ],
+        input=batch.tobytes(),
+        capture_output=True,
+        timeout=60,
     )
 
 
@@ -72,26 +85,38 @@ def test_node_photo_mode_matches_the_python_clients_records(node, grpc_url):
     faces_seen = decided = 0
     with Recommender(grpc_url) as rec:
         for photo in photos:
-            done = subprocess.run([node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.PHOTO_MODEL_NAME],
-                                  input=photo.read_bytes(), capture_output=True, timeout=120)
+            done = subprocess.run(
+                [node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.PHOTO_MODEL_NAME],
+                input=photo.read_bytes(),
+                capture_output=True,
+                timeout=120,
+            )
             assert done.returncode == 0, done.stderr.decode()
             printed = json.loads(done.stdout)
             record = rec.recommend(photo)
             assert printed["labels"] == list(contract.LABELS) and set(printed["thresholds"]) == set(contract.LABELS)
             thresholds = {**printed["thresholds"], **printed["attribute_thresholds"]}
-            assert thresholds == rec.model_info.thresholds and printed["production_labels"] == record.model["production_labels"]
+            assert (
+                thresholds == rec.model_info.thresholds
+                and printed["production_labels"] == record.model["production_labels"]
+            )
             assert [f["box"] for f in printed["faces"]] == [f.box for f in record.faces], photo.name
             for face, want in zip(printed["faces"], record.faces):
                 np.testing.assert_allclose(face["scores"], [want.scores[k] for k in contract.LABELS], atol=1e-4)
-                np.testing.assert_allclose([face["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
-                                           [want.attributes[k] for k in contract.ATTRIBUTE_LABELS], atol=1e-4)
+                np.testing.assert_allclose(
+                    [face["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
+                    [want.attributes[k] for k in contract.ATTRIBUTE_LABELS],
+                    atol=1e-4,
+                )
                 assert face["detection_score"] > 0
                 # The same decisions: client/decisions.py on Node's own numbers gives Node's order exactly, and the
                 # Python record (its own detection) shows the same labels.
                 scores = {**dict(zip(contract.LABELS, face["scores"])), **face["attributes"]}
                 assert face["passing"] == passing(scores, thresholds), photo.name
                 assert set(face["passing"]) == set(want.passing_labels), photo.name
-                assert face["recommendable"] == [label for label in face["passing"] if label in printed["production_labels"]]
+                assert face["recommendable"] == [
+                    label for label in face["passing"] if label in printed["production_labels"]
+                ]
                 assert {s["label"] for s in want.skus} <= set(face["recommendable"]), photo.name
                 decided += len(face["passing"])
             faces_seen += len(record.faces)
@@ -100,8 +125,12 @@ def test_node_photo_mode_matches_the_python_clients_records(node, grpc_url):
 
 
 def test_node_photo_mode_reports_a_refused_photo_in_one_line(node, grpc_url):
-    done = subprocess.run([node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.PHOTO_MODEL_NAME],
-                          input=b"not a photo\n" * 20, capture_output=True, timeout=60)
+    done = subprocess.run(
+        [node, str(NODE_CLIENT / "infer.js"), "--url", grpc_url, "--model", contract.PHOTO_MODEL_NAME],
+        input=b"not a photo\n" * 20,
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "not a recognised image format" in lines[0]

@@ -1,4 +1,5 @@
 """The attributes output: served next to unchanged scores, rebuilt by the export upgrade, ranked by the client."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,9 @@ def test_served_model_returns_attributes_and_unchanged_scores(server, grpc_url, 
     assert scores.shape == (len(lfw_crops), len(contract.LABELS)) and scores.dtype == np.float32
     assert attributes.shape == (len(lfw_crops), len(contract.ATTRIBUTE_LABELS)) and attributes.dtype == np.float32
 
-    path, head_name = _with_head_output(server.onnx_path.parents[1], tmp_path)  # the served folder (INT8: the CPU default)
+    path, head_name = _with_head_output(
+        server.onnx_path.parents[1], tmp_path
+    )  # the served folder (INT8: the CPU default)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (head,) = session.run([head_name], {contract.INPUT_NAME: lfw_crops})
     assert head.shape == (len(lfw_crops), contract.HEAD_WIDTH)
@@ -70,7 +73,10 @@ def test_served_config_lists_both_outputs_and_every_threshold(http_url):
 
     config = config_from_json(httpclient.InferenceServerClient(http_url).get_model_config(contract.MODEL_NAME))
     assert [o.name for o in config.output] == [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
-    assert output_labels(config) == {contract.OUTPUT_NAME: list(contract.LABELS), contract.ATTRIBUTES_NAME: list(contract.ATTRIBUTE_LABELS)}
+    assert output_labels(config) == {
+        contract.OUTPUT_NAME: list(contract.LABELS),
+        contract.ATTRIBUTES_NAME: list(contract.ATTRIBUTE_LABELS),
+    }
     labels, thresholds = labels_and_thresholds(config)
     assert labels == list(contract.SERVED_LABELS) and set(thresholds) == set(contract.SERVED_LABELS)
     committed = labels_and_thresholds(read_config(FP32))
@@ -101,7 +107,9 @@ def test_upgrade_rebuilds_the_committed_int8_graph_from_its_predecessor(tmp_path
     onnx.save(old, str(model_dir / contract.MODEL_VERSION / "model.onnx"))
     config = read_config(INT8)
     _, thresholds = labels_and_thresholds(config)
-    write_config(build_config(thresholds, batching_of(config), name=config.name, attributes=False, tensorrt=None), model_dir)
+    write_config(
+        build_config(thresholds, batching_of(config), name=config.name, attributes=False, tensorrt=None), model_dir
+    )
     assert not (model_dir / "attribute_labels.txt").exists()
 
     check = upgrade_model_dir(model_dir, lfw_crops, batching_of(read_config(model_dir)), thresholds)
@@ -125,7 +133,10 @@ def test_earrings_are_recommended_only_where_the_catalog_opts_them_in(grpc_url, 
     records = {}
     for opt_in in (True, False):
         catalog = tmp_path / f"catalog-{opt_in}.yaml"
-        catalog.write_text(("opt_in: [earrings]\n" if opt_in else "") + "products:\n  - {sku: ER-1, label: earrings, name: Hoops, price: 10}\n")
+        catalog.write_text(
+            ("opt_in: [earrings]\n" if opt_in else "")
+            + "products:\n  - {sku: ER-1, label: earrings, name: Hoops, price: 10}\n"
+        )
         with Recommender(url=grpc_url, catalog=catalog) as rec:
             records[opt_in] = [rec.recommend(p) for p in photos]
             threshold = rec.model_info.thresholds["earrings"]
@@ -183,7 +194,10 @@ def test_review_page_and_corrections_round_trip(celeba_dir, tmp_path):
     scores[fn, 0], scores[fp, 0] = 0.05, 0.95
     thresholds = {label: 0.5 for label in labels}
     mistakes = worst_mistakes(before.targets, scores, labels, thresholds, per_kind=5)
-    assert {(m.index, m.label, m.kind) for m in mistakes} == {(fn, "eyewear", "false negative"), (fp, "eyewear", "false positive")}
+    assert {(m.index, m.label, m.kind) for m in mistakes} == {
+        (fn, "eyewear", "false negative"),
+        (fp, "eyewear", "false positive"),
+    }
     out = tmp_path / "review"
     html_path, csv_path = write_review(before, before.targets, labels, thresholds, mistakes, out, len(before))
     page = html_path.read_text()

@@ -1,4 +1,5 @@
 """Checkpoint averaging and batch-norm re-estimation (training/averaging.py)."""
+
 from __future__ import annotations
 
 import numpy as np

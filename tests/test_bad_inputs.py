@@ -3,6 +3,7 @@
 Every input gets exactly one JSONL record: a correct result, or an error whose
 kind and message name the reason. The batch never stops for a bad file.
 """
+
 from __future__ import annotations
 
 import io
@@ -179,9 +180,18 @@ def test_one_record_per_input_and_batch_goes_on(corpus_run):
     assert not any("loop" in Path(r["path"]).parts for r in records), "the directory loop was followed"
 
 
-@pytest.mark.parametrize("name", [
-    "empty.jpg", "truncated.jpg", "corrupt.png", "text.jpg", "bomb.png", "dangling.jpg", "fifo.jpg",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "empty.jpg",
+        "truncated.jpg",
+        "corrupt.png",
+        "text.jpg",
+        "bomb.png",
+        "dangling.jpg",
+        "fifo.jpg",
+    ],
+)
 def test_bad_file_gets_one_line_error_naming_the_reason(corpus_run, name):
     _, expect, records, _ = corpus_run
     record = next(r for r in records if Path(r["path"]).name == name)
@@ -193,10 +203,21 @@ def test_bad_file_gets_one_line_error_naming_the_reason(corpus_run, name):
     assert record["faces"] == [] and record["recommendation"] is None
 
 
-@pytest.mark.parametrize("name", [
-    "cmyk.jpg", "rgba.png", "palette.png", "gray16.png", "gray.jpg", "exif_rotated.jpg", "animated.gif",
-    "no_face.jpg", "crowd.jpg", "locked.jpg",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cmyk.jpg",
+        "rgba.png",
+        "palette.png",
+        "gray16.png",
+        "gray.jpg",
+        "exif_rotated.jpg",
+        "animated.gif",
+        "no_face.jpg",
+        "crowd.jpg",
+        "locked.jpg",
+    ],
+)
 def test_awkward_but_valid_file_gets_a_result(corpus_run, name):
     _, expect, records, _ = corpus_run
     want = expect[name]
@@ -293,10 +314,28 @@ def test_limit_flags_trigger(grpc_url, tmp_path, capsys):
     ok = tmp_path / "ok.jpg"
     _face().resize((128, 150)).save(ok, quality=85)  # 19,200 px, a few kB
     out = tmp_path / "out.jsonl"
-    code = main([
-        "recommend", str(big_file), str(many_pixels), str(crowd), str(ok), "--url", grpc_url, "--output", str(out),
-        "--max-file-mb", "0.05", "--max-pixels", "170000", "--max-faces", "2", "--workers", "1", "--no-progress",
-    ])
+    code = main(
+        [
+            "recommend",
+            str(big_file),
+            str(many_pixels),
+            str(crowd),
+            str(ok),
+            "--url",
+            grpc_url,
+            "--output",
+            str(out),
+            "--max-file-mb",
+            "0.05",
+            "--max-pixels",
+            "170000",
+            "--max-faces",
+            "2",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(records) == {"big_file.jpg", "many_pixels.png", "crowd.jpg", "ok.jpg"}
@@ -307,10 +346,21 @@ def test_limit_flags_trigger(grpc_url, tmp_path, capsys):
     assert crowd_record["error"] is None
     assert len(crowd_record["faces"]) == 2 and crowd_record["faces_total"] >= 10
     assert records["many_pixels.png"]["error"] is None  # 160,000 px is under 170,000
-    code = main([
-        "recommend", str(many_pixels), "--url", grpc_url, "--output", str(out), "--max-pixels", "100000",
-        "--workers", "1", "--no-progress",
-    ])
+    code = main(
+        [
+            "recommend",
+            str(many_pixels),
+            "--url",
+            grpc_url,
+            "--output",
+            str(out),
+            "--max-pixels",
+            "100000",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     (record,) = map(json.loads, out.read_text().splitlines())
     assert "above the 100000-pixel limit" in record["error"]["message"]

@@ -1,4 +1,5 @@
 """`face2hbe batch` on a local Ray over real photos: same results as recommend, exactly once under a killed worker."""
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,12 @@ def ray_local():
     """One quiet local Ray for the module (run_batch uses it and leaves it running)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config={"automatic_object_spilling_enabled": False})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config={"automatic_object_spilling_enabled": False},
+    )
     yield ray
     ray.shutdown()
 
@@ -76,7 +82,11 @@ def _assert_same(batch_records: dict[str, dict], expected: dict[str, dict]) -> N
         assert [f["box"] for f in got["faces"]] == [f["box"] for f in want["faces"]], path
         for g, w in zip(got["faces"], want["faces"]):
             assert list(g["scores"]) == list(w["scores"]), path
-            assert all(abs(g["scores"][k] - w["scores"][k]) <= 1e-5 for k in w["scores"]), (path, g["scores"], w["scores"])
+            assert all(abs(g["scores"][k] - w["scores"][k]) <= 1e-5 for k in w["scores"]), (
+                path,
+                g["scores"],
+                w["scores"],
+            )
             assert g["labels"] == w["labels"] and g["attribute_labels"] == w["attribute_labels"], path
             assert [s["sku"] for s in g["skus"]] == [s["sku"] for s in w["skus"]], path
         assert got["top_label"] == want["top_label"] and got["reason"] == want["reason"], path
@@ -100,8 +110,21 @@ def test_batch_on_triton_equals_recommend(ray_local, grpc_url, photos, recommend
     from face2hbe.client.recommend import find_inputs
 
     out = tmp_path / "batch"
-    rc = main(["batch", *photos[0], "--url", grpc_url, "--output", str(out), "--jsonl", str(tmp_path / "b.jsonl"), "--no-progress",
-               "--images-per-task", "4"])
+    rc = main(
+        [
+            "batch",
+            *photos[0],
+            "--url",
+            grpc_url,
+            "--output",
+            str(out),
+            "--jsonl",
+            str(tmp_path / "b.jsonl"),
+            "--no-progress",
+            "--images-per-task",
+            "4",
+        ]
+    )
     report = capsys.readouterr().out
     assert rc == 0, report
     _assert_same(_jsonl(tmp_path / "b.jsonl"), recommended)
@@ -112,8 +135,14 @@ def test_batch_on_triton_equals_recommend(ray_local, grpc_url, photos, recommend
     production = next(iter(recommended.values()))["model"]["production_labels"]
     assert all(r["production_labels"] == production for r in rows)
     for row in rows:  # the Parquet rows, re-decided from their own columns (issue #27)
-        record = {**record_from_row(row), "model": {"thresholds": dict(row["thresholds"]), "production_labels": row["production_labels"],
-                                                    "attribute_thresholds": dict(row["attribute_thresholds"])}}
+        record = {
+            **record_from_row(row),
+            "model": {
+                "thresholds": dict(row["thresholds"]),
+                "production_labels": row["production_labels"],
+                "attribute_thresholds": dict(row["attribute_thresholds"]),
+            },
+        }
         assert not contradictions(record), (row["path"], contradictions(record))
     profiles = pq.read_table(out / "profiles.parquet").to_pylist()
     assert [p["profile"] for p in profiles] == [str(SAMPLES)] and profiles[0]["images"] == len(find_inputs([SAMPLES]))
@@ -136,8 +165,21 @@ def test_local_engine_manifest_and_bad_images(ray_local, grpc_url, photos, recom
     manifest = tmp_path / "manifest.parquet"
     pq.write_table(pa.table({"path": paths, "profile": ["p"] * len(paths)}), manifest)
     out = tmp_path / "batch"
-    rc = main(["batch", str(manifest), "--engine", "local", "--repository", str(REPOSITORY), "--output", f"file://{out}",  # a pyarrow URI
-               "--jsonl", str(tmp_path / "b.jsonl"), "--no-progress"])
+    rc = main(
+        [
+            "batch",
+            str(manifest),
+            "--engine",
+            "local",
+            "--repository",
+            str(REPOSITORY),
+            "--output",
+            f"file://{out}",  # a pyarrow URI
+            "--jsonl",
+            str(tmp_path / "b.jsonl"),
+            "--no-progress",
+        ]
+    )
     report = capsys.readouterr().out
     assert rc == 1, report
     records = _jsonl(tmp_path / "b.jsonl")
@@ -176,8 +218,16 @@ def _kill_mid_run(grpc_url, photos, tmp_path, stage: str, operator: str) -> None
     from face2hbe.client.inference import ClientSettings
 
     out, release = tmp_path / "batch", tmp_path / "release"
-    settings = BatchSettings(output=out, client=ClientSettings(url=grpc_url), progress=False, images_per_task=2,
-                             rows_per_part=4, pause_after=4, pause_file=release, pause_stage=stage)
+    settings = BatchSettings(
+        output=out,
+        client=ClientSettings(url=grpc_url),
+        progress=False,
+        images_per_task=2,
+        rows_per_part=4,
+        pause_after=4,
+        pause_file=release,
+        pause_stage=stage,
+    )
     box: dict = {}
 
     def job():
@@ -227,7 +277,12 @@ def test_reconcile_drops_duplicates_and_retryable_errors(tmp_path):
     from face2hbe.client.batch import OutputStore, _part_name, _schema, read_output, reconcile
 
     def row(path, kind=None):
-        return {"path": path, "sha256": "ab" * 32, "error": {"kind": kind, "message": "x"} if kind else None, "error_kind": kind}
+        return {
+            "path": path,
+            "sha256": "ab" * 32,
+            "error": {"kind": kind, "message": "x"} if kind else None,
+            "error_kind": kind,
+        }
 
     def write(rows):
         name = _part_name((r["path"], r["sha256"]) for r in rows)
@@ -251,7 +306,19 @@ def test_server_down_is_a_one_line_error(ray_local, tmp_path, capsys):
     from conftest import free_port
 
     out = tmp_path / "batch"
-    rc = main(["batch", str(SAMPLES), "--url", f"127.0.0.1:{free_port()}", "--wait-ready", "1", "--output", str(out), "--no-progress"])
+    rc = main(
+        [
+            "batch",
+            str(SAMPLES),
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--wait-ready",
+            "1",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert err[-1].startswith("error: model 'face2hbe' not ready at 127.0.0.1:") and "within 1 s" in err[-1], err[-1]
@@ -259,7 +326,11 @@ def test_server_down_is_a_one_line_error(ray_local, tmp_path, capsys):
 
 
 def _stage_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if re.search(r"face2hbe\.client\.batch: stage .+: \d+ images, \d+ tasks", line)]
+    return [
+        line
+        for line in text.splitlines()
+        if re.search(r"face2hbe\.client\.batch: stage .+: \d+ images, \d+ tasks", line)
+    ]
 
 
 def test_quiet_log_one_line_per_stage(ray_local, tmp_path, capfd, caplog):
@@ -274,12 +345,23 @@ def test_quiet_log_one_line_per_stage(ray_local, tmp_path, capfd, caplog):
     print("after the run", file=sys.stderr, flush=True)  # fd 2 is this process's again
     out, err = capfd.readouterr()
     assert summary.images > 0 and not summary.errors
-    stages = [r.getMessage() for r in caplog.records if r.name == "face2hbe.client.batch" and r.getMessage().startswith("stage ")]
+    stages = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "face2hbe.client.batch" and r.getMessage().startswith("stage ")
+    ]
     assert stages == [stage_line(s) for s in summary.stages] and len(stages) == len(summary.stages) >= 3, stages
     assert any("ScoreStage" in s for s in stages) and any("prepare_stage" in s for s in stages), stages
-    noise = [line for line in (out + err).splitlines()
-             if "core_worker.cc" in line or "max_restarts" in line or "logging_progress" in line or "Total Progress" in line
-             or "Progress bars disabled" in line or "execution finished" in line]
+    noise = [
+        line
+        for line in (out + err).splitlines()
+        if "core_worker.cc" in line
+        or "max_restarts" in line
+        or "logging_progress" in line
+        or "Total Progress" in line
+        or "Progress bars disabled" in line
+        or "execution finished" in line
+    ]
     assert not noise, noise
     assert "after the run" in err
 
@@ -289,9 +371,25 @@ def test_cli_log_is_quiet(tmp_path):
     """The real command on its own local Ray, output to a pipe: its stderr is one line per stage and nothing from Ray."""
     import subprocess
 
-    job = subprocess.run([sys.executable, "-m", "face2hbe.cli", "batch", str(SAMPLES), "--engine", "local", "--repository", str(REPOSITORY),
-                          "--output", str(tmp_path / "batch")], capture_output=True, text=True, timeout=600,
-                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    job = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "batch",
+            str(SAMPLES),
+            "--engine",
+            "local",
+            "--repository",
+            str(REPOSITORY),
+            "--output",
+            str(tmp_path / "batch"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
     assert job.returncode == 0, job.stderr
     lines = job.stderr.splitlines()
     stages = _stage_lines(job.stderr)

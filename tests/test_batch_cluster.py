@@ -8,6 +8,7 @@ detected on both nodes. The nodes run as `ray start --block` processes of this t
 pass or fail, their process trees and nothing else are stopped (`ray stop` would stop every Ray on
 the machine).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,14 @@ START_TIMEOUT_S = 240  # hang guard only: a node start on a busy 2-core machine 
 
 def _node_ports() -> list[str]:
     """Every port a node listens on, free ones (other Rays on this machine use Ray's fixed defaults)."""
-    return [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+    return [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
 
 
 class Node:
@@ -52,8 +58,13 @@ class Node:
     def __init__(self, name: str, args: list[str], log: Path):
         self.name, self.log = name, log
         self.out = log.open("w")
-        self.proc = subprocess.Popen([str(RAY), "start", "--block", "--disable-usage-stats", "--include-log-monitor=false", *args],
-                                     stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True, env=ENV)
+        self.proc = subprocess.Popen(
+            [str(RAY), "start", "--block", "--disable-usage-stats", "--include-log-monitor=false", *args],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=ENV,
+        )
 
     def wait_started(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -63,7 +74,9 @@ class Node:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
-        pytest.fail(f"ray node {self.name} did not start (exit {self.proc.poll()}):\n{self.log.read_text(errors='replace')[-3000:]}")
+        pytest.fail(
+            f"ray node {self.name} did not start (exit {self.proc.poll()}):\n{self.log.read_text(errors='replace')[-3000:]}"
+        )
 
     def tree(self) -> list:
         try:
@@ -96,12 +109,24 @@ def two_nodes():
     port = free_port()
     nodes = []
     try:
-        head = Node("head", ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                             f"--ray-client-server-port={free_port()}", f"--temp-dir={temp}", *_node_ports()], Path(temp) / "head.log")
+        head = Node(
+            "head",
+            [
+                "--head",
+                f"--port={port}",
+                "--num-cpus=1",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}",
+                f"--temp-dir={temp}",
+                *_node_ports(),
+            ],
+            Path(temp) / "head.log",
+        )
         nodes.append(head)
         head.wait_started()
-        second = Node("second", [f"--address=127.0.0.1:{port}", "--num-cpus=1", *_node_ports()],
-                      Path(temp) / "second.log")
+        second = Node(
+            "second", [f"--address=127.0.0.1:{port}", "--num-cpus=1", *_node_ports()], Path(temp) / "second.log"
+        )
         nodes.append(second)
         second.wait_started()
         yield f"127.0.0.1:{port}"
@@ -126,10 +151,33 @@ def test_batch_on_two_nodes_detects_on_both_once_each_as_recommend(two_nodes, gr
     listing.write_text("".join(f"{p}\n" for p in lfw))
     paths = [str(p) for p, _ in find_inputs([SAMPLES])] + lfw
     out, jsonl = tmp_path / "batch", tmp_path / "batch.jsonl"
-    job = subprocess.run([sys.executable, "-m", "face2hbe.cli", "batch", str(SAMPLES), str(listing), "--address", two_nodes,
-                          "--url", grpc_url, "--output", str(out), "--jsonl", str(jsonl), "--images-per-task", "2",
-                          "--cpu-workers", "2", "--no-progress"],
-                         capture_output=True, text=True, timeout=600, env=ENV)
+    job = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "batch",
+            str(SAMPLES),
+            str(listing),
+            "--address",
+            two_nodes,
+            "--url",
+            grpc_url,
+            "--output",
+            str(out),
+            "--jsonl",
+            str(jsonl),
+            "--images-per-task",
+            "2",
+            "--cpu-workers",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
     report = job.stdout + job.stderr
     assert job.returncode == 0, report[-3000:]
 

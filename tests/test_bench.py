@@ -1,4 +1,5 @@
 """The benchmark machinery: the measurement protocol on the real model, and its outputs."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,16 @@ def test_ratios_table_json_and_chart(tmp_path, capsys):
     skipped = bench.add(Row("4 fp32 vs INT8", "INT8", None, note="skipped: no model"))
     assert one.ratio == pytest.approx(5.0) and one.meets_goal is True
     assert skipped.ratio is None and skipped.meets_goal is None
-    result = {"command": "test", "quick": True, "seconds_per_row": 1, "warmup_requests": 1, "crops": "test",
-              "machine": {"cpu": "cpu", "cores": 2, "load_average_start": [1, 1, 1], "load_average_end": [1, 1, 1]},
-              "wall_s": 0.0, "rows": [row_dict(r) for r in bench.rows]}
+    result = {
+        "command": "test",
+        "quick": True,
+        "seconds_per_row": 1,
+        "warmup_requests": 1,
+        "crops": "test",
+        "machine": {"cpu": "cpu", "cores": 2, "load_average_start": [1, 1, 1], "load_average_end": [1, 1, 1]},
+        "wall_s": 0.0,
+        "rows": [row_dict(r) for r in bench.rows],
+    }
     write_outputs(result, tmp_path)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [r["name"] for r in saved["rows"]] == ["prototype", "one model", "INT8"]
@@ -65,16 +73,21 @@ def test_bench_quick_measures_every_row(tmp_path):
     assert (tmp_path / "bench.png").is_file()
 
 
-@pytest.mark.parametrize("graphs, names, reason", [
-    (1, [], "at least two graphs"),
-    (2, ["only one"], "once per graph"),
-    (2, ["same", "same"], "each different"),
-])
+@pytest.mark.parametrize(
+    "graphs, names, reason",
+    [
+        (1, [], "at least two graphs"),
+        (2, ["only one"], "once per graph"),
+        (2, ["same", "same"], "each different"),
+    ],
+)
 def test_graph_cost_refuses_what_it_cannot_compare(graphs, names, reason):
     from click.testing import CliRunner
 
     from face2hbe.loadtest.graph_cost import main
 
-    paths = [str(REPOSITORY / "face2hbe_int8" / "1" / "model.onnx"), str(REPOSITORY / "face2hbe" / "1" / "model.onnx")][:graphs]
+    paths = [str(REPOSITORY / "face2hbe_int8" / "1" / "model.onnx"), str(REPOSITORY / "face2hbe" / "1" / "model.onnx")][
+        :graphs
+    ]
     result = CliRunner().invoke(main, [*paths, *(a for n in names for a in ("--name", n))])
     assert result.exit_code == 2 and reason in result.output, result.output

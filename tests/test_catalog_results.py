@@ -1,4 +1,5 @@
 """Catalog ranking, per-image and per-profile rules, resumable JSONL."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,15 @@ import pytest
 
 from face2hbe import contract
 from face2hbe.client.catalog import load_catalog
-from face2hbe.client.results import NO_FACE, NO_ITEMS, FaceResult, ImageResult, JsonlWriter, aggregate_profile, summarise_image
+from face2hbe.client.results import (
+    NO_FACE,
+    NO_ITEMS,
+    FaceResult,
+    ImageResult,
+    JsonlWriter,
+    aggregate_profile,
+    summarise_image,
+)
 from face2hbe.errors import CatalogError
 
 LABELS = ["eyewear", "beard", "hat"]
@@ -30,11 +39,15 @@ def test_bundled_catalog_covers_every_label(catalog):
 
 def test_catalog_accepts_attribute_labels_and_overrides_thresholds(tmp_path):
     path = tmp_path / "catalog.yaml"
-    path.write_text("thresholds: {earrings: 0.8}\nproducts:\n  - {sku: E1, label: earrings, name: Hoops, price: 10}\n"
-                    "  - {sku: G1, label: eyewear, name: Frames, price: 10}\n")
+    path.write_text(
+        "thresholds: {earrings: 0.8}\nproducts:\n  - {sku: E1, label: earrings, name: Hoops, price: 10}\n"
+        "  - {sku: G1, label: eyewear, name: Frames, price: 10}\n"
+    )
     catalog = load_catalog(path, labels=list(contract.SERVED_LABELS))
     served = {"eyewear": 0.5, "earrings": 0.5}
-    assert [r["sku"] for r in catalog.rank({"eyewear": 0.6, "earrings": 0.7}, served)] == ["G1"]  # 0.7 < the catalog's 0.8
+    assert [r["sku"] for r in catalog.rank({"eyewear": 0.6, "earrings": 0.7}, served)] == [
+        "G1"
+    ]  # 0.7 < the catalog's 0.8
     assert [r["sku"] for r in catalog.rank({"eyewear": 0.6, "earrings": 0.9}, served)] == ["E1", "G1"]
     with pytest.raises(CatalogError, match="'earrings', not one of the served labels") as info:
         load_catalog(path, labels=list(contract.LABELS))  # a model that serves no attributes
@@ -56,10 +69,14 @@ def test_rank_uses_threshold_priority_and_min_score(catalog):
 
 
 def test_image_rule(catalog):
-    r = summarise_image(ImageResult("a.jpg", faces=[_face({"eyewear": 0.2, "beard": 0.8, "hat": 0.6}, catalog)]), catalog)
+    r = summarise_image(
+        ImageResult("a.jpg", faces=[_face({"eyewear": 0.2, "beard": 0.8, "hat": 0.6}, catalog)]), catalog
+    )
     assert r.top_label == "beard" and r.recommendation["label"] == "beard"
     assert summarise_image(ImageResult("b.jpg"), catalog).reason == NO_FACE
-    r = summarise_image(ImageResult("c.jpg", faces=[_face({"eyewear": 0.1, "beard": 0.1, "hat": 0.1}, catalog)]), catalog)
+    r = summarise_image(
+        ImageResult("c.jpg", faces=[_face({"eyewear": 0.1, "beard": 0.1, "hat": 0.1}, catalog)]), catalog
+    )
     assert r.reason == NO_ITEMS and r.recommendation is None
 
 
@@ -117,8 +134,13 @@ PRODUCTION = [label for label in SERVED if label not in ("earrings", "necklace")
 def _info(production=PRODUCTION):
     from face2hbe.client.inference import ModelInfo
 
-    return ModelInfo(SERVED, SERVED_THRESHOLDS, 32, attribute_labels=tuple(contract.ATTRIBUTE_LABELS),
-                     production_labels=None if production is None else tuple(production))
+    return ModelInfo(
+        SERVED,
+        SERVED_THRESHOLDS,
+        32,
+        attribute_labels=tuple(contract.ATTRIBUTE_LABELS),
+        production_labels=None if production is None else tuple(production),
+    )
 
 
 def _scored(catalog, *faces: dict, production=PRODUCTION):
@@ -165,8 +187,12 @@ def test_each_reason(catalog, tmp_path):
     assert _scored(hats_only, {"beard": 0.9}).reason == NO_PRODUCT  # passes, recommended, nothing in the catalog
     fedora = _catalog(tmp_path, "products:\n  - {sku: H1, label: hat, name: Fedora, price: 9, min_score: 0.95}\n")
     assert _scored(fedora, {"hat": 0.9}).reason == NO_PRODUCT  # a product exists, its min_score is not reached
-    for reason, results in ((NO_FACE, [ImageResult("a.jpg")]), (NO_ITEMS, [_scored(catalog, {"hat": 0.1})]),
-                            (BELOW_BAR, [below]), (NO_PRODUCT, [_scored(hats_only, {"beard": 0.9})])):
+    for reason, results in (
+        (NO_FACE, [ImageResult("a.jpg")]),
+        (NO_ITEMS, [_scored(catalog, {"hat": 0.1})]),
+        (BELOW_BAR, [below]),
+        (NO_PRODUCT, [_scored(hats_only, {"beard": 0.9})]),
+    ):
         p = aggregate_profile("me", results, SERVED, hats_only if reason == NO_PRODUCT else catalog, PRODUCTION)
         assert p.reason == reason and p.recommendation is None and p.top_label is None
 
@@ -190,18 +216,23 @@ def test_catalog_threshold_decides_the_label_and_its_products_alike(tmp_path):
     """A catalog threshold replaces the model's everywhere: shown labels, SKUs and the image's pick never disagree."""
     lower = _catalog(tmp_path, "thresholds: {hat: 0.3}\nproducts:\n  - {sku: H1, label: hat, name: Cap, price: 9}\n")
     r = _scored(lower, {"hat": 0.4})  # below the model's 0.5, above the catalog's 0.3
-    assert r.faces[0].labels == ["hat"] and r.recommendation["sku"] == "H1" and r.catalog == {"thresholds": {"hat": 0.3}}
+    assert (
+        r.faces[0].labels == ["hat"] and r.recommendation["sku"] == "H1" and r.catalog == {"thresholds": {"hat": 0.3}}
+    )
     higher = _catalog(tmp_path, "thresholds: {hat: 0.8}\nproducts:\n  - {sku: H1, label: hat, name: Cap, price: 9}\n")
     r = _scored(higher, {"hat": 0.7})
     assert r.faces[0].labels == [] and r.faces[0].skus == [] and r.reason == NO_ITEMS
 
 
 def test_ranking_rule_is_priority_times_the_margin_over_the_threshold(tmp_path):
-    cat = _catalog(tmp_path, "opt_in: [earrings]\nproducts:\n"
-                             "  - {sku: E1, label: earrings, name: Hoops, price: 10}\n"
-                             "  - {sku: G1, label: eyewear, name: Frames, price: 10}\n"
-                             "  - {sku: G2, label: eyewear, name: Shades, price: 10, priority: 2}\n"
-                             "  - {sku: G3, label: eyewear, name: Case, price: 10, priority: 2}\n")
+    cat = _catalog(
+        tmp_path,
+        "opt_in: [earrings]\nproducts:\n"
+        "  - {sku: E1, label: earrings, name: Hoops, price: 10}\n"
+        "  - {sku: G1, label: eyewear, name: Frames, price: 10}\n"
+        "  - {sku: G2, label: eyewear, name: Shades, price: 10, priority: 2}\n"
+        "  - {sku: G3, label: eyewear, name: Case, price: 10, priority: 2}\n",
+    )
     # earrings 0.44 is 0.2 of the way from its 0.3 to 1; eyewear 0.6 is 0.2 of the way from 0.5: equal margins.
     ranked = cat.rank({"earrings": 0.44, "eyewear": 0.6}, SERVED_THRESHOLDS, limit=10, production=PRODUCTION)
     assert [r["rank_score"] for r in ranked] == [0.4, 0.2, 0.4, 0.2]  # leaders (one per label) first, then the rest
@@ -216,9 +247,11 @@ def test_ranking_rule_is_priority_times_the_margin_over_the_threshold(tmp_path):
 
 
 def test_catalog_opt_in_and_keys_are_checked(tmp_path):
-    for text, message in (("opt_in: earrings\nproducts: []\n", "'opt_in' must be a list"),
-                          ("opt_in: [sparkle]\nproducts: []\n", "opt_in names \\['sparkle'\\]"),
-                          ("optin: [earrings]\nproducts: []\n", "unknown keys \\['optin'\\]")):
+    for text, message in (
+        ("opt_in: earrings\nproducts: []\n", "'opt_in' must be a list"),
+        ("opt_in: [sparkle]\nproducts: []\n", "opt_in names \\['sparkle'\\]"),
+        ("optin: [earrings]\nproducts: []\n", "unknown keys \\['optin'\\]"),
+    ):
         with pytest.raises(CatalogError, match=message) as info:
             _catalog(tmp_path, text)
         assert "\n" not in str(info.value)

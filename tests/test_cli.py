@@ -1,4 +1,5 @@
 """The command line: every subcommand and option is described."""
+
 from __future__ import annotations
 
 import click

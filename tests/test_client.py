@@ -1,4 +1,5 @@
 """The client on real photos through the live embedded server."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The client end to end on real photos: detection settings, EXIF, thresholds -> SKUs, CSV catalogs."""
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,10 @@ def _rows(lfw_dir, n, **where):
 
 
 def _centre_found(boxes, size) -> bool:
-    return any(abs((b.top + b.bottom) / 2 - size / 2) < 0.15 * size and abs((b.left + b.right) / 2 - size / 2) < 0.15 * size for b in boxes)
+    return any(
+        abs((b.top + b.bottom) / 2 - size / 2) < 0.15 * size and abs((b.left + b.right) / 2 - size / 2) < 0.15 * size
+        for b in boxes
+    )
 
 
 def test_detector_gives_face_recognition_boxes(lfw_sample):
@@ -40,13 +44,19 @@ def test_downscaled_detection_maps_boxes_back(lfw_sample):
     for path, _ in lfw_sample:
         image = load_rgb(path)
         # upsample=1 on both sides: its finer pyramid keeps HOG's box-size steps below the tolerance.
-        (small,) = [b for b in detect_faces(image, DetectorSettings(model="hog", upsample=1)) if _centre_found([b], 250)][:1] or [None]
+        (small,) = [
+            b for b in detect_faces(image, DetectorSettings(model="hog", upsample=1)) if _centre_found([b], 250)
+        ][:1] or [None]
         assert small is not None, f"{path.name}: no centre face at the original size"
         big = np.asarray(Image.fromarray(image).resize((1000, 1000), Image.BICUBIC))
         found = detect_faces(big, DetectorSettings(model="hog", max_side=250, upsample=1))
         assert found, f"{path.name}: no face in the 4x copy"
         nearest = min(found, key=lambda b: sum(abs(x - 4 * y) for x, y in zip(b.as_list(), small.as_list())))
-        assert np.abs(np.array(nearest.as_list()) - 4 * np.array(small.as_list())).max() <= 8, (path.name, nearest, small)
+        assert np.abs(np.array(nearest.as_list()) - 4 * np.array(small.as_list())).max() <= 8, (
+            path.name,
+            nearest,
+            small,
+        )
 
 
 def test_min_face_drops_smaller_boxes(lfw_sample):
@@ -60,8 +70,19 @@ def test_min_face_drops_smaller_boxes(lfw_sample):
 
 def test_upsample_finds_smaller_faces(lfw_dir):
     """LFW photos halved to 125 px hold ~55 px faces: below HOG's 80 px window without up-sampling."""
-    halves = [np.asarray(Image.fromarray(load_rgb(lfw_dir / r["path"])).resize((125, 125), Image.BILINEAR)) for r in _rows(lfw_dir, 8)]
-    found = {up: sum(_centre_found(detect_faces(img, DetectorSettings(model="hog", upsample=up, retry_upsample=0, min_face=1)), 125) for img in halves) for up in (0, 1)}
+    halves = [
+        np.asarray(Image.fromarray(load_rgb(lfw_dir / r["path"])).resize((125, 125), Image.BILINEAR))
+        for r in _rows(lfw_dir, 8)
+    ]
+    found = {
+        up: sum(
+            _centre_found(
+                detect_faces(img, DetectorSettings(model="hog", upsample=up, retry_upsample=0, min_face=1)), 125
+            )
+            for img in halves
+        )
+        for up in (0, 1)
+    }
     assert found[1] >= 7 and found[0] < found[1], found
 
 
@@ -102,7 +123,9 @@ def strict_server(tmp_path_factory):
     thresholds["eyewear"] = 1.01
     config.parameters["thresholds"].string_value = json.dumps(thresholds)
     write_config(config, model_dir)
-    settings = ServerSettings(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), precision="fp32", photo=False)
+    settings = ServerSettings(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), precision="fp32", photo=False
+    )
     with EmbeddedServer(settings) as srv:
         yield srv
 
@@ -138,7 +161,7 @@ def test_csv_catalog_drives_recommendations(grpc_url, tmp_path):
     catalog = tmp_path / "shop.csv"
     catalog.write_text(
         "sku,label,name,price,url,min_score,priority\n"
-        "X-1,eyewear,\"Frames, round\",10,,,\n"
+        'X-1,eyewear,"Frames, round",10,,,\n'
         "X-2,beard,Oil,5,https://shop.example/x2,,2\n"
         "X-3,hat,Cap,7,,0.0,\n"
     )
@@ -192,7 +215,10 @@ def test_pool_bench_runs_every_variant(grpc_url, lfw_dir):
 def test_small_faces_found_by_the_retry_pass(celeba_dir):
     """CelebA's 89x109 crops hide their face from HOG without up-sampling; HOG's default second look finds it."""
     images = [load_rgb(celeba_dir / "images" / f"{i:06d}.jpg") for i in range(1, 11)]
-    once = sum(bool(detect_faces(img, DetectorSettings(model="hog", upsample=0, retry_upsample=0, min_face=8))) for img in images)
+    once = sum(
+        bool(detect_faces(img, DetectorSettings(model="hog", upsample=0, retry_upsample=0, min_face=8)))
+        for img in images
+    )
     with_retry = sum(bool(detect_faces(img, DetectorSettings(model="hog", min_face=8))) for img in images)
     assert once <= 2 and with_retry >= 8, (once, with_retry)
 

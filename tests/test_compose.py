@@ -2,6 +2,7 @@
 
 There is no Docker engine here: the file is checked as data with PyYAML.
 """
+
 from __future__ import annotations
 
 import re
@@ -78,17 +79,29 @@ def test_dockerfile_copies_what_exists_and_installs_what_the_photo_model_imports
     sources = [src for srcs in copies for src in srcs]
     for src in sources:
         assert (context / src).exists(), f"COPY {src}: not in the build context"
-    ignored = {line.strip() for line in (context / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (context / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert not ignored & set(sources), "a copied source is excluded by .dockerignore"
-    assert {"model_repository", ".venv", ".git"} <= ignored, "the context must not carry the repository, venv or git history"
+    assert {"model_repository", ".venv", ".git"} <= ignored, (
+        "the context must not carry the repository, venv or git history"
+    )
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     package_folders = {folder.split("/")[0] for folder in config["tool"]["setuptools"]["package-dir"].values()}
     assert package_folders <= set(sources) and {"pyproject.toml", config["project"]["readme"]} <= set(sources)
     run = " ".join(a for kind, a in instructions if kind == "RUN")
     assert "pip install --no-cache-dir --no-deps ." in run
     # Every library pinned as in pyproject.toml; numpy, Pillow, pillow-heif, dlib for the core, weights for the CNN detector.
-    installed = {spec.split(">")[0].split("<")[0]: spec for spec in shlex.split(run) if spec[0].isalpha() and (">" in spec or "<" in spec)}
-    dependencies = {spec.split(">")[0].split("<")[0]: spec.split("#")[0].strip() for spec in config["project"]["dependencies"]}
+    installed = {
+        spec.split(">")[0].split("<")[0]: spec
+        for spec in shlex.split(run)
+        if spec[0].isalpha() and (">" in spec or "<" in spec)
+    }
+    dependencies = {
+        spec.split(">")[0].split("<")[0]: spec.split("#")[0].strip() for spec in config["project"]["dependencies"]
+    }
     assert {"numpy", "Pillow", "pillow-heif", "dlib-bin", "face-recognition-models"} <= set(installed)
     for name, spec in installed.items():
         assert dependencies[name] == spec, f"{spec}: pyproject.toml says {dependencies[name]}"
@@ -108,7 +121,9 @@ def test_both_models_are_in_the_mounted_repository(triton):
     host = ROOT / mounts[_flags(triton)["--model-repository"]]
     validate_model_dir(host / contract.MODEL_NAME)
     photo = validate_photo_dir(host / contract.PHOTO_MODEL_NAME)
-    assert photo.backend == "python" and (host / contract.PHOTO_MODEL_NAME / contract.MODEL_VERSION / "model.py").is_file()
+    assert (
+        photo.backend == "python" and (host / contract.PHOTO_MODEL_NAME / contract.MODEL_VERSION / "model.py").is_file()
+    )
     adapter = (host / contract.PHOTO_MODEL_NAME / contract.MODEL_VERSION / "model.py").read_text()
     assert "class TritonPythonModel" in adapter and "model_name=contract.MODEL_NAME" in adapter
 
@@ -140,7 +155,9 @@ def test_engine_cache_is_writable_and_matches_config(triton):
     from face2hbe.repository import read_config
 
     mounts = {target: ro for _, target, ro in _volumes(triton)}
-    accelerators = read_config(REPOSITORY / contract.MODEL_NAME).optimization.execution_accelerators.gpu_execution_accelerator
+    accelerators = read_config(
+        REPOSITORY / contract.MODEL_NAME
+    ).optimization.execution_accelerators.gpu_execution_accelerator
     cache_path = accelerators[0].parameters["trt_engine_cache_path"]
     mount = next(t for t in mounts if cache_path.startswith(t.rstrip("/") + "/"))
     assert not mounts[mount], f"{mount} holds TensorRT engines and must be writable"

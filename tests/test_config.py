@@ -1,4 +1,5 @@
 """config.pbtxt carries everything NVIDIA's Triton needs, parsed with Triton's own ModelConfig proto."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ from conftest import REPOSITORY
 
 INT8_DIR = REPOSITORY / f"{contract.MODEL_NAME}_int8"
 # Every served label, with a distinct value each, so a round trip that mixes them up fails.
-THRESHOLDS = {"eyewear": 0.4, "beard": 0.3, "hat": 0.2,
-              **{label: round(0.11 + 0.07 * i, 2) for i, label in enumerate(contract.ATTRIBUTE_LABELS)}}
+THRESHOLDS = {
+    "eyewear": 0.4,
+    "beard": 0.3,
+    "hat": 0.2,
+    **{label: round(0.11 + 0.07 * i, 2) for i, label in enumerate(contract.ATTRIBUTE_LABELS)},
+}
 
 
 def _check_common(config, name: str) -> None:
@@ -32,8 +37,10 @@ def _check_common(config, name: str) -> None:
     batching = config.dynamic_batching
     assert list(batching.preferred_batch_size) and max(batching.preferred_batch_size) <= contract.MAX_BATCH_SIZE
     assert batching.max_queue_delay_microseconds > 0
-    assert [(o.name, o.label_filename) for o in config.output] == [(contract.OUTPUT_NAME, "labels.txt"),
-                                                                     (contract.ATTRIBUTES_NAME, "attribute_labels.txt")]
+    assert [(o.name, o.label_filename) for o in config.output] == [
+        (contract.OUTPUT_NAME, "labels.txt"),
+        (contract.ATTRIBUTES_NAME, "attribute_labels.txt"),
+    ]
     warm = {w.batch_size: w for w in config.model_warmup}
     assert set(WARMUP_BATCH_SIZES) <= set(warm)
     for w in warm.values():
@@ -61,7 +68,9 @@ def test_gpu_config_has_every_field(tmp_path):
     assert trt.parameters["trt_engine_cache_path"].startswith("/")
     assert labels_and_thresholds(config)[1] == THRESHOLDS  # every served label's threshold round-trips
     assert (tmp_path / contract.MODEL_NAME / "labels.txt").read_text().split() == list(contract.LABELS)
-    assert (tmp_path / contract.MODEL_NAME / "attribute_labels.txt").read_text().split() == list(contract.ATTRIBUTE_LABELS)
+    assert (tmp_path / contract.MODEL_NAME / "attribute_labels.txt").read_text().split() == list(
+        contract.ATTRIBUTE_LABELS
+    )
     params = config.parameters  # `labels` stays the scores' order (clients that read only it index `scores` by it)
     assert params[contract.PARAM_LABELS].string_value == ",".join(contract.LABELS)
     served = [*contract.LABELS, *contract.ATTRIBUTE_LABELS]  # one `thresholds` object holds every served label
@@ -103,7 +112,9 @@ def test_committed_models_validate():
     assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_CPU]
     assert not _tensorrt(config)
     fp32 = read_config(REPOSITORY / contract.MODEL_NAME)
-    assert labels_and_thresholds(config) == labels_and_thresholds(fp32), "int8 must publish the fp32 model's labels and thresholds"
+    assert labels_and_thresholds(config) == labels_and_thresholds(fp32), (
+        "int8 must publish the fp32 model's labels and thresholds"
+    )
 
 
 def test_tensorrt_export_without_gpu_is_one_clear_line(capsys):
@@ -133,7 +144,9 @@ def test_tensorrt_plan_builds(tmp_path):
     source = tmp_path / contract.MODEL_NAME
     (source / contract.MODEL_VERSION).mkdir(parents=True)
     (source / "config.pbtxt").write_text((REPOSITORY / contract.MODEL_NAME / "config.pbtxt").read_text())
-    (source / contract.MODEL_VERSION / "model.onnx").symlink_to(REPOSITORY / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx")
+    (source / contract.MODEL_VERSION / "model.onnx").symlink_to(
+        REPOSITORY / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx"
+    )
     target = export_tensorrt(tmp_path)
     assert (target / contract.MODEL_VERSION / PLAN_FILE).stat().st_size > 0
     assert read_config(target).platform == "tensorrt_plan"
@@ -148,14 +161,20 @@ def test_committed_photo_config_is_generated_by_code(tmp_path):
     from face2hbe.repository import validate_photo_dir
 
     (tmp_path / contract.MODEL_NAME).mkdir()
-    (tmp_path / contract.MODEL_NAME / "config.pbtxt").write_text((REPOSITORY / contract.MODEL_NAME / "config.pbtxt").read_text())
+    (tmp_path / contract.MODEL_NAME / "config.pbtxt").write_text(
+        (REPOSITORY / contract.MODEL_NAME / "config.pbtxt").read_text()
+    )
     write_photo_config(tmp_path)
     committed = validate_photo_dir(PHOTO_DIR)
     assert read_config(tmp_path / contract.PHOTO_MODEL_NAME) == committed
     assert (PHOTO_DIR / "labels.txt").read_text() == (tmp_path / contract.PHOTO_MODEL_NAME / "labels.txt").read_text()
-    assert committed.backend == "python" and committed.max_batch_size == 0 and not committed.HasField("dynamic_batching")
+    assert (
+        committed.backend == "python" and committed.max_batch_size == 0 and not committed.HasField("dynamic_batching")
+    )
     assert labels_and_thresholds(committed) == labels_and_thresholds(read_config(REPOSITORY / contract.MODEL_NAME))
-    assert [g.kind for g in committed.instance_group] == [pb.ModelInstanceGroup.KIND_CPU] and committed.instance_group[0].count > 1
+    assert [g.kind for g in committed.instance_group] == [pb.ModelInstanceGroup.KIND_CPU] and committed.instance_group[
+        0
+    ].count > 1
     assert (PHOTO_DIR / contract.MODEL_VERSION / "model.py").is_file()
 
 
@@ -164,7 +183,10 @@ def test_committed_photo_config_is_generated_by_code(tmp_path):
     [
         (lambda t: t.replace('name: "photo"', 'name: "image"'), "input"),
         (lambda t: t.replace("TYPE_INT32", "TYPE_FP32"), "output"),
-        (lambda t: t.replace('name: "face2hbe_photo"', 'name: "face2hbe_photo"\nmax_batch_size: 8'), "max_batch_size must be 0"),
+        (
+            lambda t: t.replace('name: "face2hbe_photo"', 'name: "face2hbe_photo"\nmax_batch_size: 8'),
+            "max_batch_size must be 0",
+        ),
         (lambda t: t.replace("eyewear,beard,hat", "hat,beard,eyewear"), "labels"),
     ],
 )
@@ -242,7 +264,9 @@ def test_production_labels_naming_an_unserved_label_are_refused(tmp_path):
         build_config(THRESHOLDS, production=["eyewear", "sparkle"])
     target = tmp_path / contract.PHOTO_MODEL_NAME
     target.mkdir()
-    (target / "config.pbtxt").write_text((PHOTO_DIR / "config.pbtxt").read_text().replace("eyewear,beard,hat,necktie", "eyewear,beard,cap,necktie"))
+    (target / "config.pbtxt").write_text(
+        (PHOTO_DIR / "config.pbtxt").read_text().replace("eyewear,beard,hat,necktie", "eyewear,beard,cap,necktie")
+    )
     with pytest.raises(ModelRepositoryError, match="production_labels.*'cap'"):
         validate_photo_dir(target)
 

@@ -1,4 +1,5 @@
 """Data adapters on real files, splitting, thresholds into the model config, learning."""
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,18 @@ def test_thresholds_round_trip_into_model_config(tmp_path):
 def test_tiny_training_run_lowers_its_loss(celeba_dir, tmp_path):
     from face2hbe.training.train import TrainConfig, train
 
-    config = TrainConfig(data=[f"celeba:{celeba_dir}"], output=tmp_path / "run", weights="none", schedule=[(32, 4)],
-                         batch_size=8, limit=40, augment=False, progress=False, patience=10, cache_dir=tmp_path / "cache")
+    config = TrainConfig(
+        data=[f"celeba:{celeba_dir}"],
+        output=tmp_path / "run",
+        weights="none",
+        schedule=[(32, 4)],
+        batch_size=8,
+        limit=40,
+        augment=False,
+        progress=False,
+        patience=10,
+        cache_dir=tmp_path / "cache",
+    )
     summary = train(config)
     losses = [h["loss"] for h in summary["history"]]
     assert len(losses) == 4

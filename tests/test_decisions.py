@@ -1,6 +1,7 @@
 """Issue #27 on real photos: over 150 LFW identities, through the real client and server, no record contradicts itself
 (record_checks.contradictions: no SKUs beside a null recommendation, no "no items detected" while a label passes, every
 label and SKU re-decided from the record's own numbers). The samples are checked by tests/test_demo.py."""
+
 from __future__ import annotations
 
 import json

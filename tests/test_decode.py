@@ -5,6 +5,7 @@ are the full decode's to the bit, and the held-out AUCs (measured on such photos
 collages of LFW photos (loadtest.phone_photos, built in memory, never written) are decoded at 1/4 for
 detection; their faces are found as with the full decode, and the crops score as the full decode's.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,10 +65,14 @@ def test_phone_photos_find_the_same_faces_and_score_them_alike(phone_set):
 
     from face2hbe import contract
 
-    session = ort.InferenceSession(str(REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(REPOSITORY / contract.MODEL_NAME / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
 
     def scores(crops):
-        return np.concatenate(session.run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops}), axis=1)
+        return np.concatenate(
+            session.run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops}), axis=1
+        )
 
     diffs, matched, total, second_looks = [], 0, 0, 0
     for name, data in phone_set:
@@ -90,7 +95,9 @@ def test_photo_model_parameter_turns_the_reduced_decode_off():
     from face2hbe.photo import PARAM_DRAFT_DECODE, PhotoSettings
 
     assert PhotoSettings().detector.draft and PhotoSettings.from_parameters({}).detector.draft
-    assert PhotoSettings.from_parameters({PARAM_DRAFT_DECODE: "false", "max_faces": "3"}).detector == DetectorSettings(draft=False)
+    assert PhotoSettings.from_parameters({PARAM_DRAFT_DECODE: "false", "max_faces": "3"}).detector == DetectorSettings(
+        draft=False
+    )
     assert PARAM_DRAFT_DECODE not in PhotoSettings().parameters()  # the committed config keeps the default
     with pytest.raises(ValueError, match="draft_decode"):
         PhotoSettings.from_parameters({PARAM_DRAFT_DECODE: "sometimes"})
@@ -137,8 +144,13 @@ def test_a_phone_photo_never_needs_more_than_its_one_full_resolution_decode():
     and turned images, its array); the finer decode stays as stored and each crop is turned alone, so the peak stays
     under that one stored decode (Pillow keeps RGB at 4 bytes a pixel: 46.5 MB; measured 45 MB)."""
     width, height = 4032, 3024
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT.replace("WIDTH", str(width)).replace("HEIGHT", str(height))],
-                         check=True, capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT.replace("WIDTH", str(width)).replace("HEIGHT", str(height))],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     figures = json.loads(out.strip().splitlines()[-1])
     one_decode_mb = width * height * 4 / 2**20
     assert figures["crops"] == 2
@@ -165,7 +177,9 @@ def test_server_memory_after_20_phone_photos_stays_within_300_mb_of_idle(server,
     from conftest import SAMPLES
 
     def faces(client, data: bytes) -> int:
-        photo = grpcclient.InferInput(contract.PHOTO_INPUT_NAME, list(contract.PHOTO_INPUT_SHAPE), contract.PHOTO_INPUT_DTYPE)
+        photo = grpcclient.InferInput(
+            contract.PHOTO_INPUT_NAME, list(contract.PHOTO_INPUT_SHAPE), contract.PHOTO_INPUT_DTYPE
+        )
         photo.set_data_from_numpy(np.array([data], dtype=object))
         return len(client.infer(contract.PHOTO_MODEL_NAME, [photo], client_timeout=600).as_numpy(contract.BOXES_NAME))
 

@@ -1,5 +1,6 @@
 """`make demo`: the bundled sample photos show each label family (eyewear, beard, hat, a production-grade attribute),
 a group and the no-face path, and no record contradicts itself."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ from record_checks import contradictions
 
 # The photo bundled to show each label family (client/samples/ATTRIBUTION.md says what each one shows): the scores'
 # three labels, and an attribute above the production bar (the crew's neckties).
-SHOWS = {"eyewear": "glasses_codait_bryan.png", "beard": "beard_chris_pratt.jpg", "hat": "grace_hopper.jpg",
-         "necktie": "group_apollo_11_crew.jpg"}
+SHOWS = {
+    "eyewear": "glasses_codait_bryan.png",
+    "beard": "beard_chris_pratt.jpg",
+    "hat": "grace_hopper.jpg",
+    "necktie": "group_apollo_11_crew.jpg",
+}
 GROUP = "group_apollo_11_crew.jpg"  # the Apollo 11 crew: three faces
 MAX_SIDE, MAX_BYTES = 1024, 250_000  # every photo goes through the default suite's end-to-end tests
 
@@ -51,8 +56,10 @@ def test_demo_shows_each_label_family_a_group_and_no_face(grpc_url, tmp_path):
     for label, photo in SHOWS.items():
         assert label in records[photo]["model"]["production_labels"], label
         faces = records[photo]["faces"]
-        assert any(label in face["labels"] + face["attribute_labels"] and label in {s["label"] for s in face["skus"]}
-                   for face in faces), (label, faces)
+        assert any(
+            label in face["labels"] + face["attribute_labels"] and label in {s["label"] for s in face["skus"]}
+            for face in faces
+        ), (label, faces)
     assert len(records[GROUP]["faces"]) >= 3, records[GROUP]
     assert any(r.get("reason") == "no face detected" for r in records.values())
     for name, record in records.items():
@@ -64,8 +71,13 @@ def test_make_demo_prints_the_product_only(tmp_path):
     """`python -m face2hbe.demo` (what `make demo` runs): exit 0, the tables, none of tritonserver's console
     lines (DCGM's NVML error on a machine without a GPU, the stop signal's echo)."""
     out = tmp_path / "demo.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "face2hbe.demo", "--output", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "face2hbe.demo", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     printed = proc.stdout + proc.stderr
     assert proc.returncode == 0, printed
     assert "Profiles" in proc.stdout and f"results: {out}" in proc.stdout

@@ -5,6 +5,7 @@ No cluster here: every object is validated against the Kubernetes API schemas th
 flags and health check, the contract's ports, config.pbtxt's TensorRT cache path, the metric names a live
 tritonserver exports, and `face2hbe batch`'s own options.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -82,7 +83,9 @@ def test_deployment_runs_the_containers_flags_on_the_baked_repository():
     assert len(restricted) == 2 and all("$(TRITON_ADMIN_KEY)" in arg for arg in restricted)
     from face2hbe.serving.embedded import ADMIN_APIS
 
-    assert all(arg.split("=", 1)[1].startswith(f"{ADMIN_APIS}:") for arg in restricted), "the same APIs as face2hbe serve"
+    assert all(arg.split("=", 1)[1].startswith(f"{ADMIN_APIS}:") for arg in restricted), (
+        "the same APIs as face2hbe serve"
+    )
 
 
 def test_ports_probes_gpu_and_volumes():
@@ -93,7 +96,10 @@ def test_ports_probes_gpu_and_volumes():
     assert ports == {"http": contract.HTTP_PORT, "grpc": contract.GRPC_PORT, "metrics": contract.METRICS_PORT}
     service = _one("triton.yaml", "Service")
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
-    assert service["spec"]["selector"].items() <= _one("triton.yaml", "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        service["spec"]["selector"].items()
+        <= _one("triton.yaml", "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
@@ -101,7 +107,9 @@ def test_ports_probes_gpu_and_volumes():
     kind, compose_check = _compose_triton()["healthcheck"]["test"]
     assert container["livenessProbe"]["exec"]["command"] == ["sh", "-c", compose_check.replace("$$", "$")]
     # The TensorRT engine cache path of the GPU config is a writable volume.
-    cache = read_config(REPOSITORY / contract.MODEL_NAME).optimization.execution_accelerators.gpu_execution_accelerator[0]
+    cache = read_config(REPOSITORY / contract.MODEL_NAME).optimization.execution_accelerators.gpu_execution_accelerator[
+        0
+    ]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert any(cache.parameters["trt_engine_cache_path"].startswith(path + "/") for path in mounts)
     assert not any(m.get("readOnly") for m in mounts.values())
@@ -113,14 +121,20 @@ def test_autoscaler_scales_the_deployment_on_the_adapters_metric(server):
 
     hpa = _one("triton.yaml", "HorizontalPodAutoscaler")
     deployment = _one("triton.yaml", "Deployment")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert hpa["metadata"]["namespace"] == deployment["metadata"]["namespace"]
     (metric,) = hpa["spec"]["metrics"]
     (rule,) = yaml.safe_load(_one("prometheus-adapter.yaml", "ConfigMap")["data"]["config.yaml"])["rules"]
     assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(contract.METRICS_PORT)
     with urllib.request.urlopen(f"http://127.0.0.1:{server.settings.metrics_port}/metrics", timeout=30) as response:
-        exported = {line.split("{")[0].split()[0] for line in response.read().decode().splitlines() if line and line[0] != "#"}
+        exported = {
+            line.split("{")[0].split()[0] for line in response.read().decode().splitlines() if line and line[0] != "#"
+        }
     for name in ("nv_inference_queue_duration_us", "nv_inference_request_success"):
         assert name in rule["metricsQuery"] and name in exported, (name, sorted(exported))
     assert rule["name"]["matches"] in rule["seriesQuery"]
@@ -142,5 +156,8 @@ def test_rayjob_pods_entrypoint_and_url():
     context = cli.commands["batch"].make_context("batch", words[2:])  # an unknown option or bad value raises here
     service = _one("triton.yaml", "Service")
     grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
-    assert context.params["url"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:{grpc_port}"
+    assert (
+        context.params["url"]
+        == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:{grpc_port}"
+    )
     assert job["metadata"]["namespace"] == service["metadata"]["namespace"]

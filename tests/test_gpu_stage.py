@@ -1,4 +1,5 @@
 """The GPU stage (training/gpu.py): its CPU-side pieces, and a pack -> fit -> load -> export round trip on real faces."""
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,9 @@ def test_tinted_lenses_touch_only_the_eye_band(celeba_dir):
     rows, cols = np.nonzero(changed)
     assert rows.min() >= int(r0 * h) and rows.max() <= int(np.ceil(r1 * h))
     assert cols.min() >= int(c0 * w) and cols.max() <= int(np.ceil(c1 * w))
-    assert tinted[0, int((r0 + r1) / 2 * h), w // 2].sum() < image[0, int((r0 + r1) / 2 * h), w // 2].sum()  # darker lenses
+    assert (
+        tinted[0, int((r0 + r1) / 2 * h), w // 2].sum() < image[0, int((r0 + r1) / 2 * h), w // 2].sum()
+    )  # darker lenses
 
 
 def test_augment_is_seeded_bounded_and_changes_the_face(celeba_dir):
@@ -61,7 +64,9 @@ def test_augment_is_seeded_bounded_and_changes_the_face(celeba_dir):
     assert np.array_equal(a, b)
     assert a.min() >= 0 and a.max() <= 255
     assert all(np.abs(a[k] - images[k]).mean() > 1 for k in range(3))
-    assert gpu.vgg_input(images)[..., 0].mean() == pytest.approx(images[..., 2].mean() - contract.VGG_BGR_MEAN[0], rel=1e-5)
+    assert gpu.vgg_input(images)[..., 0].mean() == pytest.approx(
+        images[..., 2].mean() - contract.VGG_BGR_MEAN[0], rel=1e-5
+    )
 
 
 @pytest.mark.slow  # packs, trains one step and re-evaluates on real faces (about a minute): make test-all
@@ -73,8 +78,16 @@ def test_pack_fit_load_export_round_trip(celeba_dir, lfw_dir, tmp_path):
     from face2hbe.training.train import TrainConfig
 
     served = contract.MODEL_NAME
-    config = TrainConfig(data=[f"celeba:{celeba_dir}", f"lfw:{lfw_dir}"], output=tmp_path / "run", weights="none",
-                         attributes=True, limit=40, cache_dir=tmp_path / "cache", mirror_average=True, progress=False)
+    config = TrainConfig(
+        data=[f"celeba:{celeba_dir}", f"lfw:{lfw_dir}"],
+        output=tmp_path / "run",
+        weights="none",
+        attributes=True,
+        limit=40,
+        cache_dir=tmp_path / "cache",
+        mirror_average=True,
+        progress=False,
+    )
     onnx_path = REPOSITORY / served / contract.MODEL_VERSION / ONNX_FILE
     meta = gpu.pack(config, onnx_path, tmp_path / "pack", size=32, part_bytes=40_000)
     assert meta["parts"] >= 2 and meta["target_names"] == NAMES  # weights alone pass 40 kB: crops go to later parts
@@ -93,7 +106,9 @@ def test_pack_fit_load_export_round_trip(celeba_dir, lfw_dir, tmp_path):
     assert json.loads((tmp_path / "run" / "gpu-stage.json").read_text())["pack"]["size"] == 32
 
     model_dir = export_repository(tmp_path / "run", tmp_path / "repository")
-    session = ort.InferenceSession(str(model_dir / contract.MODEL_VERSION / ONNX_FILE), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_dir / contract.MODEL_VERSION / ONNX_FILE), providers=["CPUExecutionProvider"]
+    )
     crops = np.zeros((2, *contract.INPUT_SHAPE), np.uint8)
     scores, attributes = session.run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops})
     assert scores.shape == (2, len(contract.LABELS)) and attributes.shape == (2, len(contract.ATTRIBUTE_LABELS))

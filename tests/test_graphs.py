@@ -1,4 +1,5 @@
 """The plain graph derived from a served mirror-averaged file: same network, one pass per face."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Loading every kind of image file, and the shared face crop."""
+
 from __future__ import annotations
 
 import io
@@ -105,10 +106,16 @@ def test_photo_size_reads_the_upright_size_from_the_header(orientation):
         photo_size(b"not a photo" * 10, "text.jpg")
 
 
-
 # exif_transpose's turn for each orientation, inverted: the stored pixels that display as the upright image.
-_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+_STORED = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def _jpeg(upright: np.ndarray, orientation: int = 1, mode: str = "RGB") -> bytes:
@@ -127,9 +134,11 @@ def _scene(height: int, width: int) -> np.ndarray:
     """A smooth picture with a landmark in each quadrant, so a wrong turn or shift shows in any crop."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.stack([x / width * 200, y / height * 200, 100 + 60 * np.sin(x / 37.0) * np.cos(y / 53.0)], axis=-1)
-    for (cy, cx), colour in zip([(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.7, 0.7)], [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
+    for (cy, cx), colour in zip(
+        [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.7, 0.7)], [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    ):
         r = int(0.08 * min(height, width))
-        image[int(cy * height) - r:int(cy * height) + r, int(cx * width) - r:int(cx * width) + r] = colour
+        image[int(cy * height) - r : int(cy * height) + r, int(cx * width) - r : int(cx * width) + r] = colour
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -162,9 +171,13 @@ def test_reduced_decode_keeps_orientation_size_and_framing(orientation):
     size = (400, round(1501 * 400 / 2003))
     detection_copy = np.asarray(Image.fromarray(full).resize(size, Image.BILINEAR), dtype=np.int16)
     assert np.abs(reduced.resized(size) - detection_copy).mean() < 1.5
-    boxes = [Box(top=100, right=1000, bottom=800, left=300),  # crop side 1260 = 315 px of the 1/4 copy: cut from it, past the top
-             Box(top=700, right=1950, bottom=1450, left=1200),  # from the 1/4 copy too, past the bottom and right edges
-             Box(top=1200, right=1450, bottom=1300, left=1350)]  # small: cut from a full-resolution decode
+    boxes = [
+        Box(
+            top=100, right=1000, bottom=800, left=300
+        ),  # crop side 1260 = 315 px of the 1/4 copy: cut from it, past the top
+        Box(top=700, right=1950, bottom=1450, left=1200),  # from the 1/4 copy too, past the bottom and right edges
+        Box(top=1200, right=1450, bottom=1300, left=1350),
+    ]  # small: cut from a full-resolution decode
     want = face_crops(full, boxes).astype(np.int16)
     got = reduced.crops(boxes)
     assert got.shape == want.shape and got.dtype == np.uint8

@@ -74,14 +74,18 @@ LOCUST_USERS = "face2hbe.loadtest.locustfile"  # importing locust patches the pr
 def every_module(root: Path) -> list[tuple[str, str, str]]:
     """(name, file, package its relative imports start from): the distribution's modules, tools/*.py and the
     repository's Python-backend model.py files."""
-    found = [(name, str(path), name if path.stem == "__init__" else name.rsplit(".", 1)[0]) for name, path in modules(root)]
+    found = [
+        (name, str(path), name if path.stem == "__init__" else name.rsplit(".", 1)[0]) for name, path in modules(root)
+    ]
     found += [(f"tools_{p.stem}", str(p), "") for p in sorted((root / "tools").glob("*.py"))]
     found += [(f"model_{p.parts[-3]}", str(p), "") for p in sorted((root / "model_repository").glob("*/*/model.py"))]
     return found
 
 
 def import_failures(items) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", CHECK, json.dumps(items)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK, json.dumps(items)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -98,4 +102,6 @@ def test_a_broken_import_inside_a_function_is_caught(tmp_path):
     """The check sees what a plain import would not: a moved name imported inside a function of a tools/ script."""
     tool = tmp_path / "broken_tool.py"
     tool.write_text("def main():\n    from face2hbe.paths import no_such_name\n    return no_such_name\n")
-    assert import_failures([("tools_broken_tool", str(tool), "")]) == [f"{tool}:2: face2hbe.paths has no 'no_such_name'"]
+    assert import_failures([("tools_broken_tool", str(tool), "")]) == [
+        f"{tool}:2: face2hbe.paths has no 'no_such_name'"
+    ]

@@ -4,6 +4,7 @@ Tolerances come from the measurement in docs/serving.md (`make int8`), with marg
 mean |fp32 - int8| <= MEAN_ABS_TOL on real crops, per-label ROC AUC drop <= AUC_DROP_TOL
 on the held-out CelebA range.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,9 @@ INT8 = REPOSITORY / f"{contract.MODEL_NAME}_int8" / contract.MODEL_VERSION / "mo
 MEAN_ABS_TOL = 0.05
 AUC_DROP_TOL = 0.02
 
-pytestmark = pytest.mark.skipif(not INT8.is_file(), reason=f"{INT8} absent: run `face2hbe export --format int8` (make int8)")
+pytestmark = pytest.mark.skipif(
+    not INT8.is_file(), reason=f"{INT8} absent: run `face2hbe export --format int8` (make int8)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +43,10 @@ def real_crops(celeba_dir):
 def test_int8_graph_io_matches_contract():
     io = onnx_io(INT8)
     assert io["inputs"] == {contract.INPUT_NAME: ("uint8", [-1, *contract.INPUT_SHAPE])}
-    assert io["outputs"] == {contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)]),
-                             contract.ATTRIBUTES_NAME: ("float32", [-1, len(contract.ATTRIBUTE_LABELS)])}
+    assert io["outputs"] == {
+        contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)]),
+        contract.ATTRIBUTES_NAME: ("float32", [-1, len(contract.ATTRIBUTE_LABELS)]),
+    }
 
 
 def test_int8_is_quantized_and_smaller():
@@ -111,8 +116,15 @@ def test_fp32_and_plain_graph_are_one_flag_away():
 
     from conftest import free_port
 
-    settings = ServerSettings(REPOSITORY, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              precision="fp32", graph="plain", photo=False)
+    settings = ServerSettings(
+        REPOSITORY,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        precision="fp32",
+        graph="plain",
+        photo=False,
+    )
     batch = np.random.default_rng(3).integers(0, 256, (2, *contract.INPUT_SHAPE), dtype=np.uint8)
     with EmbeddedServer(settings) as server:
         assert server.onnx_path == FP32

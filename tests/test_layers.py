@@ -3,6 +3,7 @@
 Every import is read from the source (function-level ones included, where cycles hide),
 and the package map comes from pyproject.toml's package-dir, so a new folder is checked too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,11 +13,29 @@ from pathlib import Path
 
 from conftest import ROOT
 
-CORE = {"face2hbe.contract", "face2hbe.errors", "face2hbe.imaging", "face2hbe.detection", "face2hbe.photo", "face2hbe.graphs", "face2hbe.repository", "face2hbe.net",
-        "face2hbe.paths"}
+CORE = {
+    "face2hbe.contract",
+    "face2hbe.errors",
+    "face2hbe.imaging",
+    "face2hbe.detection",
+    "face2hbe.photo",
+    "face2hbe.graphs",
+    "face2hbe.repository",
+    "face2hbe.net",
+    "face2hbe.paths",
+}
 STAGES = {"face2hbe.training", "face2hbe.export", "face2hbe.client", "face2hbe.serving"}
 ALLOWED_STAGE_IMPORTS = {("face2hbe.export", "face2hbe.training")}  # export converts what training built
-TOP = {"face2hbe.cli", "face2hbe.demo", "face2hbe.evaluate", "face2hbe.thresholds", "face2hbe.slices", "face2hbe.review", "face2hbe.loadtest", "face2hbe"}
+TOP = {
+    "face2hbe.cli",
+    "face2hbe.demo",
+    "face2hbe.evaluate",
+    "face2hbe.thresholds",
+    "face2hbe.slices",
+    "face2hbe.review",
+    "face2hbe.loadtest",
+    "face2hbe",
+}
 
 
 def package_dirs(root: Path) -> dict[str, Path]:
@@ -88,7 +107,9 @@ def test_a_planted_stage_to_stage_import_fails_the_check(tmp_path):
     for folder in {p.relative_to(ROOT).parts[0] for p in package_dirs(ROOT).values()}:
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("samples", "__pycache__"))
     data = tmp_path / "training" / "data.py"
-    data.write_text(data.read_text() + "\n\ndef planted():\n    from face2hbe.client import Recommender\n    return Recommender\n")
+    data.write_text(
+        data.read_text() + "\n\ndef planted():\n    from face2hbe.client import Recommender\n    return Recommender\n"
+    )
     assert violations(tmp_path) == ["training/data.py: face2hbe.training imports face2hbe.client"]
 
 

@@ -1,4 +1,5 @@
 """`face2hbe loadtest`: a real headless Locust run on the real embedded Triton server."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,27 @@ def _stats(out):
 def test_loadtest_grpc_and_http_users_meet_a_loose_slo(tmp_path, capsys):
     """The command starts its own server, runs both user kinds and writes the reports and a passing verdict."""
     out = tmp_path / "run"
-    code = main(["loadtest", "--requests", "24", "--duration", "600", "--users", "4", "--spawn-rate", "4", "--batch-size", "2",
-                 "--output-dir", str(out), "--slo-p95-ms", "60000", "--slo-max-error-rate", "0"])
+    code = main(
+        [
+            "loadtest",
+            "--requests",
+            "24",
+            "--duration",
+            "600",
+            "--users",
+            "4",
+            "--spawn-rate",
+            "4",
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(out),
+            "--slo-p95-ms",
+            "60000",
+            "--slo-max-error-rate",
+            "0",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (out / "report.html").stat().st_size > 0
     stats = _stats(out)
@@ -34,8 +54,27 @@ def test_loadtest_grpc_and_http_users_meet_a_loose_slo(tmp_path, capsys):
 def test_loadtest_missed_slo_exits_non_zero(tmp_path, grpc_url, http_url, capsys):
     """Against an already running server: an impossible p95 fails the run with one error line."""
     out = tmp_path / "run"
-    code = main(["loadtest", "--grpc-url", grpc_url, "--http-url", http_url, "--requests", "10", "--duration", "600", "--users", "2",
-                 "--spawn-rate", "2", "--output-dir", str(out), "--slo-p95-ms", "0.001"])
+    code = main(
+        [
+            "loadtest",
+            "--grpc-url",
+            grpc_url,
+            "--http-url",
+            http_url,
+            "--requests",
+            "10",
+            "--duration",
+            "600",
+            "--users",
+            "2",
+            "--spawn-rate",
+            "2",
+            "--output-dir",
+            str(out),
+            "--slo-p95-ms",
+            "0.001",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SLO missed: p95_ms" in err[0]
@@ -45,7 +84,9 @@ def test_loadtest_missed_slo_exits_non_zero(tmp_path, grpc_url, http_url, capsys
 
 
 def test_loadtest_refuses_non_loopback_targets(tmp_path, capsys):
-    code = main(["loadtest", "--grpc-url", "192.0.2.10:8001", "--http-url", "192.0.2.10:8000", "--output-dir", str(tmp_path)])
+    code = main(
+        ["loadtest", "--grpc-url", "192.0.2.10:8001", "--http-url", "192.0.2.10:8000", "--output-dir", str(tmp_path)]
+    )
     assert code == 1
     assert "loopback" in capsys.readouterr().err
     assert not (tmp_path / "verdict.json").exists()

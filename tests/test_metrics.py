@@ -1,4 +1,5 @@
 """Metric helpers: AUC intervals, threshold choice, masking of unknown labels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,14 +45,28 @@ def test_slice_metrics_split_recall_and_auc_by_attribute():
     from face2hbe.slices import markdown, slice_metrics
 
     labels = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]], np.float32)
-    scores = np.array([[0.9, 0.2, 0.1], [0.4, 0.1, 0.2], [0.1, 0.8, 0.9], [0.2, 0.3, 0.7], [0.8, 0.9, 0.1], [0.3, 0.1, 0.2]], np.float32)
+    scores = np.array(
+        [[0.9, 0.2, 0.1], [0.4, 0.1, 0.2], [0.1, 0.8, 0.9], [0.2, 0.3, 0.7], [0.8, 0.9, 0.1], [0.3, 0.1, 0.2]],
+        np.float32,
+    )
     grey = np.array([True, True, True, False, False, False])
-    attributes = {"Gray_Hair": grey, "Mustache": ~grey, "Goatee": np.zeros(6, bool), "Male": np.ones(6, bool),
-                  "Young": ~grey, "Pale_Skin": np.zeros(6, bool)}
+    attributes = {
+        "Gray_Hair": grey,
+        "Mustache": ~grey,
+        "Goatee": np.zeros(6, bool),
+        "Male": np.ones(6, bool),
+        "Young": ~grey,
+        "Pale_Skin": np.zeros(6, bool),
+    }
     thresholds = dict.fromkeys(contract.LABELS, 0.5)
     result = slice_metrics(labels, scores, attributes, thresholds)
     beard = result["gray_hair"]["beard"]
-    assert beard["in"] == {"positives": 2, "faces": 3, "recall": 0.5, "roc_auc": 1.0}  # 0.2 missed, 0.8 found; both above the 0.1 negative
+    assert beard["in"] == {
+        "positives": 2,
+        "faces": 3,
+        "recall": 0.5,
+        "roc_auc": 1.0,
+    }  # 0.2 missed, 0.8 found; both above the 0.1 negative
     assert beard["rest"] == {"positives": 1, "faces": 3, "recall": 1.0, "roc_auc": 1.0}
     assert result["male"]["eyewear"]["rest"]["faces"] == 0 and result["female"]["eyewear"]["in"]["recall"] is None
     table = markdown({"domains": {"celeba": {"slices": result}}})
@@ -67,7 +82,11 @@ def test_report_sections_are_replaced_between_their_markers(tmp_path):
     write_marked_section(doc, "<!-- a:start -->", "<!-- a:end -->", "cmd one", "| t |")
     write_marked_section(doc, "<!-- a:start -->", "<!-- a:end -->", "cmd two", "| u |")
     text = doc.read_text()
-    assert text.count("<!-- a:start -->") == 1 and "| t |" not in text and "Measured by `cmd two`:\n\n| u |\n<!-- a:end -->" in text
+    assert (
+        text.count("<!-- a:start -->") == 1
+        and "| t |" not in text
+        and "Measured by `cmd two`:\n\n| u |\n<!-- a:end -->" in text
+    )
     assert text.startswith("# Title\n\ntext before\n\n<!-- a:start -->")
 
 

@@ -3,6 +3,7 @@
 Each request is checked against the local path (decode -> detect_faces -> face_crops -> the
 face2hbe model), so the server side can only pass by doing the client's own work.
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,14 +49,23 @@ def _local(grpc_url: str, data: bytes) -> dict[str, np.ndarray]:
         inp.set_data_from_numpy(crops)
         result = grpcclient.InferenceServerClient(grpc_url).infer(contract.MODEL_NAME, [inp])
         scores, attributes = result.as_numpy(contract.OUTPUT_NAME), result.as_numpy(contract.ATTRIBUTES_NAME)
-    return {contract.BOXES_NAME: np.array([b.as_list() for b in boxes], np.int32).reshape(-1, 4), contract.OUTPUT_NAME: scores,
-            contract.DETECTION_SCORES_NAME: np.array([s for _, s in found], np.float32), contract.ATTRIBUTES_NAME: attributes}
+    return {
+        contract.BOXES_NAME: np.array([b.as_list() for b in boxes], np.int32).reshape(-1, 4),
+        contract.OUTPUT_NAME: scores,
+        contract.DETECTION_SCORES_NAME: np.array([s for _, s in found], np.float32),
+        contract.ATTRIBUTES_NAME: attributes,
+    }
 
 
 def _check_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert got[contract.BOXES_NAME].dtype == np.int32 and got[contract.BOXES_NAME].shape == want[contract.BOXES_NAME].shape
+    assert (
+        got[contract.BOXES_NAME].dtype == np.int32 and got[contract.BOXES_NAME].shape == want[contract.BOXES_NAME].shape
+    )
     np.testing.assert_array_equal(got[contract.BOXES_NAME], want[contract.BOXES_NAME])
-    assert got[contract.OUTPUT_NAME].dtype == np.float32 and got[contract.OUTPUT_NAME].shape == (len(want[contract.BOXES_NAME]), len(contract.LABELS))
+    assert got[contract.OUTPUT_NAME].dtype == np.float32 and got[contract.OUTPUT_NAME].shape == (
+        len(want[contract.BOXES_NAME]),
+        len(contract.LABELS),
+    )
     np.testing.assert_allclose(got[contract.OUTPUT_NAME], want[contract.OUTPUT_NAME], atol=1e-4)
     assert got[contract.ATTRIBUTES_NAME].shape == (len(want[contract.BOXES_NAME]), len(contract.ATTRIBUTE_LABELS))
     np.testing.assert_allclose(got[contract.ATTRIBUTES_NAME], want[contract.ATTRIBUTES_NAME], atol=1e-4)
@@ -93,7 +103,9 @@ def test_http_with_binary_data_matches_grpc(grpc_url, http_url):
 def test_no_face_gives_empty_outputs(grpc_url):
     got = _grpc_infer(grpc_url, (SAMPLES / "no_face_china.jpg").read_bytes())
     assert got[contract.BOXES_NAME].shape == (0, 4) and got[contract.BOXES_NAME].dtype == np.int32
-    assert got[contract.OUTPUT_NAME].shape == (0, len(contract.LABELS)) and got[contract.OUTPUT_NAME].dtype == np.float32
+    assert (
+        got[contract.OUTPUT_NAME].shape == (0, len(contract.LABELS)) and got[contract.OUTPUT_NAME].dtype == np.float32
+    )
     assert got[contract.DETECTION_SCORES_NAME].shape == (0,) and got[contract.DETECTION_SCORES_NAME].dtype == np.float32
 
 
@@ -135,7 +147,10 @@ def test_concurrent_photos_all_come_back_right(grpc_url, server):
     """More photos at once than photo instances: every answer is the one for its own photo."""
     import tritonclient.grpc as grpcclient
 
-    photos = [(SAMPLES / name).read_bytes() for name in ("grace_hopper.jpg", "astronaut_eileen_collins.jpg", "no_face_china.jpg")] * 3
+    photos = [
+        (SAMPLES / name).read_bytes()
+        for name in ("grace_hopper.jpg", "astronaut_eileen_collins.jpg", "no_face_china.jpg")
+    ] * 3
     want = [_grpc_infer(grpc_url, data) for data in photos[:3]] * 3
     client = grpcclient.InferenceServerClient(grpc_url)
     pending = []
@@ -143,8 +158,12 @@ def test_concurrent_photos_all_come_back_right(grpc_url, server):
         inp = grpcclient.InferInput(contract.PHOTO_INPUT_NAME, [1], contract.PHOTO_INPUT_DTYPE)
         inp.set_data_from_numpy(np.array([data], dtype=object))
         box = {}
-        client.async_infer(contract.PHOTO_MODEL_NAME, [inp], lambda result, error, box=box: box.update(result=result, error=error),
-                           client_timeout=120)
+        client.async_infer(
+            contract.PHOTO_MODEL_NAME,
+            [inp],
+            lambda result, error, box=box: box.update(result=result, error=error),
+            client_timeout=120,
+        )
         pending.append(box)
     import time
 
@@ -174,7 +193,9 @@ def test_bad_bytes_fail_with_the_reason_and_the_server_keeps_serving(server, grp
         _grpc_infer(grpc_url, data)
     message = caught.value.message()
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert message.startswith(reason) and "\n" not in message and "Traceback" not in message and "/" not in message, message
+    assert message.startswith(reason) and "\n" not in message and "Traceback" not in message and "/" not in message, (
+        message
+    )
     _still_serves(server, grpc_url)
 
 
@@ -229,7 +250,8 @@ def test_served_config_and_health_cover_the_photo_model(server, http_url):
         assert photo["parameters"][key]["string_value"] == value
     metadata = client.get_model_metadata(contract.PHOTO_MODEL_NAME)
     assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
-        (contract.PHOTO_INPUT_NAME, contract.PHOTO_INPUT_DTYPE, list(contract.PHOTO_INPUT_SHAPE))]
+        (contract.PHOTO_INPUT_NAME, contract.PHOTO_INPUT_DTYPE, list(contract.PHOTO_INPUT_SHAPE))
+    ]
     assert {t["name"]: (t["datatype"], t["shape"]) for t in metadata["outputs"]} == {
         contract.BOXES_NAME: (contract.BOXES_DTYPE, list(contract.BOXES_SHAPE)),
         contract.OUTPUT_NAME: (contract.OUTPUT_DTYPE, list(contract.PHOTO_SCORES_SHAPE)),
@@ -238,7 +260,9 @@ def test_served_config_and_health_cover_the_photo_model(server, http_url):
     }
     # check_health watches one stub process per instance of both models (the photo model's count from its config).
     stubs = sorted(server._stubs.values())
-    assert stubs == sorted([contract.MODEL_NAME] + [contract.PHOTO_MODEL_NAME] * photo["instance_group"][0]["count"]), stubs
+    assert stubs == sorted([contract.MODEL_NAME] + [contract.PHOTO_MODEL_NAME] * photo["instance_group"][0]["count"]), (
+        stubs
+    )
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -261,7 +285,9 @@ def test_recommend_detect_server_gives_the_local_records(grpc_url, http_url, tmp
 
     def run(detect: str) -> dict[str, dict]:
         out = tmp_path / f"{detect}-{protocol}.jsonl"
-        Recommender(client=ClientSettings(url=url, protocol=protocol), detect=detect, workers=1).run([folder], out, progress=False)
+        Recommender(client=ClientSettings(url=url, protocol=protocol), detect=detect, workers=1).run(
+            [folder], out, progress=False
+        )
         return {json.loads(line)["path"]: json.loads(line) for line in out.read_text().splitlines()}
 
     local, remote = run("local"), run("server")
@@ -273,11 +299,19 @@ def test_recommend_detect_server_gives_the_local_records(grpc_url, http_url, tmp
             assert got["error"]["kind"] == want["error"]["kind"] == "bad_image"
             assert "refused by the server" in got["error"]["message"] and "truncated" in got["error"]["message"]
             continue
-        assert got.get("error") == want.get("error") and (got["width"], got["height"]) == (want["width"], want["height"])
+        assert got.get("error") == want.get("error") and (got["width"], got["height"]) == (
+            want["width"],
+            want["height"],
+        )
         assert [f["box"] for f in got["faces"]] == [f["box"] for f in want["faces"]], path
         for g, w in zip(got["faces"], want["faces"]):
-            np.testing.assert_allclose([g["scores"][k] for k in contract.LABELS], [w["scores"][k] for k in contract.LABELS], atol=1e-4)
-            np.testing.assert_allclose([g["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
-                                       [w["attributes"][k] for k in contract.ATTRIBUTE_LABELS], atol=1e-4)
+            np.testing.assert_allclose(
+                [g["scores"][k] for k in contract.LABELS], [w["scores"][k] for k in contract.LABELS], atol=1e-4
+            )
+            np.testing.assert_allclose(
+                [g["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
+                [w["attributes"][k] for k in contract.ATTRIBUTE_LABELS],
+                atol=1e-4,
+            )
             assert [s["sku"] for s in g["skus"]] == [s["sku"] for s in w["skus"]]
     assert len(remote[str(folder / "group_apollo_11_crew.jpg")]["faces"]) >= 3

@@ -5,6 +5,7 @@ the API that python_backend documents (Tensor, InferenceRequest/Response, Triton
 its BLS call (InferenceRequest.exec) runs the committed face2hbe ONNX graph in onnxruntime.
 Detection runs for real on real photos.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -67,7 +68,11 @@ def _stand_in_pb_utils(session, bls_calls: list):
 
     class InferenceRequest:
         def __init__(self, model_name, requested_output_names, inputs):
-            self.model_name, self.requested_output_names, self.inputs = model_name, list(requested_output_names), list(inputs)
+            self.model_name, self.requested_output_names, self.inputs = (
+                model_name,
+                list(requested_output_names),
+                list(inputs),
+            )
 
         def exec(self):
             assert self.model_name == contract.MODEL_NAME
@@ -82,8 +87,15 @@ def _stand_in_pb_utils(session, bls_calls: list):
     def get_output_tensor_by_name(response, name):
         return next((t for t in response.output_tensors if t.name() == name), None)
 
-    for item in (TritonError, TritonModelException, Tensor, InferenceResponse, InferenceRequest, get_input_tensor_by_name,
-                 get_output_tensor_by_name):
+    for item in (
+        TritonError,
+        TritonModelException,
+        Tensor,
+        InferenceResponse,
+        InferenceRequest,
+        get_input_tensor_by_name,
+        get_output_tensor_by_name,
+    ):
         setattr(pb, item.__name__, item)
     return pb
 
@@ -103,32 +115,49 @@ def adapter(session, monkeypatch):
     calls: list[int] = []
     pb = _stand_in_pb_utils(session, calls)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    spec = importlib.util.spec_from_file_location("face2hbe_photo_model", PHOTO_DIR / contract.MODEL_VERSION / "model.py")
+    spec = importlib.util.spec_from_file_location(
+        "face2hbe_photo_model", PHOTO_DIR / contract.MODEL_VERSION / "model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
     config = json_format.MessageToDict(read_config(PHOTO_DIR), preserving_proto_field_name=True)
-    model.initialize({"model_config": json.dumps(config), "model_name": contract.PHOTO_MODEL_NAME, "model_version": "1"})
+    model.initialize(
+        {"model_config": json.dumps(config), "model_name": contract.PHOTO_MODEL_NAME, "model_version": "1"}
+    )
     yield model, pb, calls
     model.finalize()
 
 
 def _request(pb, data: bytes):
-    return pb.InferenceRequest(contract.PHOTO_MODEL_NAME, [], [pb.Tensor(contract.PHOTO_INPUT_NAME, np.array([data], dtype=object))])
+    return pb.InferenceRequest(
+        contract.PHOTO_MODEL_NAME, [], [pb.Tensor(contract.PHOTO_INPUT_NAME, np.array([data], dtype=object))]
+    )
 
 
 def test_adapter_reads_its_limits_from_the_config(adapter):
     model, _, _ = adapter
     assert model.settings == PhotoSettings()
-    assert model.output_names == [contract.BOXES_NAME, contract.OUTPUT_NAME, contract.DETECTION_SCORES_NAME, contract.ATTRIBUTES_NAME]
+    assert model.output_names == [
+        contract.BOXES_NAME,
+        contract.OUTPUT_NAME,
+        contract.DETECTION_SCORES_NAME,
+        contract.ATTRIBUTES_NAME,
+    ]
 
 
 def test_adapter_answers_each_request_in_order(adapter, session):
     """One batch of requests: a face, a bad photo, no face, a bomb. Good ones equal the core function; bad ones INVALID_ARG."""
     model, pb, calls = adapter
     face, no_face = (SAMPLES / "grace_hopper.jpg").read_bytes(), (SAMPLES / "no_face_china.jpg").read_bytes()
-    responses = model.execute([_request(pb, face), _request(pb, b"not a photo"), _request(pb, no_face),
-                               _request(pb, bomb_png_bytes(side=30_000, garbage=True))])
+    responses = model.execute(
+        [
+            _request(pb, face),
+            _request(pb, b"not a photo"),
+            _request(pb, no_face),
+            _request(pb, bomb_png_bytes(side=30_000, garbage=True)),
+        ]
+    )
     assert len(responses) == 4
     assert calls == [1], "one BLS call for the one face; none for the others"
 
@@ -144,15 +173,22 @@ def test_adapter_answers_each_request_in_order(adapter, session):
     np.testing.assert_allclose(got[contract.ATTRIBUTES_NAME], want[contract.ATTRIBUTES_NAME], atol=1e-6)
     np.testing.assert_allclose(got[contract.DETECTION_SCORES_NAME], want[contract.DETECTION_SCORES_NAME])
 
-    for response, reason in ((responses[1], "photo: not a recognised image format"),
-                             (responses[3], f"photo: image is above the {PhotoSettings().max_pixels}-pixel limit")):
+    for response, reason in (
+        (responses[1], "photo: not a recognised image format"),
+        (responses[3], f"photo: image is above the {PhotoSettings().max_pixels}-pixel limit"),
+    ):
         assert response.has_error()
         assert response.error().code() == pb.TritonError.INVALID_ARG
         assert response.error().message() == reason  # one line, the reason only
 
     empty = {t.name(): t.as_numpy() for t in responses[2].output_tensors}
     assert not responses[2].has_error()
-    assert [empty[n].shape for n in model.output_names] == [(0, 4), (0, len(contract.LABELS)), (0,), (0, len(contract.ATTRIBUTE_LABELS))]
+    assert [empty[n].shape for n in model.output_names] == [
+        (0, 4),
+        (0, len(contract.LABELS)),
+        (0,),
+        (0, len(contract.ATTRIBUTE_LABELS)),
+    ]
 
 
 def test_a_failing_face2hbe_model_fails_the_request_not_the_adapter(adapter):

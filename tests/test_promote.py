@@ -1,4 +1,5 @@
 """`face2hbe promote RUN`: one step from a training run to what is served, behind a gate against the served model."""
+
 from __future__ import annotations
 
 import csv
@@ -36,7 +37,9 @@ def _gate(served_noise: float, candidate_noise: dict[str, float], faces: int = 6
     noise = np.asarray([candidate_noise.get(label, served_noise) for label in labels])
     candidate = np.clip(targets + rng.normal(0, 1, targets.shape) * noise, 0, 1).astype(np.float32)
     thresholds = {label: 0.5 for label in labels}
-    return compare({"celeba": served}, {"celeba": candidate}, {"celeba": candidate}, [domain], thresholds, thresholds, n_boot=200)
+    return compare(
+        {"celeba": served}, {"celeba": candidate}, {"celeba": candidate}, [domain], thresholds, thresholds, n_boot=200
+    )
 
 
 def test_gate_passes_a_better_candidate_and_names_what_refuses_a_worse_one():
@@ -63,9 +66,17 @@ def _tiny_run(folder: Path, size: int = 32) -> Path:
     names = list(contract.LABELS) + [f"celeba_{a}" for a in contract.CELEBA_ATTRIBUTES]
     folder.mkdir(parents=True)
     build_model(len(names), weights=None, batchnorm=True).save(folder / "model.keras")
-    (folder / "training.json").write_text(json.dumps({
-        "labels": list(contract.LABELS), "target_names": names, "working_size": size, "mirror_average": True,
-        "thresholds": {label: contract.DEFAULT_THRESHOLD for label in contract.LABELS}}))
+    (folder / "training.json").write_text(
+        json.dumps(
+            {
+                "labels": list(contract.LABELS),
+                "target_names": names,
+                "working_size": size,
+                "mirror_average": True,
+                "thresholds": {label: contract.DEFAULT_THRESHOLD for label in contract.LABELS},
+            }
+        )
+    )
     return folder
 
 
@@ -93,17 +104,35 @@ def test_a_promoted_run_is_what_the_server_answers_with(celeba_dir, lfw_dir, tmp
 
     from face2hbe.net import free_port
     from face2hbe.promote import PromoteSettings, promote
-    from face2hbe.repository import ONNX_FILE, file_sha256, labels_and_thresholds, onnx_build_info, production_labels_in, read_config, validate_model_dir
+    from face2hbe.repository import (
+        ONNX_FILE,
+        file_sha256,
+        labels_and_thresholds,
+        onnx_build_info,
+        production_labels_in,
+        read_config,
+        validate_model_dir,
+    )
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
     repository = tmp_path / "repository"
     for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME, contract.PHOTO_MODEL_NAME):
         shutil.copytree(REPOSITORY / name, repository / name, ignore=shutil.ignore_patterns(ONNX_FILE))
         if (REPOSITORY / name / contract.MODEL_VERSION / ONNX_FILE).is_file():
-            (repository / name / contract.MODEL_VERSION / ONNX_FILE).symlink_to(REPOSITORY / name / contract.MODEL_VERSION / ONNX_FILE)
+            (repository / name / contract.MODEL_VERSION / ONNX_FILE).symlink_to(
+                REPOSITORY / name / contract.MODEL_VERSION / ONNX_FILE
+            )
     served_sha = file_sha256(repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE)
-    settings = PromoteSettings(_tiny_run(tmp_path / "run"), repository, celeba_dir, _lfw_subset(lfw_dir, tmp_path / "lfw"),
-                               cache_dir=tmp_path / "cache", docs=tmp_path / "docs", n_boot=50, progress=False)
+    settings = PromoteSettings(
+        _tiny_run(tmp_path / "run"),
+        repository,
+        celeba_dir,
+        _lfw_subset(lfw_dir, tmp_path / "lfw"),
+        cache_dir=tmp_path / "cache",
+        docs=tmp_path / "docs",
+        n_boot=50,
+        progress=False,
+    )
 
     # An untrained network loses to the served model: refused, and the repository is as it was.
     refused = promote(settings)
@@ -114,7 +143,10 @@ def test_a_promoted_run_is_what_the_server_answers_with(celeba_dir, lfw_dir, tmp
     settings.force = True
     result = promote(settings)
     assert result["promoted"]
-    fp32, int8 = (repository / name / contract.MODEL_VERSION / ONNX_FILE for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME))
+    fp32, int8 = (
+        repository / name / contract.MODEL_VERSION / ONNX_FILE
+        for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME)
+    )
     assert onnx_build_info(int8)["source_sha256"] == file_sha256(fp32) == result["sha256"][contract.MODEL_NAME]
     assert onnx_build_info(int8)["working_size"] == 32
     for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME, contract.PHOTO_MODEL_NAME):
@@ -123,7 +155,9 @@ def test_a_promoted_run_is_what_the_server_answers_with(celeba_dir, lfw_dir, tmp
         assert production_labels_in(config) == result["production_labels"], name
     validate_model_dir(repository / contract.INT8_MODEL_NAME)
     gate_md = (tmp_path / "docs" / "model.md").read_text()
-    assert "promotion-gate:start" in gate_md and "thresholds-report:start" in gate_md and "slices-report:start" in gate_md
+    assert (
+        "promotion-gate:start" in gate_md and "thresholds-report:start" in gate_md and "slices-report:start" in gate_md
+    )
     assert json.loads((tmp_path / "docs" / "eval" / "promotion-gate.json").read_text())["sha256"] == result["sha256"]
 
     # The server answers with the promoted files: its thresholds, and the scores of the new INT8 graph.
@@ -136,7 +170,9 @@ def test_a_promoted_run_is_what_the_server_answers_with(celeba_dir, lfw_dir, tmp
         inp = grpcclient.InferInput(contract.INPUT_NAME, list(crops.shape), contract.INPUT_DTYPE)
         inp.set_data_from_numpy(crops)
         answer = client.infer(contract.MODEL_NAME, [inp]).as_numpy(contract.OUTPUT_NAME)
-    expected = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops})[0]
+    expected = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(
+        [contract.OUTPUT_NAME], {contract.INPUT_NAME: crops}
+    )[0]
     np.testing.assert_allclose(answer, expected, atol=1e-6)
 
     # Exporting a run alone replaces only the fp32 file: the INT8 file beside it no longer validates, so it is never served.

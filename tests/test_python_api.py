@@ -4,6 +4,7 @@ A script without a main guard, the same script on stdin and with `python -c`, a 
 top-level await in a running event loop, a web app's worker thread; and the waiting line and Ctrl-C of a
 client whose server is not there.
 """
+
 from __future__ import annotations
 
 import ast
@@ -83,13 +84,21 @@ def test_readme_example_runs_as_written(grpc_url, workdir, how):
     code = example(0, grpc_url)
     script = workdir / "example.py"
     script.write_text(code)
-    command = {"file": [sys.executable, str(script)], "stdin": [sys.executable, "-"], "-c": [sys.executable, "-c", code]}[how]
-    proc = subprocess.run(command, cwd=workdir, input=code if how == "stdin" else None, capture_output=True, text=True, timeout=300)
+    command = {
+        "file": [sys.executable, str(script)],
+        "stdin": [sys.executable, "-"],
+        "-c": [sys.executable, "-c", code],
+    }[how]
+    proc = subprocess.run(
+        command, cwd=workdir, input=code if how == "stdin" else None, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     check_results(workdir)
     face, summary = proc.stdout.splitlines()  # photo.jpg's one face, then the run's summary
-    assert face.startswith("photo.jpg [") and summary == f"{len(PHOTOS)} photos, {len(PHOTOS)} faces, 0 errors", proc.stdout
+    assert face.startswith("photo.jpg [") and summary == f"{len(PHOTOS)} photos, {len(PHOTOS)} faces, 0 errors", (
+        proc.stdout
+    )
 
 
 @pytest.mark.slow  # starts a local Ray (10-20 s)
@@ -98,7 +107,15 @@ def test_readme_batch_example_runs_on_stdin_with_the_local_engine(workdir):
     (workdir / "model_repository").symlink_to(REPOSITORY)  # engine="local" reads ./model_repository
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env["RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION"] = "0.08"  # a small object store on a shared machine
-    proc = subprocess.run([sys.executable, "-"], input=readme_blocks()[2], cwd=workdir, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-"],
+        input=readme_blocks()[2],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == f"{len(PHOTOS)} photos, {len(PHOTOS)} faces", proc.stdout
     assert list((workdir / "out" / "batch" / "results").glob("part-*.parquet"))
@@ -137,7 +154,9 @@ def test_run_from_a_web_app_worker_thread_starts_no_process(grpc_url, workdir):
 
     def handler():
         with Recommender(grpc_url, workers=2) as rec:
-            outcome["summary"] = rec.run([workdir / "photos"], workdir / "results.jsonl", progress=False, on_result=during)
+            outcome["summary"] = rec.run(
+                [workdir / "photos"], workdir / "results.jsonl", progress=False, on_result=during
+            )
 
     worker = threading.Thread(target=handler)
     worker.start()
@@ -169,7 +188,9 @@ def test_waiting_for_a_server_says_so_and_ctrl_c_ends_it(tmp_path):
     argv = ["recommend", str(SAMPLES / PHOTOS[0]), "--url", f"127.0.0.1:{port}", "--output", str(out), "--no-progress"]
     # Python's own SIGINT handler, as in a terminal, even when this test runs where SIGINT is ignored (a background job).
     code = f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from face2hbe.cli import main; sys.exit(main({argv!r}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         lines = _wait_for_line(proc, "waiting up to", timeout=120)
         assert lines[-1].rstrip().endswith(f"waiting up to 60 s for face2hbe at 127.0.0.1:{port} ..."), lines

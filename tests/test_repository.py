@@ -1,4 +1,5 @@
 """config.pbtxt against the contract and the ONNX graph, with Triton's own proto."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,8 +23,10 @@ def test_committed_repository_matches_contract_and_graph():
     assert config.HasField("dynamic_batching")
     io = onnx_io(onnx_path)
     assert io["inputs"] == {contract.INPUT_NAME: ("uint8", [-1, *contract.INPUT_SHAPE])}
-    assert io["outputs"] == {contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)]),
-                             contract.ATTRIBUTES_NAME: ("float32", [-1, len(contract.ATTRIBUTE_LABELS)])}
+    assert io["outputs"] == {
+        contract.OUTPUT_NAME: ("float32", [-1, len(contract.LABELS)]),
+        contract.ATTRIBUTES_NAME: ("float32", [-1, len(contract.ATTRIBUTE_LABELS)]),
+    }
     labels_file = MODEL_DIR / config.output[0].label_filename
     assert labels_file.read_text().split() == list(contract.LABELS)
     assert (MODEL_DIR / config.output[1].label_filename).read_text().split() == list(contract.ATTRIBUTE_LABELS)
@@ -78,7 +81,9 @@ def test_single_output_config_of_older_models_stays_readable(tmp_path):
     from face2hbe.export.repository import build_config, write_config
     from face2hbe.repository import output_labels
 
-    write_config(build_config({"eyewear": 0.4, "beard": 0.3, "hat": 0.2}, attributes=False), tmp_path / contract.MODEL_NAME)
+    write_config(
+        build_config({"eyewear": 0.4, "beard": 0.3, "hat": 0.2}, attributes=False), tmp_path / contract.MODEL_NAME
+    )
     config = read_config(tmp_path / contract.MODEL_NAME)
     assert [o.name for o in config.output] == [contract.OUTPUT_NAME]
     assert not (tmp_path / contract.MODEL_NAME / "attribute_labels.txt").exists()

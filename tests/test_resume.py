@@ -1,4 +1,5 @@
 """`face2hbe recommend --resume` after a run killed midway: exactly one record (and picture) per image."""
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,24 @@ def test_resume_after_sigkill_gives_one_record_per_image(grpc_url, lfw_dir, tmp_
         (folder / (lfw_dir / r["path"]).name).symlink_to(lfw_dir / r["path"])
     expected = sorted(str(p) for p in folder.iterdir())
     out, pictures = tmp_path / "results.jsonl", tmp_path / "annotated"
-    command = [sys.executable, "-m", "face2hbe.cli", "recommend", str(folder), "--url", grpc_url, "--output", str(out),
-               "--annotate", str(pictures), "--no-progress", "--workers", "1", "--in-flight", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "face2hbe.cli",
+        "recommend",
+        str(folder),
+        "--url",
+        grpc_url,
+        "--output",
+        str(out),
+        "--annotate",
+        str(pictures),
+        "--no-progress",
+        "--workers",
+        "1",
+        "--in-flight",
+        "1",
+    ]
 
     # Its own session, so the kill reaches the detection workers too. The client holds after its
     # 3rd record (the test hook), so the kill lands mid-run on any machine; other images are in flight.
@@ -42,7 +59,9 @@ def test_resume_after_sigkill_gives_one_record_per_image(grpc_url, lfw_dir, tmp_
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, f"run ended before the kill (rc {proc.returncode}): {stderr.decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL, (
+        f"run ended before the kill (rc {proc.returncode}): {stderr.decode()[-2000:]}"
+    )
 
     partial = _records(out)
     assert 3 <= len(partial) < PHOTOS, len(partial)

@@ -1,4 +1,5 @@
 """Security defaults: loopback only, hostile requests refused, nothing written, pinned dependencies."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -60,7 +61,9 @@ def test_non_loopback_address_is_refused(server):
     import psutil
 
     addresses = [
-        a.address for nics in psutil.net_if_addrs().values() for a in nics
+        a.address
+        for nics in psutil.net_if_addrs().values()
+        for a in nics
         if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback
     ]
     if not addresses:
@@ -136,8 +139,25 @@ def test_client_writes_no_images_and_logs_no_pixels(grpc_url, tmp_path):
     out = cwd / "results.jsonl"
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "XDG_CACHE_HOME": str(home / ".cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "face2hbe.cli", "-v", "recommend", str(photos), "--url", grpc_url, "--output", str(out), "--workers", "1"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "face2hbe.cli",
+            "-v",
+            "recommend",
+            str(photos),
+            "--url",
+            grpc_url,
+            "--output",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
@@ -192,8 +212,12 @@ def _http(url: str, method: str, path: str, body=None, headers=None) -> tuple[in
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"http://{url}{path}", data=None if body is None else json.dumps(body).encode(), method=method,
-                                     headers=headers or {})
+    request = urllib.request.Request(
+        f"http://{url}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers=headers or {},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -228,8 +252,15 @@ def test_admin_grpc_protocols_are_closed_to_clients(server, grpc_url):
         with pytest.raises(InferenceServerException, match="restricted") as caught:
             call({})
         assert caught.value.status() == "StatusCode.UNAVAILABLE", name
-    assert [m["name"] for m in client.get_model_repository_index(headers=server.admin_headers("grpc"), as_json=True)["models"]]
+    assert [
+        m["name"]
+        for m in client.get_model_repository_index(headers=server.admin_headers("grpc"), as_json=True)["models"]
+    ]
     # What clients need stays open: health, metadata, config, inference.
-    assert client.is_server_ready() and client.get_model_metadata(contract.MODEL_NAME) and client.get_model_config(contract.MODEL_NAME)
+    assert (
+        client.is_server_ready()
+        and client.get_model_metadata(contract.MODEL_NAME)
+        and client.get_model_config(contract.MODEL_NAME)
+    )
     _still_serves(grpcclient, client)
     client.close()

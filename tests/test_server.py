@@ -1,4 +1,5 @@
 """The real embedded Triton server: KServe v2 over gRPC and HTTP."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,14 +88,18 @@ def test_scores_are_bit_identical_to_onnxruntime_in_process(server, grpc_url):
 
     from face2hbe.graphs import load_graph
 
-    session = ort.InferenceSession(load_graph(server.onnx_path, server.settings.graph), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        load_graph(server.onnx_path, server.settings.graph), providers=["CPUExecutionProvider"]
+    )
     names = [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
     client = grpcclient.InferenceServerClient(grpc_url)
     for n, seed in ((1, 11), (7, 12), (contract.MAX_BATCH_SIZE, 13)):
         batch = _batch(n, seed)
         inp = grpcclient.InferInput(contract.INPUT_NAME, list(batch.shape), contract.INPUT_DTYPE)
         inp.set_data_from_numpy(batch)
-        served = client.infer(contract.MODEL_NAME, [inp], outputs=[grpcclient.InferRequestedOutput(name) for name in names])
+        served = client.infer(
+            contract.MODEL_NAME, [inp], outputs=[grpcclient.InferRequestedOutput(name) for name in names]
+        )
         for name, local in zip(names, session.run(names, {contract.INPUT_NAME: batch})):
             assert served.as_numpy(name).dtype == local.dtype
             np.testing.assert_array_equal(served.as_numpy(name), local, err_msg=f"{name}, batch {n}")

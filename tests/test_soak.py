@@ -7,6 +7,7 @@ is the summed RSS of the server's process tree (the `face2hbe serve` Python
 process that runs onnxruntime, tritonserver and its backend stubs), measured
 after a warm-up phase of requests and at the end.
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """Training on a handful of real CelebA faces, from scratch."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,27 @@ def test_cli_smoke_training_writes_loadable_model(celeba_dir, tmp_path):
     from face2hbe.cli import main
 
     out = tmp_path / "run"
-    code = main(["train", "--data", f"celeba:{celeba_dir}", "--output", str(out), "--weights", "none",
-                 "--image-size", "32", "--epochs", "1", "--limit", "24", "--batch-size", "8",
-                 "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "train",
+            "--data",
+            f"celeba:{celeba_dir}",
+            "--output",
+            str(out),
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--limit",
+            "24",
+            "--batch-size",
+            "8",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "training.json").read_text())
     assert summary["working_size"] == 32 and summary["labels"] == list(contract.LABELS)
@@ -50,9 +69,27 @@ def test_rerun_with_mirror_average_re_evaluates_and_exports_it(celeba_dir, tmp_p
     from face2hbe.export.build import export_repository
 
     out = tmp_path / "run"
-    args = ["train", "--data", f"celeba:{celeba_dir}", "--output", str(out), "--weights", "none",
-            "--image-size", "32", "--epochs", "1", "--limit", "24", "--batch-size", "8",
-            "--cache-dir", str(tmp_path / "cache"), "--learning-rate", "1e-6"]  # near init: scores not saturated
+    args = [
+        "train",
+        "--data",
+        f"celeba:{celeba_dir}",
+        "--output",
+        str(out),
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--limit",
+        "24",
+        "--batch-size",
+        "8",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--learning-rate",
+        "1e-6",
+    ]  # near init: scores not saturated
     assert main(args) == 0
     assert json.loads((out / "training.json").read_text())["mirror_average"] is False
     weights_before = (out / "best.weights.h5").read_bytes()
@@ -83,10 +120,37 @@ def test_constant_rate_run_keeps_every_epoch_for_averaging(celeba_dir, tmp_path)
     from face2hbe.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "--data", f"celeba:{celeba_dir}", "--output", str(out), "--weights", "none",
-                 "--image-size", "32", "--epochs", "2", "--limit", "24", "--batch-size", "8", "--patience", "2",
-                 "--learning-rate", "3e-4", "--lr-schedule", "constant", "--keep-epoch-weights",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"celeba:{celeba_dir}",
+                "--output",
+                str(out),
+                "--weights",
+                "none",
+                "--image-size",
+                "32",
+                "--epochs",
+                "2",
+                "--limit",
+                "24",
+                "--batch-size",
+                "8",
+                "--patience",
+                "2",
+                "--learning-rate",
+                "3e-4",
+                "--lr-schedule",
+                "constant",
+                "--keep-epoch-weights",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     history = json.loads((out / "training.json").read_text())["history"]
     assert [round(h["lr"], 8) for h in history] == [3e-4, 3e-4]  # cosine would give 3e-4 then 1.5e-4
     first, second, last = (_h5_arrays(out / f"{name}.weights.h5") for name in ("epoch-01", "epoch-02", "last"))
@@ -98,8 +162,17 @@ def test_constant_rate_run_keeps_every_epoch_for_averaging(celeba_dir, tmp_path)
 def _tiny_config(celeba_dir, tmp_path, **overrides):
     from face2hbe.training.train import TrainConfig
 
-    settings = dict(data=[f"celeba:{celeba_dir}"], output=tmp_path / "run", weights="none", schedule=[(32, 2)],
-                    batch_size=8, limit=24, cache_dir=tmp_path / "cache", progress=False, learning_rate=3e-4)
+    settings = dict(
+        data=[f"celeba:{celeba_dir}"],
+        output=tmp_path / "run",
+        weights="none",
+        schedule=[(32, 2)],
+        batch_size=8,
+        limit=24,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        learning_rate=3e-4,
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -154,8 +227,15 @@ def test_best_checkpoint_and_early_stopping_follow_validation_auc(celeba_dir, tm
     from face2hbe.training.train import train
 
     # 80 faces: the 5 validation faces hold a beard, so validation ROC AUC exists.
-    config = _tiny_config(celeba_dir, tmp_path, limit=80, schedule=[(32, 2), (40, 2)], patience=1, learning_rate=1e-3,
-                          keep_epoch_weights=True)
+    config = _tiny_config(
+        celeba_dir,
+        tmp_path,
+        limit=80,
+        schedule=[(32, 2), (40, 2)],
+        patience=1,
+        learning_rate=1e-3,
+        keep_epoch_weights=True,
+    )
     history = train(config)["history"]
     aucs = [h["val_mean_auc"] for h in history]
     assert all(a == a for a in aucs)  # defined every epoch
@@ -164,7 +244,10 @@ def test_best_checkpoint_and_early_stopping_follow_validation_auc(celeba_dir, tm
     summary = json.loads((tmp_path / "run" / "training.json").read_text())
     best = aucs.index(max(aucs)) + 1
     assert summary["best_epoch"] == best and summary["working_size"] == history[best - 1]["size"]
-    kept, epoch = _h5_arrays(tmp_path / "run" / "best.weights.h5"), _h5_arrays(tmp_path / "run" / f"epoch-{best:02d}.weights.h5")
+    kept, epoch = (
+        _h5_arrays(tmp_path / "run" / "best.weights.h5"),
+        _h5_arrays(tmp_path / "run" / f"epoch-{best:02d}.weights.h5"),
+    )
     assert all(np.array_equal(kept[k], epoch[k]) for k in epoch if "optimizer" not in k)
     if stale:  # rerun: the stop is remembered, nothing more is trained
         assert train(config)["history"] == history
@@ -191,7 +274,9 @@ def _h5_arrays(path) -> dict:
 
     arrays = {}
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        handle.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays
 
 
@@ -202,7 +287,10 @@ def test_masked_loss_ignores_unknown_labels():
 
     pred = ops.convert_to_tensor(np.array([[0.9, 0.2, 0.5]], np.float32))
     known = masked_binary_crossentropy(ops.convert_to_tensor(np.array([[1.0, 0.0, -1.0]], np.float32)), pred)
-    other_unknown_value = masked_binary_crossentropy(ops.convert_to_tensor(np.array([[1.0, 0.0, -1.0]], np.float32)), ops.convert_to_tensor(np.array([[0.9, 0.2, 0.01]], np.float32)))
+    other_unknown_value = masked_binary_crossentropy(
+        ops.convert_to_tensor(np.array([[1.0, 0.0, -1.0]], np.float32)),
+        ops.convert_to_tensor(np.array([[0.9, 0.2, 0.01]], np.float32)),
+    )
     expected = -(np.log(0.9) + np.log(0.8)) / 2
     assert float(known[0]) == pytest.approx(expected, rel=1e-5)
     assert float(other_unknown_value[0]) == pytest.approx(expected, rel=1e-5)
@@ -220,7 +308,9 @@ def test_local_weights_file_loads_into_backbone(tmp_path):
     source.save_weights(path)
     model = build_model(3, weights=resolve_weights(str(path)), batchnorm=False)
     backbone = model.layers[1]
-    np.testing.assert_array_equal(backbone.get_layer("block5_conv3").get_weights()[0], source.get_layer("block5_conv3").get_weights()[0])
+    np.testing.assert_array_equal(
+        backbone.get_layer("block5_conv3").get_weights()[0], source.get_layer("block5_conv3").get_weights()[0]
+    )
 
 
 def test_missing_weights_file_is_a_typed_error():
@@ -339,19 +429,27 @@ def test_warm_start_from_the_served_onnx_reproduces_it(celeba_dir, tmp_path):
     session = ort.InferenceSession(str(onnx_path))
     served = session.run(None, {contract.INPUT_NAME: crops})[0]
     # A mirror-averaged export (--mirror-average) scores a face and its mirror alike.
-    mirrored_graph = np.allclose(served, session.run(None, {contract.INPUT_NAME: crops[:, :, ::-1].copy()})[0], atol=1e-5)
+    mirrored_graph = np.allclose(
+        served, session.run(None, {contract.INPUT_NAME: crops[:, :, ::-1].copy()})[0], atol=1e-5
+    )
     assert mirrored_graph == info["mirror_average"]
     x = preprocess(crops, size)
-    recovered = np.asarray(mirror_averaged(model, x) if mirrored_graph else model(x, training=False))[:, : len(contract.LABELS)]
+    recovered = np.asarray(mirror_averaged(model, x) if mirrored_graph else model(x, training=False))[
+        :, : len(contract.LABELS)
+    ]
     np.testing.assert_allclose(recovered, served, atol=1e-4)
     bn = model.layers[1].get_layer("block3_bn2")
     gamma, beta, mean, var = bn.get_weights()
     assert not np.allclose(var, 1.0) and np.allclose(gamma, np.sqrt(var + bn.epsilon), rtol=1e-5)
 
     with pytest.raises(DataError, match="weights here"):
-        load_onnx_weights(build_model(targets + 1, weights=None, batchnorm=True), onnx_path, np.zeros((1, 32, 32, 3), np.float32))
+        load_onnx_weights(
+            build_model(targets + 1, weights=None, batchnorm=True), onnx_path, np.zeros((1, 32, 32, 3), np.float32)
+        )
     with pytest.raises(DataError, match="batch-norm"):
-        load_onnx_weights(build_model(targets, weights=None, batchnorm=False), onnx_path, np.zeros((1, 32, 32, 3), np.float32))
+        load_onnx_weights(
+            build_model(targets, weights=None, batchnorm=False), onnx_path, np.zeros((1, 32, 32, 3), np.float32)
+        )
     with pytest.raises(DataError, match="not found"):
         load_onnx_weights(model, tmp_path / "missing.onnx", np.zeros((1, 32, 32, 3), np.float32))
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
@@ -374,7 +472,13 @@ def test_served_recipe_is_a_valid_chain_of_stages():
     assert [c.schedule for c in configs] == [[(64, 7)], [(64, 4)], [(64, 2)], [(64, 3)], [(96, 4)]]
     assert [c.learning_rate for c in configs] == [None, 3e-4, 2e-5, 1e-5, 4e-5]
     assert [c.lr_schedule for c in configs] == ["cosine", "cosine", "cosine", "constant", "cosine"]
-    assert [c.average for c in configs] == [None, None, ["init", "epoch-01", "epoch-02"], ["epoch-01", "epoch-02", "epoch-03"], ["epoch-03", "epoch-04"]]
+    assert [c.average for c in configs] == [
+        None,
+        None,
+        ["init", "epoch-01", "epoch-02"],
+        ["epoch-01", "epoch-02", "epoch-03"],
+        ["epoch-03", "epoch-04"],
+    ]
     assert configs[0].data == ["celeba:../shared/data/celeba"]
     assert all(c.data == ["celeba:../shared/data/celeba", "lfw:../shared/data/lfw"] for c in configs[1:])
     assert all(c.from_scratch and c.attributes and c.batch_size == 32 for c in configs)
@@ -382,23 +486,39 @@ def test_served_recipe_is_a_valid_chain_of_stages():
     assert not any("git show" in line for line in (ROOT / SERVED_RECIPE).read_text().splitlines())
 
 
-@pytest.mark.parametrize("stage, message", [
-    ({"name": "b", "init": "c", "schedule": "64:1"}, "not an earlier stage"),
-    ({"name": "b", "schedule": "64:2", "average": ["epoch-02"]}, "keep_epoch_weights"),
-    ({"name": "b", "schedule": "64:2,96:1", "keep_epoch_weights": True, "average": ["epoch-02", "epoch-03"]}, "trained at 64 px"),
-    ({"name": "b", "schedule": "64:2", "keep_epoch_weights": True, "average": ["epoch-05"]}, "not one of its 2 epochs"),
-    ({"name": "b", "schedule": "64:2", "learning_rte": 1e-3}, "unknown settings"),
-    ({"name": "b", "schedule": "64:1", "data": ["imagenet:/x"]}, "KIND:PATH"),
-    ({"name": "b", "schedule": "16:1"}, "sizes >= 32"),
-    ({"name": "a", "schedule": "64:1"}, "unique"),
-])
+@pytest.mark.parametrize(
+    "stage, message",
+    [
+        ({"name": "b", "init": "c", "schedule": "64:1"}, "not an earlier stage"),
+        ({"name": "b", "schedule": "64:2", "average": ["epoch-02"]}, "keep_epoch_weights"),
+        (
+            {"name": "b", "schedule": "64:2,96:1", "keep_epoch_weights": True, "average": ["epoch-02", "epoch-03"]},
+            "trained at 64 px",
+        ),
+        (
+            {"name": "b", "schedule": "64:2", "keep_epoch_weights": True, "average": ["epoch-05"]},
+            "not one of its 2 epochs",
+        ),
+        ({"name": "b", "schedule": "64:2", "learning_rte": 1e-3}, "unknown settings"),
+        ({"name": "b", "schedule": "64:1", "data": ["imagenet:/x"]}, "KIND:PATH"),
+        ({"name": "b", "schedule": "16:1"}, "sizes >= 32"),
+        ({"name": "a", "schedule": "64:1"}, "unique"),
+    ],
+)
 def test_recipe_mistakes_are_typed_errors(tmp_path, stage, message):
     import yaml
 
     from face2hbe.training.recipe import RecipeError, load_recipe
 
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({"defaults": {"data": ["celeba:x"], "weights": "none"}, "stages": [{"name": "a", "schedule": "64:1"}, stage]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {"data": ["celeba:x"], "weights": "none"},
+                "stages": [{"name": "a", "schedule": "64:1"}, stage],
+            }
+        )
+    )
     with pytest.raises(RecipeError, match=message):
         load_recipe(path)
 
@@ -411,12 +531,41 @@ def test_served_recipe_first_stage_runs_in_small(celeba_dir, tmp_path, monkeypat
     from conftest import ROOT
 
     monkeypatch.chdir(ROOT)  # the recipe's data paths are relative to the repository root
-    data = [] if celeba_dir.resolve() == (ROOT.parent / "shared" / "data" / "celeba").resolve() else ["--data", f"celeba:{celeba_dir}"]
-    assert main(["train", "--recipe", SERVED_RECIPE, "--stage", "celeba64", "--output-root", str(tmp_path / "runs"), *data,
-                 "--limit", "24", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache")]) == 0
+    data = (
+        []
+        if celeba_dir.resolve() == (ROOT.parent / "shared" / "data" / "celeba").resolve()
+        else ["--data", f"celeba:{celeba_dir}"]
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                SERVED_RECIPE,
+                "--stage",
+                "celeba64",
+                "--output-root",
+                str(tmp_path / "runs"),
+                *data,
+                "--limit",
+                "24",
+                "--image-size",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "runs" / "celeba64" / "training.json").read_text())
     assert summary["config"]["attributes"] is True and summary["config"]["patience"] == 3  # from the recipe
-    assert summary["config"]["limit"] == 24 and summary["working_size"] == 32 and len(summary["history"]) == 1  # overrides
+    assert (
+        summary["config"]["limit"] == 24 and summary["working_size"] == 32 and len(summary["history"]) == 1
+    )  # overrides
     assert len(summary["target_names"]) == 3 + 40
     assert not (tmp_path / "runs" / "mixed64").exists()  # --stage: that one only
 
@@ -429,12 +578,31 @@ def test_recipe_chains_stages_and_averages_checkpoints(celeba_dir, tmp_path):
     from face2hbe.training.recipe import run_recipe
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "defaults": {"data": [f"celeba:{celeba_dir}"], "weights": "none", "limit": 24, "batch_size": 8, "cache_dir": str(tmp_path / "cache")},
-        "stages": [{"name": "a", "schedule": "32:1"},
-                   {"name": "b", "init": "a", "schedule": "32:1", "learning_rate": 1e-4, "lr_schedule": "constant",
-                    "keep_epoch_weights": True, "average": ["init", "epoch-01"]}],
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {
+                    "data": [f"celeba:{celeba_dir}"],
+                    "weights": "none",
+                    "limit": 24,
+                    "batch_size": 8,
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+                "stages": [
+                    {"name": "a", "schedule": "32:1"},
+                    {
+                        "name": "b",
+                        "init": "a",
+                        "schedule": "32:1",
+                        "learning_rate": 1e-4,
+                        "lr_schedule": "constant",
+                        "keep_epoch_weights": True,
+                        "average": ["init", "epoch-01"],
+                    },
+                ],
+            }
+        )
+    )
     runs = tmp_path / "runs"
     summaries = run_recipe(recipe, runs, progress=False)
     assert list(summaries) == ["a", "b"]
@@ -484,7 +652,9 @@ def test_average_tool_takes_the_size_from_the_run(tmp_path):
     spec.loader.exec_module(tool)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "state.json").write_text(json.dumps({"history": [{"epoch": 1, "size": 64}, {"epoch": 2, "size": 96}, {"epoch": 3, "size": 96}]}))
+    (run / "state.json").write_text(
+        json.dumps({"history": [{"epoch": 1, "size": 64}, {"epoch": 2, "size": 96}, {"epoch": 3, "size": 96}]})
+    )
     epochs = [run / f"epoch-0{i}.weights.h5" for i in (1, 2, 3)]
     assert tool.checkpoint_size(epochs[1:]) == 96
     with pytest.raises(click.UsageError, match="different sizes"):
@@ -502,5 +672,7 @@ def test_finished_run_rerun_with_more_epochs_trains_on(celeba_dir, tmp_path):
 
     first = train(_tiny_config(celeba_dir, tmp_path, schedule=[(32, 1)], lr_schedule="constant"))["history"]
     history = train(_tiny_config(celeba_dir, tmp_path, schedule=[(32, 2)], lr_schedule="constant"))["history"]
-    assert [h["epoch"] for h in history] == [1, 2] and json.dumps(history[0]) == json.dumps(first[0])  # not trained again
+    assert [h["epoch"] for h in history] == [1, 2] and json.dumps(history[0]) == json.dumps(
+        first[0]
+    )  # not trained again
     assert history[1]["iterations"] == 2 * history[0]["iterations"]

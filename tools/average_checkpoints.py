@@ -14,6 +14,7 @@ BN statistics from training crops). The working size comes from the checkpoints'
 Prints the validation ROC AUC of every input and of the average (plain scores), then
 writes the average.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,17 +28,31 @@ import numpy as np
 @click.option("--data", "data", multiple=True, required=True, metavar="KIND:PATH", help="As for face2hbe train.")
 @click.option("--attributes/--no-attributes", default=False, help="As for face2hbe train (same targets).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--size", type=click.IntRange(32), default=None, help="Working size of the checkpoints. Default: the size their run recorded.")
+@click.option(
+    "--size",
+    type=click.IntRange(32),
+    default=None,
+    help="Working size of the checkpoints. Default: the size their run recorded.",
+)
 @click.option("--calibration-images", default=1024, help="Training crops to re-measure batch-norm statistics on.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def main(checkpoints, data, attributes, cache_dir, size, calibration_images, output):
     from face2hbe.training.averaging import average_weights, recalibrate_batchnorm
     from face2hbe.training.model import build_model, to_vgg_input
-    from face2hbe.training.train import TrainConfig, _resized, _warm_start_from_onnx, label_aucs, predict, prepare_splits
+    from face2hbe.training.train import (
+        TrainConfig,
+        _resized,
+        _warm_start_from_onnx,
+        label_aucs,
+        predict,
+        prepare_splits,
+    )
 
     size = size or checkpoint_size(checkpoints)
     click.echo(f"working size {size} px")
-    config = TrainConfig(data=list(data), output=output.parent, weights="none", attributes=attributes, cache_dir=cache_dir)
+    config = TrainConfig(
+        data=list(data), output=output.parent, weights="none", attributes=attributes, cache_dir=cache_dir
+    )
     names, splits = prepare_splits(config)
     train, val = splits["train"], splits["val"]
     model = build_model(len(names), weights=None, batchnorm=True)
@@ -87,7 +102,9 @@ def checkpoint_size(checkpoints) -> int:
                 if found:
                     break
         if not found:
-            raise click.UsageError(f"{path}: no training.json/state.json (or ONNX metadata) records its size; pass --size")
+            raise click.UsageError(
+                f"{path}: no training.json/state.json (or ONNX metadata) records its size; pass --size"
+            )
         sizes.add(int(found))
     if len(sizes) > 1:
         raise click.UsageError(f"the checkpoints were trained at different sizes {sorted(sizes)}; pass --size")

@@ -6,6 +6,7 @@ Both graphs come from RUN_DIR/model.keras at the run's working size; they are
 timed interleaved (onnxruntime CPU, real CelebA crops when ../shared/data is
 there), so the ratio holds on a noisy machine even when the absolute numbers move.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def main(run_dir, celeba, rounds):
         click.echo(f"crops: {source}; working size {size} px")
         for batch in (1, 8, 32):
             fps = faces_per_second(sessions, crops, batch=batch, rounds=rounds)
-            click.echo(f"batch {batch:>2}: plain {fps['plain']:6.1f} faces/s, mirror-averaged {fps['mirror']:6.1f} faces/s, "
-                       f"ratio {fps['mirror'] / fps['plain']:.2f}")
+            click.echo(
+                f"batch {batch:>2}: plain {fps['plain']:6.1f} faces/s, mirror-averaged {fps['mirror']:6.1f} faces/s, "
+                f"ratio {fps['mirror'] / fps['plain']:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ A start passes when `face2hbe serve` exits 0 after its SIGTERM, its console show
 retry, and tritonserver's own log has no error line (E...) but the one every GPU-enabled tritonserver writes on a
 host without a CUDA driver (serving.embedded.CPU_HOST_NOTICE). One line per start, a summary, exit 1 if any failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,34 @@ def one_start(repository: str, cpus: str | None, folder: Path, timeout_s: float)
     """(seconds until ready, what was wrong) for one start of `face2hbe serve`."""
     ports = [free_port() for _ in range(3)]
     server_log = folder / "triton.log"
-    command = [sys.executable, "-m", "face2hbe.cli", "serve", "--repository", repository, "--server-log", str(server_log),
-               "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    command = [
+        sys.executable,
+        "-m",
+        "face2hbe.cli",
+        "serve",
+        "--repository",
+        repository,
+        "--server-log",
+        str(server_log),
+        "--http-port",
+        str(ports[0]),
+        "--grpc-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+    ]
     if cpus is not None:
         command = ["taskset", "-c", cpus, *command]
     console = folder / "console.txt"
     started = time.monotonic()
     with console.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     problems, ready_s = [], float("nan")
     try:
         while time.monotonic() - started < timeout_s and proc.poll() is None:
@@ -61,8 +81,11 @@ def one_start(repository: str, cpus: str | None, folder: Path, timeout_s: float)
     text = console.read_text(errors="replace")
     problems += [f"console: {line}" for line in text.splitlines() if CONSOLE_FAULTS.search(line)]
     log = server_log.read_text(errors="replace") if server_log.is_file() else ""
-    problems += [f"server log: {line[:200]}" for line in log.splitlines()
-                 if (line[:1] == "E" and line[1:5].isdigit() and CPU_HOST_NOTICE not in line) or "Traceback" in line]
+    problems += [
+        f"server log: {line[:200]}"
+        for line in log.splitlines()
+        if (line[:1] == "E" and line[1:5].isdigit() and CPU_HOST_NOTICE not in line) or "Traceback" in line
+    ]
     return ready_s, problems
 
 
@@ -79,9 +102,14 @@ def main(argv=None) -> int:
             ready_s, problems = one_start(args.repository, args.cpus, Path(folder), args.timeout)
         times.append(ready_s)
         failed += bool(problems)
-        print(f"start {i}/{args.starts}: ready in {ready_s:.1f} s, " + ("ok" if not problems else "; ".join(problems)), flush=True)
-    print(f"{args.starts - failed}/{args.starts} clean starts (taskset -c {args.cpus or '-'}); "
-          f"ready in {min(times):.1f}-{max(times):.1f} s, median {sorted(times)[len(times) // 2]:.1f} s")
+        print(
+            f"start {i}/{args.starts}: ready in {ready_s:.1f} s, " + ("ok" if not problems else "; ".join(problems)),
+            flush=True,
+        )
+    print(
+        f"{args.starts - failed}/{args.starts} clean starts (taskset -c {args.cpus or '-'}); "
+        f"ready in {min(times):.1f}-{max(times):.1f} s, median {sorted(times)[len(times) // 2]:.1f} s"
+    )
     return 1 if failed else 0
 
 

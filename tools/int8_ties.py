@@ -12,6 +12,7 @@ served recipe (the same calibration crops): `all_int8` (everything quantized, as
 (export/quantize.py's default since issue #27). Distinct share = distinct values of a label's score / faces.
 The quantized graphs stay in --work (never in the repository); graph_cost then times them interleaved.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,15 @@ def distinct_share(scores: np.ndarray) -> list[float]:
 @click.command()
 @click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), show_default=True)
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True)
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the quantized graphs (outside the repository).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Crop cache for the CelebA test split.")
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the quantized graphs (outside the repository).",
+)
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), default=None, help="Crop cache for the CelebA test split."
+)
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON here.")
 def main(celeba, repository, work, cache_dir, output):
     from sklearn.metrics import roc_auc_score
@@ -43,7 +50,10 @@ def main(celeba, repository, work, cache_dir, output):
     from face2hbe.training.metrics import has_both_classes, known_binary
 
     fp32 = repository / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx"
-    graphs = {"fp32": fp32, "served_int8": repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / "model.onnx"}
+    graphs = {
+        "fp32": fp32,
+        "served_int8": repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / "model.onnx",
+    }
     work.mkdir(parents=True, exist_ok=True)
     crops, calibration = calibration_crops(celeba, repository.parent / "client" / "samples")
     for name, float_head in (("all_int8", False), ("float_head", True)):
@@ -51,8 +61,12 @@ def main(celeba, repository, work, cache_dir, output):
         click.echo(f"quantized {name}", err=True)
     test = load_domain(f"celeba:{celeba}", "test", cache_dir or CACHE_DIR, progress=False)
     labels = list(contract.SERVED_LABELS)
-    result = {"split": "CelebA test (thresholds.load_domain, seed 0)", "faces": int(len(test.crops)), "calibration": calibration,
-              "graphs": {}}
+    result = {
+        "split": "CelebA test (thresholds.load_domain, seed 0)",
+        "faces": int(len(test.crops)),
+        "calibration": calibration,
+        "graphs": {},
+    }
     for name, path in graphs.items():
         scores = score_onnx(path, test.crops)
         aucs = {}
@@ -60,7 +74,10 @@ def main(celeba, repository, work, cache_dir, output):
             known, y = known_binary(test.targets[:, k])
             aucs[label] = float(roc_auc_score(y, scores[known, k])) if has_both_classes(y) else None
         result["graphs"][name] = {"distinct_share": dict(zip(labels, distinct_share(scores))), "roc_auc": aucs}
-        click.echo(f"{name:12s} distinct " + " ".join(f"{label} {v:.0%}" for label, v in result["graphs"][name]["distinct_share"].items()))
+        click.echo(
+            f"{name:12s} distinct "
+            + " ".join(f"{label} {v:.0%}" for label, v in result["graphs"][name]["distinct_share"].items())
+        )
         click.echo(f"{'':12s} AUC      " + " ".join(f"{label} {v:.4f}" for label, v in aucs.items() if v is not None))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ their mean sits nearer its floor and usually scores better than any of them
 moving statistics do not average like weights, so they are measured again on
 training images afterwards.
 """
+
 from __future__ import annotations
 
 import numpy as np

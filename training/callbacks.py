@@ -5,6 +5,7 @@ BackupAndRestore); the two here add what they need from this project: the valida
 ROC AUC they monitor, and the per-epoch record that training.json keeps.
 Imports Keras at module level: import this module inside functions only.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,11 @@ class EpochRecord(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        val_auc = {label: round(float(logs[f"val_auc_{label}"]), 4) for label in LABELS
-                   if not math.isnan(logs.get(f"val_auc_{label}", math.nan))}
+        val_auc = {
+            label: round(float(logs[f"val_auc_{label}"]), 4)
+            for label in LABELS
+            if not math.isnan(logs.get(f"val_auc_{label}", math.nan))
+        }
         record = {
             "epoch": epoch + 1,
             "size": self.size,

@@ -4,6 +4,7 @@ Adapters return a `LabeledSet`: image paths, a target matrix (NaN-free; -1
 marks an unknown label, masked in the loss), target names (the contract's
 labels first) and a group per sample (identity when known) for splitting.
 """
+
 from __future__ import annotations
 
 import csv
@@ -196,7 +197,7 @@ def load_lfw(root: str | Path, with_attributes: bool = False, soft: bool = True)
         paths.append(root / r["path"])
         targets.append(t)
         groups.append(Path(r["path"]).parent.name)
-    names = list(LABELS) + [f"celeba_{c[len('farl_'):]}" for c in attr_cols]
+    names = list(LABELS) + [f"celeba_{c[len('farl_') :]}" for c in attr_cols]
     return LabeledSet("lfw", paths, np.asarray(targets, dtype=np.float32), names, groups, aligned=False, root=root)
 
 
@@ -251,7 +252,13 @@ def measure_aligned_framing(paths: list[Path], sample: int = 200) -> dict:
     if not fractions:
         raise DataError("face detection found no face in the aligned sample")
     top, right, bottom, left = np.median(np.asarray(fractions), axis=0)
-    return {"top": float(top), "right": float(right), "bottom": float(bottom), "left": float(left), "measured_on": len(fractions)}
+    return {
+        "top": float(top),
+        "right": float(right),
+        "bottom": float(bottom),
+        "left": float(left),
+        "measured_on": len(fractions),
+    }
 
 
 def build_crops(dataset: LabeledSet, cache_dir: Path | None = None, size: int = INPUT_SIZE, progress: bool = True):

@@ -23,6 +23,7 @@ validation crops of each set (face and mirror, like the served graph) and keeps 
 the best epoch by mean ROC AUC of the three labels over both sets. It writes those weights in
 shards of at most 15 MB (what one returned file may hold) and history.json.
 """
+
 from __future__ import annotations
 
 import io
@@ -125,8 +126,11 @@ def pack(config, init_onnx: Path, output: Path, size: int, quality: int = 90, pa
         "init": Path(init_onnx).name,
         "jpeg_quality": quality,
         "parts": len(parts),
-        "counts": {f"{sets[s]}/{split}": sum(1 for r in records if r[0] == split and r[1] == s)
-                   for s in range(len(sets)) for split in ("train", "val")},
+        "counts": {
+            f"{sets[s]}/{split}": sum(1 for r in records if r[0] == split and r[1] == s)
+            for s in range(len(sets))
+            for split in ("train", "val")
+        },
     }
     (output / "part-0" / META_FILE).write_text(json.dumps(meta, indent=1))
     return meta
@@ -181,7 +185,9 @@ def degrade(args) -> np.ndarray:
     if u[2] < 0.25:
         w, h = img.size
         f = 0.5 + 0.4 * u[3]
-        img = img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.BILINEAR, reducing_gap=None).resize((w, h), Image.BILINEAR)
+        img = img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.BILINEAR, reducing_gap=None).resize(
+            (w, h), Image.BILINEAR
+        )
     return np.asarray(img)
 
 
@@ -232,15 +238,27 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-14, 14), 1 + rng.uniform(-0.1, 0.1))
         m[:, 2] += rng.uniform(-0.06, 0.06, 2) * (w, h)
         image = images[k, :, ::-1] if rng.random() < 0.5 else images[k]
-        out[k] = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        out[k] = cv2.warpAffine(
+            np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        )
     mean = out.mean(axis=(1, 2, 3), keepdims=True)
     out = (out - mean) * rng.uniform(0.8, 1.2, (n, 1, 1, 1)) + mean + rng.uniform(-0.15, 0.15, (n, 1, 1, 1)) * 255
     return np.clip(out, 0, 255).astype(images.dtype)
 
 
-def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, learning_rate: float = 1e-4,
-        budget_s: float | None = None, max_steps: int | None = None, tint: float = 0.35, seed: int = 0,
-        precision: str = "float32", trainable_from: str = "") -> dict:
+def fit(
+    pack_dir: Path,
+    output: Path,
+    epochs: int = 20,
+    batch_size: int = 64,
+    learning_rate: float = 1e-4,
+    budget_s: float | None = None,
+    max_steps: int | None = None,
+    tint: float = 0.35,
+    seed: int = 0,
+    precision: str = "float32",
+    trainable_from: str = "",
+) -> dict:
     """Train from the pack's weights; write the best epoch's weights (shards) and history.json to `output`.
 
     `precision` is a Keras dtype policy ("mixed_bfloat16" about doubles the speed on CPUs with
@@ -264,7 +282,13 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     meta, weights, crops, targets, set_index, is_val = read_pack(pack_dir)
     names, size = meta["target_names"], meta["size"]
     train_i, val_i = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    log.info("pack read: %d train, %d val crops at %d px (%.0f s)", len(train_i), len(val_i), size, time.monotonic() - started)
+    log.info(
+        "pack read: %d train, %d val crops at %d px (%.0f s)",
+        len(train_i),
+        len(val_i),
+        size,
+        time.monotonic() - started,
+    )
 
     from concurrent.futures import ProcessPoolExecutor
 
@@ -273,8 +297,11 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     x_train, y_train = crops[train_i], targets[train_i]
     sample_weight = slice_weights(y_train, names)
     eyewear = y_train[:, names.index("eyewear")] >= 0.5
-    log.info("degraded copies made; slice weights: %s (%.0f s)",
-             {n: int(m.sum()) for n, m in slice_members(y_train, names).items()}, time.monotonic() - started)
+    log.info(
+        "degraded copies made; slice weights: %s (%.0f s)",
+        {n: int(m.sum()) for n, m in slice_members(y_train, names).items()},
+        time.monotonic() - started,
+    )
 
     class Batches(keras.utils.PyDataset):
         """Shuffled batches; each batch's random choices come from (seed, epoch, index), so threads may fetch in any order."""
@@ -309,7 +336,9 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     batches = Batches(len(history))
     steps = len(batches) * epochs
     model.compile(
-        optimizer=keras.optimizers.AdamW(keras.optimizers.schedules.CosineDecay(learning_rate, steps), weight_decay=1e-4),
+        optimizer=keras.optimizers.AdamW(
+            keras.optimizers.schedules.CosineDecay(learning_rate, steps), weight_decay=1e-4
+        ),
         loss=make_loss(_positive_weights(y_train)),
     )
 
@@ -317,8 +346,10 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     x_val_mirror = np.ascontiguousarray(x_val[:, :, ::-1])
 
     def val_aucs() -> dict:
-        scores = (np.asarray(model.predict(x_val, batch_size=256, verbose=0))
-                  + np.asarray(model.predict(x_val_mirror, batch_size=256, verbose=0))) / 2
+        scores = (
+            np.asarray(model.predict(x_val, batch_size=256, verbose=0))
+            + np.asarray(model.predict(x_val_mirror, batch_size=256, verbose=0))
+        ) / 2
         out = {}
         for s, set_name in enumerate(meta["sets"]):
             rows = set_index[val_i] == s
@@ -336,11 +367,21 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     class Track(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             aucs = val_aucs()
-            record = {"epoch": epoch + 1, "loss": float(logs["loss"]), "val_score": score(aucs, logs["loss"]),
-                      "seconds": round(time.monotonic() - started, 1), "val_auc": aucs}
+            record = {
+                "epoch": epoch + 1,
+                "loss": float(logs["loss"]),
+                "val_score": score(aucs, logs["loss"]),
+                "seconds": round(time.monotonic() - started, 1),
+                "val_auc": aucs,
+            }
             history.append(record)
-            print(json.dumps({k: v for k, v in record.items() if k != "val_auc"}
-                             | {k: round(v, 4) for k, v in aucs.items() if k.split("/")[1] in LABELS}), flush=True)
+            print(
+                json.dumps(
+                    {k: v for k, v in record.items() if k != "val_auc"}
+                    | {k: round(v, 4) for k, v in aucs.items() if k.split("/")[1] in LABELS}
+                ),
+                flush=True,
+            )
             if record["val_score"] > best["score"]:
                 best.update(score=record["val_score"], epoch=epoch + 1)
                 write_best()
@@ -366,11 +407,23 @@ def fit(pack_dir: Path, output: Path, epochs: int = 20, batch_size: int = 64, le
     shutil.rmtree(output / "backup", ignore_errors=True)
     partial.unlink(missing_ok=True)
 
-    summary = {"pack": meta, "epochs_planned": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-               "tint": tint, "rare_slices": [(n, e) for n, _, e in RARE_SLICES], "seed": seed,
-               "precision": precision, "trainable_from": trainable_from or "block1", "start_val": start,
-               "best_epoch": best["epoch"], "best_val_score": best["score"], "history": history,
-               "seconds": round(time.monotonic() - started, 1), "backend": keras.backend.backend()}
+    summary = {
+        "pack": meta,
+        "epochs_planned": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "tint": tint,
+        "rare_slices": [(n, e) for n, _, e in RARE_SLICES],
+        "seed": seed,
+        "precision": precision,
+        "trainable_from": trainable_from or "block1",
+        "start_val": start,
+        "best_epoch": best["epoch"],
+        "best_val_score": best["score"],
+        "history": history,
+        "seconds": round(time.monotonic() - started, 1),
+        "backend": keras.backend.backend(),
+    }
     (output / HISTORY_FILE).write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -418,8 +471,11 @@ def load(result_dir: Path, output: Path) -> dict:
         "batchnorm": True,
         "thresholds": {label: DEFAULT_THRESHOLD for label in LABELS},
         "threshold_rule": "not chosen here: `face2hbe thresholds --write` on the exported graph",
-        "config": {"data": [portable_spec(d) for d in summary["pack"]["data"]], "output": portable_path(out),
-                   "recipe": "GPU stage (training/gpu.py), docs/training.md"},
+        "config": {
+            "data": [portable_spec(d) for d in summary["pack"]["data"]],
+            "output": portable_path(out),
+            "recipe": "GPU stage (training/gpu.py), docs/training.md",
+        },
         "history": summary["history"],
         "best_epoch": summary["best_epoch"],
         "final_weights": f"epoch {summary['best_epoch']}",
@@ -454,9 +510,22 @@ def run_recipe(recipe: Path, output: Path, cache_dir: Path | None = None) -> dic
     output = Path(output)
     pack_dir, fit_dir = output / "pack", output / "fit"
     if not (pack_dir / "part-0" / META_FILE).is_file():
-        config = TrainConfig(data=list(pack_args.get("data", ["celeba:../shared/data/celeba", "lfw:../shared/data/lfw"])),
-                             output=output, weights="none", attributes=True, seed=pack_args.get("seed", 0), cache_dir=cache_dir)
-        pack(config, Path(pack_args["init"]), pack_dir, pack_args.get("size", 128), pack_args.get("quality", 90), part_bytes=1 << 40)
+        config = TrainConfig(
+            data=list(pack_args.get("data", ["celeba:../shared/data/celeba", "lfw:../shared/data/lfw"])),
+            output=output,
+            weights="none",
+            attributes=True,
+            seed=pack_args.get("seed", 0),
+            cache_dir=cache_dir,
+        )
+        pack(
+            config,
+            Path(pack_args["init"]),
+            pack_dir,
+            pack_args.get("size", 128),
+            pack_args.get("quality", 90),
+            part_bytes=1 << 40,
+        )
     if not (fit_dir / HISTORY_FILE).is_file():
         fit(pack_dir / "part-0", fit_dir, **fit_args)
     return load(fit_dir, output / "run")
@@ -476,16 +545,29 @@ def main(argv=None):
     @cli.command("pack", help="Here: the served model's weights and the train/val crops, in parts for the GPU machine.")
     @click.option("--output", type=click.Path(path_type=Path), required=True)
     @click.option("--size", type=int, default=128, show_default=True, help="The stage's working size.")
-    @click.option("--init", "init_onnx", type=click.Path(path_type=Path), default=Path("model_repository/face2hbe/1/model.onnx"), show_default=True)
+    @click.option(
+        "--init",
+        "init_onnx",
+        type=click.Path(path_type=Path),
+        default=Path("model_repository/face2hbe/1/model.onnx"),
+        show_default=True,
+    )
     @click.option("--data", multiple=True, default=default_data, show_default=True)
     @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality of the packed crops.")
     @click.option("--part-mb", type=float, default=58.0, show_default=True, help="Largest part (one transfer).")
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
+    @click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path),
+        default=CACHE_DIR,
+        help="Cache for detected training-data crops (never users' photos).",
+    )
     def pack_cmd(output, size, init_onnx, data, quality, part_mb, seed, cache_dir):
         from .train import TrainConfig
 
-        config = TrainConfig(data=list(data), output=output, weights="none", attributes=True, seed=seed, cache_dir=cache_dir)
+        config = TrainConfig(
+            data=list(data), output=output, weights="none", attributes=True, seed=seed, cache_dir=cache_dir
+        )
         meta = pack(config, init_onnx, output, size, quality, int(part_mb * 1e6))
         click.echo(json.dumps({k: meta[k] for k in ("size", "parts", "counts")}))
 
@@ -495,19 +577,48 @@ def main(argv=None):
     @click.option("--epochs", type=int, default=20, show_default=True)
     @click.option("--batch-size", type=int, default=64, show_default=True)
     @click.option("--learning-rate", type=float, default=1e-4, show_default=True)
-    @click.option("--budget-s", type=float, default=None, help="Stop before an epoch that would end past this many seconds.")
+    @click.option(
+        "--budget-s", type=float, default=None, help="Stop before an epoch that would end past this many seconds."
+    )
     @click.option("--max-steps", type=int, default=None, help="Steps per epoch at most (a smoke run).")
-    @click.option("--tint", type=float, default=0.35, show_default=True, help="Share of eyewear faces with tinted lenses.")
+    @click.option(
+        "--tint", type=float, default=0.35, show_default=True, help="Share of eyewear faces with tinted lenses."
+    )
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]), default="float32",
-                  show_default=True, help="Keras dtype policy (mixed_bfloat16 on CPUs with AVX-512 BF16 or AMX).")
-    @click.option("--trainable-from", default="", metavar="LAYER",
-                  help="Freeze the backbone below this layer (e.g. block4); default: everything trains.")
-    def fit_cmd(pack_dir, output, epochs, batch_size, learning_rate, budget_s, max_steps, tint, seed, precision, trainable_from):
-        summary = fit(pack_dir, output, epochs, batch_size, learning_rate, budget_s, max_steps, tint, seed, precision, trainable_from)
+    @click.option(
+        "--precision",
+        type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]),
+        default="float32",
+        show_default=True,
+        help="Keras dtype policy (mixed_bfloat16 on CPUs with AVX-512 BF16 or AMX).",
+    )
+    @click.option(
+        "--trainable-from",
+        default="",
+        metavar="LAYER",
+        help="Freeze the backbone below this layer (e.g. block4); default: everything trains.",
+    )
+    def fit_cmd(
+        pack_dir, output, epochs, batch_size, learning_rate, budget_s, max_steps, tint, seed, precision, trainable_from
+    ):
+        summary = fit(
+            pack_dir,
+            output,
+            epochs,
+            batch_size,
+            learning_rate,
+            budget_s,
+            max_steps,
+            tint,
+            seed,
+            precision,
+            trainable_from,
+        )
         click.echo(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_score", "seconds")}))
 
-    @cli.command("load", help="Here: a fit output as a training run (model.keras, training.json) for `face2hbe export`.")
+    @cli.command(
+        "load", help="Here: a fit output as a training run (model.keras, training.json) for `face2hbe export`."
+    )
     @click.argument("result_dir", type=click.Path(path_type=Path))
     @click.option("--output", type=click.Path(path_type=Path), required=True)
     def load_cmd(result_dir, output):
@@ -517,7 +628,12 @@ def main(argv=None):
     @cli.command("run", help="Here: a recipe file's stage end to end (pack, fit, load) into OUTPUT; rerun to resume.")
     @click.option("--recipe", type=click.Path(path_type=Path), required=True)
     @click.option("--output", type=click.Path(path_type=Path), required=True)
-    @click.option("--cache-dir", type=click.Path(path_type=Path), default=CACHE_DIR, help="Cache for detected training-data crops (never users' photos).")
+    @click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path),
+        default=CACHE_DIR,
+        help="Cache for detected training-data crops (never users' photos).",
+    )
     def run_cmd(recipe, output, cache_dir):
         run = run_recipe(recipe, output, cache_dir)
         click.echo(json.dumps({k: run[k] for k in ("working_size", "best_epoch")}))

@@ -1,4 +1,5 @@
 """Per-label metrics, threshold choice and ROC/PR plots (scikit-learn + matplotlib)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -96,8 +97,14 @@ def paired_auc_bootstrap(y_true, score_a, score_b, groups=None, n_boot: int = 10
         return [float(v) for v in np.percentile(x, [2.5, 97.5])] if len(x) else [float("nan")] * 2
 
     auc_a, auc_b = rank_auc(t, a), rank_auc(t, b)
-    return {"a": auc_a, "b": auc_b, "a_ci": interval(draws[:, 0]), "b_ci": interval(draws[:, 1]), "diff": auc_b - auc_a,
-            "diff_ci": interval(draws[:, 1] - draws[:, 0])}
+    return {
+        "a": auc_a,
+        "b": auc_b,
+        "a_ci": interval(draws[:, 0]),
+        "b_ci": interval(draws[:, 1]),
+        "diff": auc_b - auc_a,
+        "diff_ci": interval(draws[:, 1] - draws[:, 0]),
+    }
 
 
 def rank_auc(y_true, y_score) -> float:

@@ -3,6 +3,7 @@
 The Keras model takes VGG-preprocessed float images (see `preprocess`); the
 exported ONNX graph puts `preprocess` in front so servers take raw uint8.
 """
+
 from __future__ import annotations
 
 import os

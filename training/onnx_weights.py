@@ -8,6 +8,7 @@ train on, the BN layers are re-parameterised from data: with the folded conv
 inference, and close to it in training mode (batch statistics ≈ m, v).
 Then the next epochs start where the served model is, with BN still working.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,16 +62,22 @@ def load_onnx_weights(model, path: Path, sample_inputs: np.ndarray, batch: int =
     if len(bn_layers) != len(conv_layers):
         raise DataError(f"{path}: warm start from ONNX needs the batch-norm VGG16 (--weights none)")
     if len(convs) != len(conv_layers) or len(denses) != len(dense_layers):
-        raise DataError(f"{path}: {len(convs)} convs and {len(denses)} dense layers, this network has "
-                        f"{len(conv_layers)} and {len(dense_layers)}")
+        raise DataError(
+            f"{path}: {len(convs)} convs and {len(denses)} dense layers, this network has "
+            f"{len(conv_layers)} and {len(dense_layers)}"
+        )
     for layer, (kernel, _) in zip(conv_layers, convs):
         if tuple(layer.kernel.shape) != kernel.shape:
-            raise DataError(f"{path}: {layer.name} is {tuple(layer.kernel.shape)} here, {kernel.shape} in the ONNX graph")
+            raise DataError(
+                f"{path}: {layer.name} is {tuple(layer.kernel.shape)} here, {kernel.shape} in the ONNX graph"
+            )
         layer.kernel.assign(kernel)
     for layer, (kernel, bias) in zip(dense_layers, denses):
         if tuple(layer.kernel.shape) != kernel.shape:
-            raise DataError(f"{path}: {layer.name} has {tuple(layer.kernel.shape)} weights here, {kernel.shape} in "
-                            "the ONNX graph (same data kinds and --attributes as the exported run?)")
+            raise DataError(
+                f"{path}: {layer.name} has {tuple(layer.kernel.shape)} weights here, {kernel.shape} in "
+                "the ONNX graph (same data kinds and --attributes as the exported run?)"
+            )
         layer.set_weights([kernel, bias])
 
     # Pre-BN activations of the folded convs, all layers in one pass (BN as identity + bias first).

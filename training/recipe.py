@@ -17,6 +17,7 @@
 stage is only evaluated again, a cut-off one resumes); `--stage NAME` runs one.
 Data paths are relative to the working directory (run from the repository root).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,7 +120,9 @@ def _validate_average(stage: RecipeStage, schedule: list[tuple[int, int]], at: s
             if not stage.settings.get("keep_epoch_weights"):
                 raise RecipeError(f"{at}: averaging {member} needs keep_epoch_weights: true")
             if sizes[epoch - 1] != sizes[-1]:
-                raise RecipeError(f"{at}: {member} was trained at {sizes[epoch - 1]} px, the stage ends at {sizes[-1]} px")
+                raise RecipeError(
+                    f"{at}: {member} was trained at {sizes[epoch - 1]} px, the stage ends at {sizes[-1]} px"
+                )
         elif member != "last":
             raise RecipeError(f"{at}: cannot average {member!r} (init, last or epoch-NN)")
 
@@ -139,7 +142,9 @@ def stage_config(stage: RecipeStage, output_root: Path, progress: bool = True) -
     return TrainConfig(output=Path(output_root) / stage.name, init_weights=init, progress=progress, **settings)
 
 
-def run_recipe(path, output_root, only: str | None = None, overrides: dict | None = None, progress: bool = True) -> dict:
+def run_recipe(
+    path, output_root, only: str | None = None, overrides: dict | None = None, progress: bool = True
+) -> dict:
     """Run the recipe's stages in order (or only the stage named `only`); returns each stage's summary.
 
     `overrides` (TrainConfig fields, e.g. a small `limit` and `schedule` for a smoke run) replace

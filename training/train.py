@@ -15,6 +15,7 @@ command resumes a cut-off run). Outputs go to `--output`: model.keras (best epoc
 by mean validation ROC AUC), training.json (recipe, working size, thresholds,
 metrics, per-epoch history) and curves.png.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,12 @@ class TrainConfig:
     init_weights: Path | None = None  # warm start: a previous run's best.weights.h5 or model.keras, same targets
     mirror_average: bool = False  # final scores (thresholds, metrics, export) average each face and its mirror
     lr_schedule: str = "cosine"  # from scratch: "cosine" over the planned epochs or "constant" (for weight averaging)
-    keep_epoch_weights: bool = False  # also keep epoch-NN.weights.h5 after every epoch (inputs for checkpoint averaging)
-    average: list[str] | None = None  # final weights: the mean of these checkpoints ("epoch-NN", "last", "init"), BN re-measured
+    keep_epoch_weights: bool = (
+        False  # also keep epoch-NN.weights.h5 after every epoch (inputs for checkpoint averaging)
+    )
+    average: list[str] | None = (
+        None  # final weights: the mean of these checkpoints ("epoch-NN", "last", "init"), BN re-measured
+    )
 
     @property
     def from_scratch(self) -> bool:
@@ -164,7 +169,12 @@ def _degrade(image, seed: int):
     u = tf.random.uniform([4], seed=seed)
     image = tf.cond(
         u[0] < 1 / 3,
-        lambda: tf.cast(tf.image.adjust_jpeg_quality(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), tf.cast(30 + 65 * u[1], tf.int32)), tf.float32),
+        lambda: tf.cast(
+            tf.image.adjust_jpeg_quality(
+                tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), tf.cast(30 + 65 * u[1], tf.int32)
+            ),
+            tf.float32,
+        ),
         lambda: image,
     )
     small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * (0.5 + 0.4 * u[3]), tf.int32), 8)
@@ -261,7 +271,13 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     names, splits = prepare_splits(config)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
-    log.info("samples: train %d, val %d, test %d; targets %d", len(train_split.crops), len(val_split.crops), len(test_split.crops), len(names))
+    log.info(
+        "samples: train %d, val %d, test %d; targets %d",
+        len(train_split.crops),
+        len(val_split.crops),
+        len(test_split.crops),
+        len(names),
+    )
 
     weights = resolve_weights(config.weights)
     model = build_model(len(names), weights=weights, batchnorm=config.use_batchnorm)
@@ -302,14 +318,26 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         best_at = max((h["epoch"] for h in history if h["val_mean_auc"] == best), default=state["epochs_done"])
         checkpoints = [ValidationAUC(val_split.crops, val_split.targets, stage.size)]
         if has_val_auc:
-            checkpoints.append(keras.callbacks.ModelCheckpoint(best_ckpt, monitor="val_mean_auc", mode="max", save_best_only=True,
-                                                               save_weights_only=True, initial_value_threshold=best))
+            checkpoints.append(
+                keras.callbacks.ModelCheckpoint(
+                    best_ckpt,
+                    monitor="val_mean_auc",
+                    mode="max",
+                    save_best_only=True,
+                    save_weights_only=True,
+                    initial_value_threshold=best,
+                )
+            )
         checkpoints.append(keras.callbacks.ModelCheckpoint(last_ckpt, save_weights_only=True))
         if config.keep_epoch_weights:
-            checkpoints.append(keras.callbacks.ModelCheckpoint(str(out / "epoch-{epoch:02d}.weights.h5"), save_weights_only=True))
+            checkpoints.append(
+                keras.callbacks.ModelCheckpoint(str(out / "epoch-{epoch:02d}.weights.h5"), save_weights_only=True)
+            )
         stopping = None
         if has_val_auc:  # the best value and the epochs without gain so far carry over from earlier stages
-            stopping = CarriedEarlyStopping(best, state["epochs_done"] - best_at, monitor="val_mean_auc", mode="max", patience=config.patience)
+            stopping = CarriedEarlyStopping(
+                best, state["epochs_done"] - best_at, monitor="val_mean_auc", mode="max", patience=config.patience
+            )
         run_callbacks = [
             *checkpoints,
             keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
@@ -324,11 +352,18 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
         model._initial_epoch = None  # BackupAndRestore leaves a restored epoch on the model; each fit() starts clean
         model.fit(
             _dataset(x_train, train_split.targets, config.batch_size, True, config.seed + stage.start, config.augment),
-            initial_epoch=max(stage.start, state["epochs_done"]), epochs=stage.end, callbacks=run_callbacks, verbose=1 if config.progress else 0,
+            initial_epoch=max(stage.start, state["epochs_done"]),
+            epochs=stage.end,
+            callbacks=run_callbacks,
+            verbose=1 if config.progress else 0,
         )
         del x_train
         if model.stop_training and stopping is not None and stopping.stopped_epoch:
-            log.info("early stop after epoch %d: no validation gain for %d epochs", stopping.stopped_epoch + 1, config.patience)
+            log.info(
+                "early stop after epoch %d: no validation gain for %d epochs",
+                stopping.stopped_epoch + 1,
+                config.patience,
+            )
             state["stopped_early"] = True
             write_json(state_file, state)
     shutil.rmtree(out / "backup", ignore_errors=True)
@@ -346,8 +381,14 @@ def train(config: TrainConfig, callbacks: list | None = None) -> dict:
     return summary
 
 
-def average_run(model, config: TrainConfig, names: list[str], train_crops: np.ndarray, history: list[dict],
-                calibration_images: int = 1024) -> int:
+def average_run(
+    model,
+    config: TrainConfig,
+    names: list[str],
+    train_crops: np.ndarray,
+    history: list[dict],
+    calibration_images: int = 1024,
+) -> int:
     """Set `model` to the mean of the run's checkpoints named in `config.average` (training/averaging.py).
 
     "epoch-NN" and "last" are the run's *.weights.h5, "init" its --init-weights. Batch-norm
@@ -360,7 +401,9 @@ def average_run(model, config: TrainConfig, names: list[str], train_crops: np.nd
     sizes_by_epoch = {f"epoch-{h['epoch']:02d}": h["size"] for h in history}
     sizes = {sizes_by_epoch[name] for name in config.average if name in sizes_by_epoch} or {history[-1]["size"]}
     if len(sizes) > 1:
-        raise DataError(f"checkpoints {config.average} were trained at different sizes {sorted(sizes)}: average one size")
+        raise DataError(
+            f"checkpoints {config.average} were trained at different sizes {sorted(sizes)}: average one size"
+        )
     (size,) = sizes
     weight_sets = []
     for name in config.average:
@@ -460,8 +503,10 @@ def load_init_weights(model, path: Path, names: list[str]) -> None:
     if summary.is_file():
         earlier = json.loads(summary.read_text()).get("target_names")
         if earlier and earlier != names:
-            raise DataError(f"{path}: trained on {len(earlier)} targets {earlier[:5]}..., this run has {len(names)} {names[:5]}...; "
-                            "use the same data kinds and --attributes setting")
+            raise DataError(
+                f"{path}: trained on {len(earlier)} targets {earlier[:5]}..., this run has {len(names)} {names[:5]}...; "
+                "use the same data kinds and --attributes setting"
+            )
     try:
         model.load_weights(path)
     except ValueError as error:
@@ -483,12 +528,22 @@ def _warm_start_from_onnx(model, path: Path, crops: np.ndarray, size: int, seed:
     load_onnx_weights(model, path, np.asarray(to_vgg_input(_resized(crops[np.sort(pick)], size))))
 
 
-def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, out: Path, config: TrainConfig, state: dict) -> dict:
+def evaluate_and_save(
+    model, names, size, val_split: Split, test_split: Split, out: Path, config: TrainConfig, state: dict
+) -> dict:
     """Thresholds on validation, metrics on validation and test, files in `out`."""
     k = len(LABELS)
     mirror = config.mirror_average
-    val_scores = predict(model, val_split.crops, size, mirror_average=mirror)[:, :k] if len(val_split.crops) else np.zeros((0, k))
-    test_scores = predict(model, test_split.crops, size, mirror_average=mirror)[:, :k] if len(test_split.crops) else np.zeros((0, k))
+    val_scores = (
+        predict(model, val_split.crops, size, mirror_average=mirror)[:, :k]
+        if len(val_split.crops)
+        else np.zeros((0, k))
+    )
+    test_scores = (
+        predict(model, test_split.crops, size, mirror_average=mirror)[:, :k]
+        if len(test_split.crops)
+        else np.zeros((0, k))
+    )
     thresholds = metrics.choose_thresholds(val_split.targets[:, :k], val_scores, LABELS)
     summary = {
         "labels": list(LABELS),
@@ -501,13 +556,21 @@ def evaluate_and_save(model, names, size, val_split: Split, test_split: Split, o
         "threshold_rule": metrics.THRESHOLD_RULE,
         "validation": metrics.per_label_metrics(val_split.targets[:, :k], val_scores, LABELS, thresholds),
         "test": metrics.per_label_metrics(test_split.targets[:, :k], test_scores, LABELS, thresholds),
-        "config": {**asdict(config), "data": [portable_spec(d) for d in config.data], "output": portable_path(config.output),
-                   "cache_dir": portable_path(config.cache_dir) if config.cache_dir else None,
-                   "init_weights": portable_path(config.init_weights) if config.init_weights else None,
-                   "weights": config.weights if config.weights.lower() in ("imagenet", "none") else portable_path(config.weights)},
+        "config": {
+            **asdict(config),
+            "data": [portable_spec(d) for d in config.data],
+            "output": portable_path(config.output),
+            "cache_dir": portable_path(config.cache_dir) if config.cache_dir else None,
+            "init_weights": portable_path(config.init_weights) if config.init_weights else None,
+            "weights": config.weights
+            if config.weights.lower() in ("imagenet", "none")
+            else portable_path(config.weights),
+        },
         "history": state["history"],
         "best_epoch": state.get("best_epoch"),
-        "final_weights": f"mean of {', '.join(config.average)}" if config.average else f"epoch {state.get('best_epoch')}",
+        "final_weights": f"mean of {', '.join(config.average)}"
+        if config.average
+        else f"epoch {state.get('best_epoch')}",
     }
     model.save(out / "model.keras")
     if len(test_split.crops):

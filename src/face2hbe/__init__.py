@@ -2,4 +2,5 @@
 
 Subpackages are light to import; heavy libraries load inside the functions that need them.
 """
+
 __version__ = "0.1.0"

@@ -3,11 +3,14 @@
 Training, export, the embedded server, the client and the tests all import
 these names; config.pbtxt is checked against them and against the ONNX graph.
 """
+
 from __future__ import annotations
 
 MODEL_NAME = "face2hbe"
 MODEL_VERSION = "1"
-INT8_MODEL_NAME = f"{MODEL_NAME}_int8"  # the INT8 CPU variant's repository folder (served as MODEL_NAME by `serve --int8`)
+INT8_MODEL_NAME = (
+    f"{MODEL_NAME}_int8"  # the INT8 CPU variant's repository folder (served as MODEL_NAME by `serve --int8`)
+)
 
 # Input: RGB face crops, channels last, raw pixels (preprocessing lives in the graph).
 INPUT_NAME = "image"
@@ -41,11 +44,46 @@ ATTRIBUTES_SHAPE = (len(ATTRIBUTE_LABELS),)
 PHOTO_ATTRIBUTES_SHAPE = (-1, len(ATTRIBUTE_LABELS))  # the photo model's attributes: one row per face
 # The head's 40 CelebA attributes after LABELS (training/data.py reads them in this order from list_attr_celeba.txt).
 CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
-    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee",
-    "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
-    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
-    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 HEAD_WIDTH = len(LABELS) + len(CELEBA_ATTRIBUTES)  # 43
 # Column of each attribute label in the head's [N, HEAD_WIDTH] output.

@@ -3,6 +3,7 @@
 Starts the server on free loopback ports, runs `recommend` on the sample
 profile, prints the tables, writes the JSONL, stops the server.
 """
+
 from __future__ import annotations
 
 import argparse

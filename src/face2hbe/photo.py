@@ -7,6 +7,7 @@ client's own (detection.decode_for_detection: one decode, reduced to the detecti
 detection.detect_faces, detection.face_crops), so a photo gives the same boxes and crops on either side; the crops are scored by whatever `score_crops` calls
 (the face2hbe model over BLS, so its dynamic batcher gathers faces from many photos).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,8 +45,11 @@ class PhotoSettings:
 
     def parameters(self) -> dict[str, str]:
         """The limits as model config parameters (string values)."""
-        return {PARAM_MAX_FACES: str(self.max_faces), PARAM_MAX_PIXELS: str(self.max_pixels),
-                PARAM_MAX_FILE_BYTES: str(self.max_file_bytes)}
+        return {
+            PARAM_MAX_FACES: str(self.max_faces),
+            PARAM_MAX_PIXELS: str(self.max_pixels),
+            PARAM_MAX_FILE_BYTES: str(self.max_file_bytes),
+        }
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "PhotoSettings":
@@ -61,7 +65,9 @@ class PhotoSettings:
         if PARAM_DRAFT_DECODE in params:
             flag = params[PARAM_DRAFT_DECODE].strip().lower()
             if flag not in ("true", "false"):
-                raise ValueError(f"model parameter {PARAM_DRAFT_DECODE!r} must be true or false, not {params[PARAM_DRAFT_DECODE]!r}")
+                raise ValueError(
+                    f"model parameter {PARAM_DRAFT_DECODE!r} must be true or false, not {params[PARAM_DRAFT_DECODE]!r}"
+                )
             values["detector"] = DetectorSettings(draft=flag == "true")
         return cls(**values)
 
@@ -80,7 +86,9 @@ def photo_bytes(tensor, name: str = contract.PHOTO_INPUT_NAME) -> bytes:
     """The one encoded photo of a request's BYTES input (shape [1]), or BadImageError naming `name`."""
     array = np.asarray(tensor, dtype=object)
     if array.size != 1:
-        raise BadImageError(name, f"expected one photo (shape {list(contract.PHOTO_INPUT_SHAPE)}), got shape {list(array.shape)}")
+        raise BadImageError(
+            name, f"expected one photo (shape {list(contract.PHOTO_INPUT_SHAPE)}), got shape {list(array.shape)}"
+        )
     data = array.reshape(-1)[0]
     if isinstance(data, (bytearray, memoryview, np.bytes_)):
         data = bytes(data)
@@ -104,16 +112,22 @@ def find_faces(data: bytes, settings: PhotoSettings | None = None, name: str = c
     kept = found[: settings.max_faces]
     boxes = [box for box, _ in kept]
     return PhotoFaces(
-        boxes=np.array([box.as_list() for box in boxes], dtype=contract.numpy_dtype(contract.BOXES_DTYPE)).reshape(-1, 4),
-        detection_scores=np.array([score for _, score in kept], dtype=contract.numpy_dtype(contract.DETECTION_SCORES_DTYPE)),
+        boxes=np.array([box.as_list() for box in boxes], dtype=contract.numpy_dtype(contract.BOXES_DTYPE)).reshape(
+            -1, 4
+        ),
+        detection_scores=np.array(
+            [score for _, score in kept], dtype=contract.numpy_dtype(contract.DETECTION_SCORES_DTYPE)
+        ),
         crops=face_crops(image, boxes),
         faces_total=len(found),
     )
 
 
 # The face model's outputs the photo model passes on, one row per face: (name, datatype, width).
-FACE_OUTPUTS = ((contract.OUTPUT_NAME, contract.OUTPUT_DTYPE, len(contract.LABELS)),
-                (contract.ATTRIBUTES_NAME, contract.ATTRIBUTES_DTYPE, len(contract.ATTRIBUTE_LABELS)))
+FACE_OUTPUTS = (
+    (contract.OUTPUT_NAME, contract.OUTPUT_DTYPE, len(contract.LABELS)),
+    (contract.ATTRIBUTES_NAME, contract.ATTRIBUTES_DTYPE, len(contract.ATTRIBUTE_LABELS)),
+)
 FACE_OUTPUT_NAMES = tuple(name for name, _, _ in FACE_OUTPUTS)
 
 
@@ -129,8 +143,12 @@ def photo_outputs(faces: PhotoFaces, scored: dict[str, np.ndarray]) -> dict[str,
     return outputs
 
 
-def score_photo(data: bytes, score_crops: Callable[[np.ndarray], dict[str, np.ndarray]], settings: PhotoSettings | None = None,
-                name: str = contract.PHOTO_INPUT_NAME) -> dict[str, np.ndarray]:
+def score_photo(
+    data: bytes,
+    score_crops: Callable[[np.ndarray], dict[str, np.ndarray]],
+    settings: PhotoSettings | None = None,
+    name: str = contract.PHOTO_INPUT_NAME,
+) -> dict[str, np.ndarray]:
     """Photo bytes -> the photo model's outputs.
 
     `score_crops` maps uint8 crops [n<=MAX_BATCH_SIZE,...] to the face model's outputs by name (FACE_OUTPUT_NAMES:
@@ -138,6 +156,12 @@ def score_photo(data: bytes, score_crops: Callable[[np.ndarray], dict[str, np.nd
     [0], [0,attribute labels]) and no call to `score_crops`.
     """
     faces = find_faces(data, settings, name)
-    chunks = [score_crops(faces.crops[i:i + contract.MAX_BATCH_SIZE]) for i in range(0, len(faces.crops), contract.MAX_BATCH_SIZE)]
-    scored = {n: np.concatenate([c[n] for c in chunks]) if chunks else np.zeros((0, width), np.float32) for n, _, width in FACE_OUTPUTS}
+    chunks = [
+        score_crops(faces.crops[i : i + contract.MAX_BATCH_SIZE])
+        for i in range(0, len(faces.crops), contract.MAX_BATCH_SIZE)
+    ]
+    scored = {
+        n: np.concatenate([c[n] for c in chunks]) if chunks else np.zeros((0, width), np.float32)
+        for n, _, width in FACE_OUTPUTS
+    }
     return photo_outputs(faces, scored)

@@ -18,6 +18,7 @@ splits, and every graph is scored with onnxruntime on the client's crops (the de
 4. Promote (the gate passed, or --force): the staged folders replace the repository's, and the model card's tables
    (docs/model.md), the INT8 table (docs/serving.md) and their JSON (docs/eval) are written from this run.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,16 @@ def _domains(settings: PromoteSettings, split: str, with_more: bool):
     return domains
 
 
-def compare(served: dict, candidate: dict, candidate_fp32: dict, test, served_thresholds: dict, thresholds: dict,
-            n_boot: int = 1000, seed: int = 0) -> dict:
+def compare(
+    served: dict,
+    candidate: dict,
+    candidate_fp32: dict,
+    test,
+    served_thresholds: dict,
+    thresholds: dict,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """The gate's table and verdict: per test domain and served label, served vs candidate (scores by domain name)."""
     from face2hbe.training.metrics import known_binary, paired_auc_bootstrap, per_label_metrics
 
@@ -87,26 +96,36 @@ def compare(served: dict, candidate: dict, candidate_fp32: dict, test, served_th
         rows[domain.name] = {"faces": int(len(domain.crops)), "labels": {}}
         for j, label in enumerate(labels):
             known, y = known_binary(domain.targets[:, j])
-            row = {"positives": int(y.sum()), "f1_served": f1_a[label].get("f1"), "f1_candidate": f1_b[label].get("f1"),
-                   "auc_candidate_fp32": fp32[label].get("roc_auc")}
+            row = {
+                "positives": int(y.sum()),
+                "f1_served": f1_a[label].get("f1"),
+                "f1_candidate": f1_b[label].get("f1"),
+                "auc_candidate_fp32": fp32[label].get("roc_auc"),
+            }
             if 0 < y.sum() < len(y):
                 row |= paired_auc_bootstrap(y, a[known, j], b[known, j], domain.groups[known], n_boot, seed)
             rows[domain.name]["labels"][label] = row
         gated = {label: r for label, r in rows[domain.name]["labels"].items() if label in GATE_LABELS and "diff" in r}
         for label, r in gated.items():
             if r["diff_ci"][1] < 0:
-                reasons.append(f"{label} on {domain.name}: worse beyond noise (AUC {r['a']:.4f} -> {r['b']:.4f}, "
-                               f"difference interval [{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}])")
+                reasons.append(
+                    f"{label} on {domain.name}: worse beyond noise (AUC {r['a']:.4f} -> {r['b']:.4f}, "
+                    f"difference interval [{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}])"
+                )
         if gated:
             mean_a, mean_b = (float(np.mean([r[k] for r in gated.values()])) for k in ("a", "b"))
             rows[domain.name]["mean_auc"] = {"served": mean_a, "candidate": mean_b}
             if mean_b <= mean_a:
-                reasons.append(f"{domain.name}: mean AUC of {', '.join(gated)} not higher ({mean_a:.4f} -> {mean_b:.4f})")
+                reasons.append(
+                    f"{domain.name}: mean AUC of {', '.join(gated)} not higher ({mean_a:.4f} -> {mean_b:.4f})"
+                )
             weakest = min(gated, key=lambda label: gated[label]["a"])
             rows[domain.name]["weakest"] = weakest
             if gated[weakest]["b"] <= gated[weakest]["a"]:
-                reasons.append(f"{weakest} on {domain.name} (the served model's weakest): not higher "
-                               f"({gated[weakest]['a']:.4f} -> {gated[weakest]['b']:.4f})")
+                reasons.append(
+                    f"{weakest} on {domain.name} (the served model's weakest): not higher "
+                    f"({gated[weakest]['a']:.4f} -> {gated[weakest]['b']:.4f})"
+                )
     return {"rule": GATE_RULE, "passed": not reasons, "reasons": reasons, "domains": rows}
 
 
@@ -119,18 +138,26 @@ def markdown(gate: dict) -> str:
     def f1(value):
         return "n/a" if value is None else f"{value:.2f}"
 
-    lines = [f"Gate: {gate['rule']}.", "",
-             f"Verdict: **{'passed' if gate['passed'] else 'refused'}**" + ("" if gate["passed"] else ": " + "; ".join(gate["reasons"])),
-             "", "ROC AUC [95 % interval] of the INT8 graphs, the paired difference, F1 at each model's thresholds, "
-             "and the candidate's fp32 AUC:", "",
-             "| test split | label | positives | served AUC | candidate AUC | difference [95 %] | F1 served -> candidate | candidate fp32 AUC |",
-             "|---|---|---:|---|---|---|---|---:|"]
+    lines = [
+        f"Gate: {gate['rule']}.",
+        "",
+        f"Verdict: **{'passed' if gate['passed'] else 'refused'}**"
+        + ("" if gate["passed"] else ": " + "; ".join(gate["reasons"])),
+        "",
+        "ROC AUC [95 % interval] of the INT8 graphs, the paired difference, F1 at each model's thresholds, "
+        "and the candidate's fp32 AUC:",
+        "",
+        "| test split | label | positives | served AUC | candidate AUC | difference [95 %] | F1 served -> candidate | candidate fp32 AUC |",
+        "|---|---|---:|---|---|---|---|---:|",
+    ]
     for name, domain in gate["domains"].items():
         for label, r in domain["labels"].items():
             diff = f"{r['diff']:+.4f} [{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]" if "diff" in r else "n/a"
             fp32 = "n/a" if r["auc_candidate_fp32"] is None else f"{r['auc_candidate_fp32']:.4f}"
-            lines.append(f"| {name} ({domain['faces']} faces) | {label} | {r['positives']} | {auc(r, 'a')} | {auc(r, 'b')} | "
-                         f"{diff} | {f1(r['f1_served'])} -> {f1(r['f1_candidate'])} | {fp32} |")
+            lines.append(
+                f"| {name} ({domain['faces']} faces) | {label} | {r['positives']} | {auc(r, 'a')} | {auc(r, 'b')} | "
+                f"{diff} | {f1(r['f1_served'])} -> {f1(r['f1_candidate'])} | {fp32} |"
+            )
     return "\n".join(lines)
 
 
@@ -165,23 +192,47 @@ def promote(settings: PromoteSettings) -> dict:
     stage = Path(tempfile.mkdtemp(prefix=".promote-", dir=repository.parent))
     try:
         int8_report = _stage(settings, stage)
-        fp32, int8 = (stage / name / contract.MODEL_VERSION / ONNX_FILE for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME))
+        fp32, int8 = (
+            stage / name / contract.MODEL_VERSION / ONNX_FILE
+            for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME)
+        )
         val = _domains(settings, "val", with_more=False)
         test = _domains(settings, "test", with_more=True)
         for domain in val:
             domain.scores = score_onnx(fp32, domain.crops)
         thresholds = choose(val)
-        scores = {key: {d.name: score_onnx(path, d.crops) for d in test}
-                  for key, path in (("served", served_int8), ("candidate", int8), ("candidate_fp32", fp32))}
+        scores = {
+            key: {d.name: score_onnx(path, d.crops) for d in test}
+            for key, path in (("served", served_int8), ("candidate", int8), ("candidate_fp32", fp32))
+        }
         for domain in test:
             domain.scores = scores["candidate_fp32"][domain.name]
-        gate = compare(scores["served"], scores["candidate"], scores["candidate_fp32"], test, served_thresholds, thresholds,
-                       settings.n_boot, settings.seed)
-        result = {"run": str(Path(settings.run_dir).name), "gate": gate, "thresholds": thresholds,
-                  "sha256": {name: file_sha256(path) for name, path in ((contract.MODEL_NAME, fp32), (contract.INT8_MODEL_NAME, int8))},
-                  "threshold_report": {"rule": RULE, "seed": settings.seed, "thresholds": thresholds,
-                                       "domains": [domain_metrics(d, thresholds) for d in val + test if d.name in ("celeba", "lfw")]},
-                  "promoted": False}
+        gate = compare(
+            scores["served"],
+            scores["candidate"],
+            scores["candidate_fp32"],
+            test,
+            served_thresholds,
+            thresholds,
+            settings.n_boot,
+            settings.seed,
+        )
+        result = {
+            "run": str(Path(settings.run_dir).name),
+            "gate": gate,
+            "thresholds": thresholds,
+            "sha256": {
+                name: file_sha256(path)
+                for name, path in ((contract.MODEL_NAME, fp32), (contract.INT8_MODEL_NAME, int8))
+            },
+            "threshold_report": {
+                "rule": RULE,
+                "seed": settings.seed,
+                "thresholds": thresholds,
+                "domains": [domain_metrics(d, thresholds) for d in val + test if d.name in ("celeba", "lfw")],
+            },
+            "promoted": False,
+        }
         result["production_labels"] = production(result["threshold_report"])
         apply(stage, thresholds, result["production_labels"])
         result["slices"] = _slices(test, thresholds)
@@ -200,10 +251,16 @@ def _slices(test, thresholds: dict) -> dict:
     from .slices import slice_metrics
 
     k = len(contract.LABELS)
-    return {"thresholds": {label: thresholds[label] for label in contract.LABELS},
-            "domains": {d.name: {"faces": int(len(d.crops)),
-                                 "slices": slice_metrics(d.targets[:, :k], d.scores[:, :k], d.attributes, thresholds)}
-                        for d in test}}
+    return {
+        "thresholds": {label: thresholds[label] for label in contract.LABELS},
+        "domains": {
+            d.name: {
+                "faces": int(len(d.crops)),
+                "slices": slice_metrics(d.targets[:, :k], d.scores[:, :k], d.attributes, thresholds),
+            }
+            for d in test
+        },
+    }
 
 
 def _replace(stage: Path, repository: Path) -> None:
@@ -232,6 +289,9 @@ def _write_docs(settings: PromoteSettings, result: dict, int8_report) -> None:
     if int8_report is not None:
         write_int8_report(int8_report, docs / "serving.md", command)
     eval_dir = docs / "eval"
-    for name, data in (("promotion-gate", {k: result[k] for k in ("run", "gate", "thresholds", "production_labels", "sha256")}),
-                       ("thresholds", result["threshold_report"]), ("slices", result["slices"])):
+    for name, data in (
+        ("promotion-gate", {k: result[k] for k in ("run", "gate", "thresholds", "production_labels", "sha256")}),
+        ("thresholds", result["threshold_report"]),
+        ("slices", result["slices"]),
+    ):
         (eval_dir / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")

@@ -5,6 +5,7 @@ config, training warm-starts from a served graph); only export writes it.
 config.pbtxt is parsed with Triton's own ModelConfig proto (shipped by tritonclient)
 and protobuf's text format, never with regexes.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,11 @@ def output_labels(config) -> dict[str, list[str]]:
     Configs written before the attributes output (no `attribute_labels` parameter) give `scores` alone.
     """
     params = config.parameters
-    labels = _split_labels(params[contract.PARAM_LABELS].string_value) if contract.PARAM_LABELS in params else list(contract.LABELS)
+    labels = (
+        _split_labels(params[contract.PARAM_LABELS].string_value)
+        if contract.PARAM_LABELS in params
+        else list(contract.LABELS)
+    )
     outputs = {contract.OUTPUT_NAME: labels}
     if contract.PARAM_ATTRIBUTE_LABELS in params:
         outputs[contract.ATTRIBUTES_NAME] = _split_labels(params[contract.PARAM_ATTRIBUTE_LABELS].string_value)
@@ -113,7 +118,9 @@ def production_labels_in(config) -> list[str] | None:
     named = _split_labels(params[contract.PARAM_PRODUCTION_LABELS].string_value)
     unknown = [label for label in named if label not in labels]
     if unknown:
-        raise ModelRepositoryError(f"model parameter {contract.PARAM_PRODUCTION_LABELS!r} names {unknown}, not served labels {labels}")
+        raise ModelRepositoryError(
+            f"model parameter {contract.PARAM_PRODUCTION_LABELS!r} names {unknown}, not served labels {labels}"
+        )
     return [label for label in labels if label in named]
 
 
@@ -133,7 +140,10 @@ def onnx_io(path: str | Path) -> dict:
         }
 
     initializers = {i.name for i in graph.initializer}
-    return {"inputs": describe([v for v in graph.input if v.name not in initializers]), "outputs": describe(graph.output)}
+    return {
+        "inputs": describe([v for v in graph.input if v.name not in initializers]),
+        "outputs": describe(graph.output),
+    }
 
 
 def onnx_build_info(path: str | Path) -> dict:
@@ -178,7 +188,8 @@ def check_quantized_source(model_dir: str | Path, version: str = contract.MODEL_
     if source and fp32_path.is_file() and (actual := file_sha256(fp32_path)) != source:
         raise ModelRepositoryError(
             f"{onnx_path}: quantized from an fp32 graph with sha256 {source[:12]}, but {fp32_path} is {actual[:12]}: "
-            "quantize it again from that file (`face2hbe promote RUN`, or `face2hbe export --format int8`)")
+            "quantize it again from that file (`face2hbe promote RUN`, or `face2hbe export --format int8`)"
+        )
 
 
 def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERSION):
@@ -192,7 +203,9 @@ def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERS
     if not onnx_path.is_file():
         raise ModelRepositoryError(f"{onnx_path}: missing model file")
     if config.name and config.name != model_dir.name:
-        raise ModelRepositoryError(f"{model_dir / CONFIG_FILE}: name {config.name!r} differs from folder {model_dir.name!r}")
+        raise ModelRepositoryError(
+            f"{model_dir / CONFIG_FILE}: name {config.name!r} differs from folder {model_dir.name!r}"
+        )
     expected_in = (contract.INPUT_NAME, config_type(contract.INPUT_DTYPE), list(contract.INPUT_SHAPE))
     got_in = [(t.name, t.data_type, list(t.dims)) for t in config.input]
     got_out = [(t.name, t.data_type, list(t.dims)) for t in config.output]
@@ -210,7 +223,9 @@ def validate_model_dir(model_dir: str | Path, version: str = contract.MODEL_VERS
     want_in = {contract.INPUT_NAME: (contract.numpy_dtype(contract.INPUT_DTYPE), [-1, *contract.INPUT_SHAPE])}
     want_out = {name: (contract.numpy_dtype(dtype), [-1, *shape]) for name, (dtype, shape) in outputs.items()}
     if io["inputs"] != want_in or io["outputs"] != want_out:
-        raise ModelRepositoryError(f"{onnx_path}: graph io {io} differs from contract inputs {want_in}, outputs {want_out}")
+        raise ModelRepositoryError(
+            f"{onnx_path}: graph io {io} differs from contract inputs {want_in}, outputs {want_out}"
+        )
     labels = output_labels(config)
     want_labels = {contract.OUTPUT_NAME: list(contract.LABELS)}
     if len(outputs) > 1:
@@ -228,7 +243,11 @@ def photo_io() -> tuple[list[tuple], list[tuple]]:
     outputs = [
         (contract.BOXES_NAME, config_type(contract.BOXES_DTYPE), list(contract.BOXES_SHAPE)),
         (contract.OUTPUT_NAME, config_type(contract.OUTPUT_DTYPE), list(contract.PHOTO_SCORES_SHAPE)),
-        (contract.DETECTION_SCORES_NAME, config_type(contract.DETECTION_SCORES_DTYPE), list(contract.DETECTION_SCORES_SHAPE)),
+        (
+            contract.DETECTION_SCORES_NAME,
+            config_type(contract.DETECTION_SCORES_DTYPE),
+            list(contract.DETECTION_SCORES_SHAPE),
+        ),
         (contract.ATTRIBUTES_NAME, config_type(contract.ATTRIBUTES_DTYPE), list(contract.PHOTO_ATTRIBUTES_SHAPE)),
     ]
     return inputs, outputs
@@ -245,7 +264,9 @@ def validate_photo_dir(model_dir: str | Path):
     if config.name and config.name != model_dir.name:
         raise ModelRepositoryError(f"{where}: name {config.name!r} differs from folder {model_dir.name!r}")
     if config.max_batch_size != 0:
-        raise ModelRepositoryError(f"{where}: max_batch_size must be 0 (one photo per request), not {config.max_batch_size}")
+        raise ModelRepositoryError(
+            f"{where}: max_batch_size must be 0 (one photo per request), not {config.max_batch_size}"
+        )
     want_in, want_out = photo_io()
     got_in = [(t.name, t.data_type, list(t.dims)) for t in config.input]
     got_out = [(t.name, t.data_type, list(t.dims)) for t in config.output]

@@ -11,6 +11,7 @@ stay in memory. Written:
 - corrections.csv: those photos, one row each, with a 1/0 column per label that a person corrects.
   Saved as <folder>/corrections.csv, the label-folder adapter applies it (training/data.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,15 +37,23 @@ class Mistake:
     threshold: float
 
 
-def worst_mistakes(targets: np.ndarray, scores: np.ndarray, labels: list[str], thresholds: dict[str, float], per_kind: int) -> list[Mistake]:
+def worst_mistakes(
+    targets: np.ndarray, scores: np.ndarray, labels: list[str], thresholds: dict[str, float], per_kind: int
+) -> list[Mistake]:
     """Per label, the `per_kind` most confident false positives and false negatives (unknown targets skipped)."""
     out = []
     for j, label in enumerate(labels):
         t, s, th = targets[:, j], scores[:, j], thresholds[label]
         fp = np.flatnonzero((t == 0) & (s >= th))
         fn = np.flatnonzero((t == 1) & (s < th))
-        out += [Mistake(int(i), label, "false positive", float(s[i]), th) for i in fp[np.argsort(-s[fp], kind="stable")][:per_kind]]
-        out += [Mistake(int(i), label, "false negative", float(s[i]), th) for i in fn[np.argsort(s[fn], kind="stable")][:per_kind]]
+        out += [
+            Mistake(int(i), label, "false positive", float(s[i]), th)
+            for i in fp[np.argsort(-s[fp], kind="stable")][:per_kind]
+        ]
+        out += [
+            Mistake(int(i), label, "false negative", float(s[i]), th)
+            for i in fn[np.argsort(s[fn], kind="stable")][:per_kind]
+        ]
     return out
 
 
@@ -65,8 +74,15 @@ def _cell(value: float) -> str:
     return "" if value < 0 else str(int(value >= 0.5))
 
 
-def write_review(dataset, targets: np.ndarray, labels: list[str], thresholds: dict[str, float],
-                 mistakes: list[Mistake], output: Path, faces_found: int) -> tuple[Path, Path]:
+def write_review(
+    dataset,
+    targets: np.ndarray,
+    labels: list[str],
+    thresholds: dict[str, float],
+    mistakes: list[Mistake],
+    output: Path,
+    faces_found: int,
+) -> tuple[Path, Path]:
     """review.html and corrections.csv in `output` (`targets`: the dataset's, columns in `labels` order)."""
     from face2hbe.training.data import CORRECTIONS_COLUMNS
 
@@ -77,9 +93,17 @@ def write_review(dataset, targets: np.ndarray, labels: list[str], thresholds: di
             continue
         seen.add(m.index)
         path = dataset.paths[m.index]
-        why = "; ".join(f"{x.label} {x.kind} ({x.score:.3f} vs {x.threshold:.3f})" for x in mistakes if x.index == m.index)
-        rows.append({"file": path.name, "path": path.relative_to(dataset.root).as_posix(), "review": why,
-                     **{label: _cell(targets[m.index, j]) for j, label in enumerate(labels)}})
+        why = "; ".join(
+            f"{x.label} {x.kind} ({x.score:.3f} vs {x.threshold:.3f})" for x in mistakes if x.index == m.index
+        )
+        rows.append(
+            {
+                "file": path.name,
+                "path": path.relative_to(dataset.root).as_posix(),
+                "review": why,
+                **{label: _cell(targets[m.index, j]) for j, label in enumerate(labels)},
+            }
+        )
     csv_path = output / "corrections.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=[*CORRECTIONS_COLUMNS, *labels])
@@ -96,8 +120,10 @@ def write_review(dataset, targets: np.ndarray, labels: list[str], thresholds: di
                 path = dataset.paths[m.index]
                 if m.index not in thumbs:
                     thumbs[m.index] = thumbnail_uri(path)
-                cards.append(f'<figure><img src="{thumbs[m.index]}" alt=""><figcaption>{html.escape(path.relative_to(dataset.root).as_posix())}'
-                             f"<br>{label} {m.score:.3f} (threshold {m.threshold:.3f})</figcaption></figure>")
+                cards.append(
+                    f'<figure><img src="{thumbs[m.index]}" alt=""><figcaption>{html.escape(path.relative_to(dataset.root).as_posix())}'
+                    f"<br>{label} {m.score:.3f} (threshold {m.threshold:.3f})</figcaption></figure>"
+                )
             body = "".join(cards) or "<p>none</p>"
             sections.append(f"<h2>{html.escape(label)}: worst {kind}s ({len(items)})</h2><div class=grid>{body}</div>")
     page = (
@@ -131,6 +157,13 @@ def review(folder: Path, output: Path, repository: Path, per_kind: int = 12) -> 
     mistakes = worst_mistakes(targets, scores, labels, thresholds, per_kind)
     for m in mistakes:
         m.index = int(kept[m.index])  # back to the dataset's index
-    html_path, csv_path = write_review(dataset, dataset.targets[:, columns], labels, thresholds, mistakes, output, len(kept))
-    return {"photos": len(dataset), "faces": int(len(kept)), "mistakes": len(mistakes), "html": html_path, "csv": csv_path}
-
+    html_path, csv_path = write_review(
+        dataset, dataset.targets[:, columns], labels, thresholds, mistakes, output, len(kept)
+    )
+    return {
+        "photos": len(dataset),
+        "faces": int(len(kept)),
+        "mistakes": len(mistakes),
+        "html": html_path,
+        "csv": csv_path,
+    }

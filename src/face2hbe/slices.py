@@ -10,6 +10,7 @@ Slices come from each domain's own attributes: CelebA's human labels, LFW's FaRL
 threshold and ROC AUC inside a slice and in the rest of the domain, so a gap such as "grey-haired
 bearded men" shows as a number. Crops and scores as in `face2hbe thresholds` (test splits only).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,9 @@ def _recall_auc(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
     return out
 
 
-def slice_metrics(labels: np.ndarray, scores: np.ndarray, attributes: dict[str, np.ndarray], thresholds: dict[str, float]) -> dict:
+def slice_metrics(
+    labels: np.ndarray, scores: np.ndarray, attributes: dict[str, np.ndarray], thresholds: dict[str, float]
+) -> dict:
     """{slice: {label: {"in": metrics, "rest": metrics}}} for the SLICES this domain can form."""
     from face2hbe.training.metrics import known_binary
 
@@ -56,7 +59,10 @@ def slice_metrics(labels: np.ndarray, scores: np.ndarray, attributes: dict[str, 
         for j, label in enumerate(contract.LABELS):
             known, y = known_binary(labels[:, j])
             s, m = scores[known, j], member[known]
-            result[name][label] = {"in": _recall_auc(y[m], s[m], thresholds[label]), "rest": _recall_auc(y[~m], s[~m], thresholds[label])}
+            result[name][label] = {
+                "in": _recall_auc(y[m], s[m], thresholds[label]),
+                "rest": _recall_auc(y[~m], s[~m], thresholds[label]),
+            }
     return result
 
 
@@ -73,8 +79,11 @@ def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, progres
         domain = load_domain(spec, "test", cache_dir, progress=progress)
         scores = score_onnx(model_dir / contract.MODEL_VERSION / ONNX_FILE, domain.crops)[:, : len(contract.LABELS)]
         labels = domain.targets[:, : len(contract.LABELS)]
-        out["domains"][domain.name] = {"data": portable_spec(spec), "faces": int(len(domain.crops)),
-                                       "slices": slice_metrics(labels, scores, domain.attributes, thresholds)}
+        out["domains"][domain.name] = {
+            "data": portable_spec(spec),
+            "faces": int(len(domain.crops)),
+            "slices": slice_metrics(labels, scores, domain.attributes, thresholds),
+        }
     return out
 
 
@@ -85,7 +94,10 @@ def markdown(result: dict) -> str:
         auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
         return f"{m['recall']:.2f} / {auc} ({m['positives']}+)"
 
-    lines = ["Recall at the served threshold / ROC AUC (positives), in the slice and in the rest of the domain's test split:", ""]
+    lines = [
+        "Recall at the served threshold / ROC AUC (positives), in the slice and in the rest of the domain's test split:",
+        "",
+    ]
     head = "| domain | slice | " + " | ".join(f"{label} in | {label} rest" for label in contract.LABELS) + " |"
     lines += [head, "|---|---|" + "---|---|" * len(contract.LABELS)]
     for domain, d in result["domains"].items():

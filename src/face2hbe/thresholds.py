@@ -16,6 +16,7 @@ Production labels: the labels whose ROC AUC on the CelebA test split reaches con
 (PRODUCTION_RULE) are published as `production_labels`; the others are scored and reported but recommended only
 by a catalog that opts them in. `--write` writes them beside the thresholds (kept as they are with --no-test).
 """
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,18 @@ def load_domain(spec: str, split: str, cache_dir: Path | None, seed: int = 0, pr
     crops, kept = build_crops(dataset, cache_dir, progress=progress)
     targets = dataset.targets[kept]
     columns = [dataset.target_names.index(target_name(label)) for label in contract.SERVED_LABELS]
-    attributes = {n[len("celeba_"):]: targets[:, i] >= 0.5 for i, n in enumerate(dataset.target_names) if n.startswith("celeba_")}
-    return Domain(spec.partition(":")[0], split, crops, targets[:, columns], len(dataset), attributes=attributes,
-                  groups=np.asarray(dataset.groups)[kept])
+    attributes = {
+        n[len("celeba_") :]: targets[:, i] >= 0.5 for i, n in enumerate(dataset.target_names) if n.startswith("celeba_")
+    }
+    return Domain(
+        spec.partition(":")[0],
+        split,
+        crops,
+        targets[:, columns],
+        len(dataset),
+        attributes=attributes,
+        groups=np.asarray(dataset.groups)[kept],
+    )
 
 
 def score_onnx(onnx_path: Path, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
@@ -72,7 +82,10 @@ def score_onnx(onnx_path: Path, crops: np.ndarray, batch: int = contract.MAX_BAT
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
-    parts = [np.concatenate(session.run(names, {contract.INPUT_NAME: crops[i : i + batch]}), axis=1) for i in range(0, len(crops), batch)]
+    parts = [
+        np.concatenate(session.run(names, {contract.INPUT_NAME: crops[i : i + batch]}), axis=1)
+        for i in range(0, len(crops), batch)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, len(contract.SERVED_LABELS)), np.float32)
 
 
@@ -103,19 +116,28 @@ def domain_metrics(domain: Domain, thresholds: dict[str, float]) -> dict:
     from face2hbe.training.metrics import per_label_metrics
 
     labels = list(contract.SERVED_LABELS)
-    return {"data": domain.name, "split": domain.split, "images": domain.images, "faces": int(len(domain.crops)),
-            "metrics": per_label_metrics(domain.targets, domain.scores, labels, thresholds)}
+    return {
+        "data": domain.name,
+        "split": domain.split,
+        "images": domain.images,
+        "faces": int(len(domain.crops)),
+        "metrics": per_label_metrics(domain.targets, domain.scores, labels, thresholds),
+    }
 
 
 def markdown(result: dict) -> str:
     """Model-card tables: thresholds, then per label P/R/F1 per domain (val, test) and ROC AUC (test)."""
     th = result["thresholds"]
     by = {(r["data"], r["split"]): r for r in result["domains"]}
-    lines = [f"Threshold rule: {result['rule']}. Faces: " + ", ".join(
-        f"{r['data']} {r['split']} {r['faces']}" for r in result["domains"]) + ".", "",
+    lines = [
+        f"Threshold rule: {result['rule']}. Faces: "
+        + ", ".join(f"{r['data']} {r['split']} {r['faces']}" for r in result["domains"])
+        + ".",
+        "",
         "| label | source | threshold | CelebA val P / R / F1 | LFW val P / R / F1 | CelebA test P / R / F1 | LFW test P / R / F1 "
         "| ROC AUC CelebA test | ROC AUC LFW test |",
-        "|---|---|---:|---|---|---|---|---:|---:|"]
+        "|---|---|---:|---|---|---|---|---:|---:|",
+    ]
 
     def prf(key, label):
         m = by.get(key, {}).get("metrics", {}).get(label, {})
@@ -129,9 +151,11 @@ def markdown(result: dict) -> str:
 
     for label in contract.SERVED_LABELS:
         source = contract.ATTRIBUTE_SOURCES.get(label, "labels.csv")
-        lines.append(f"| {label} | {source} | {th[label]:.3f} | {prf(('celeba', 'val'), label)} | {prf(('lfw', 'val'), label)} | "
-                     f"{prf(('celeba', 'test'), label)} | {prf(('lfw', 'test'), label)} | {auc(('celeba', 'test'), label)} | "
-                     f"{auc(('lfw', 'test'), label)} |")
+        lines.append(
+            f"| {label} | {source} | {th[label]:.3f} | {prf(('celeba', 'val'), label)} | {prf(('lfw', 'val'), label)} | "
+            f"{prf(('celeba', 'test'), label)} | {prf(('lfw', 'test'), label)} | {auc(('celeba', 'test'), label)} | "
+            f"{auc(('lfw', 'test'), label)} |"
+        )
     return "\n".join(lines)
 
 
@@ -154,13 +178,19 @@ def production(result: dict) -> list[str] | None:
 def production_markdown(result: dict) -> str:
     """The model card's production-labels table: each label's CelebA-test ROC AUC against the bar."""
     aucs, chosen = measured_aucs(result) or {}, production(result) or []
-    lines = [f"Rule: a label is production-grade when its {PRODUCTION_RULE}; the config publishes them as "
-             f"`{contract.PARAM_PRODUCTION_LABELS}`.", "",
-             "| label | ROC AUC CelebA test | production-grade |", "|---|---:|---|"]
+    lines = [
+        f"Rule: a label is production-grade when its {PRODUCTION_RULE}; the config publishes them as "
+        f"`{contract.PARAM_PRODUCTION_LABELS}`.",
+        "",
+        "| label | ROC AUC CelebA test | production-grade |",
+        "|---|---:|---|",
+    ]
     for label in contract.SERVED_LABELS:
         auc = aucs.get(label)
-        lines.append(f"| {label} | {'n/a' if auc is None else f'{auc:.3f}'} | "
-                     f"{'yes' if label in chosen else 'no: scored and reported, recommended only where a catalog opts it in'} |")
+        lines.append(
+            f"| {label} | {'n/a' if auc is None else f'{auc:.3f}'} | "
+            f"{'yes' if label in chosen else 'no: scored and reported, recommended only where a catalog opts it in'} |"
+        )
     return "\n".join(lines)
 
 
@@ -174,8 +204,15 @@ def write_report(result: dict, markdown_file: Path, command: str) -> None:
         write_marked_section(markdown_file, PRODUCTION_START, PRODUCTION_END, command, production_markdown(result))
 
 
-def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, seed: int = 0, progress: bool = True,
-        with_test: bool = True) -> dict:
+def run(
+    celeba: str,
+    lfw: str,
+    repository: Path,
+    cache_dir: Path | None,
+    seed: int = 0,
+    progress: bool = True,
+    with_test: bool = True,
+) -> dict:
     """Load, score (once each), choose on val, measure on val and test. Nothing is written."""
     from face2hbe.repository import validate_model_dir
 
@@ -186,7 +223,12 @@ def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, seed: i
     for d in domains:
         d.scores = score_onnx(onnx_path, d.crops)
     thresholds = choose([d for d in domains if d.split == "val"])
-    return {"rule": RULE, "seed": seed, "thresholds": thresholds, "domains": [domain_metrics(d, thresholds) for d in domains]}
+    return {
+        "rule": RULE,
+        "seed": seed,
+        "thresholds": thresholds,
+        "domains": [domain_metrics(d, thresholds) for d in domains],
+    }
 
 
 def apply(repository: Path, thresholds: dict[str, float], production_labels: list[str] | None = None) -> list[Path]:
@@ -201,8 +243,11 @@ def apply(repository: Path, thresholds: dict[str, float], production_labels: lis
     for name in (contract.MODEL_NAME, contract.INT8_MODEL_NAME):
         model_dir = Path(repository) / name
         if (model_dir / "config.pbtxt").is_file():
-            written.append(rewrite_config(model_dir, batching_of(read_config(model_dir)), thresholds=thresholds,
-                                          production=production_labels))
+            written.append(
+                rewrite_config(
+                    model_dir, batching_of(read_config(model_dir)), thresholds=thresholds, production=production_labels
+                )
+            )
     if (Path(repository) / contract.PHOTO_MODEL_NAME / "config.pbtxt").is_file():
         written.append(write_photo_config(repository))
     return written

@@ -7,6 +7,7 @@ faces from many photos. Bad input (not an image, too many bytes or pixels) answe
 INVALID_ARGUMENT, HTTP 400) with one line naming the reason; the model stays loaded. The face2hbe package is
 installed in the image (Dockerfile) and in the Python environment `face2hbe serve` runs from.
 """
+
 import json
 
 import triton_python_backend_utils as pb_utils

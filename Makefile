@@ -24,7 +24,7 @@ install: $(STAMP)
 
 ## demo: start the embedded Triton server, recommend for the bundled sample photos, stop.
 demo: $(STAMP)
-	$(PY) -m face2hbe.demo --output out/demo-results.jsonl
+	$(PY) -m face2hbe.app.demo --output out/demo-results.jsonl
 
 NODE_CLIENT := tools/kserve-node/node_modules/.package-lock.json
 

@@ -288,7 +288,7 @@ def run_batch_bench(
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
 
     variants = variants or {"batch": []}
-    face2hbe = [sys.executable, "-m", "face2hbe.cli"]
+    face2hbe = [sys.executable, "-m", "face2hbe.app.cli"]
     result: dict = {
         "photos": photos,
         "rounds": rounds,

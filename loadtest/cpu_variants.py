@@ -47,7 +47,7 @@ def sessions(repository: Path, threads: int | None) -> dict[str, object]:
 
 def test_crops(data: str, cache_dir: Path | None):
     """(crops, targets for LABELS) of a data spec's test split, as `face2hbe thresholds` and `evaluate` build them."""
-    from face2hbe.thresholds import load_domain
+    from face2hbe.app.thresholds import load_domain
 
     domain = load_domain(data, "test", cache_dir, progress=False)
     return domain.crops, domain.targets[:, : len(contract.LABELS)]

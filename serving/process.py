@@ -19,7 +19,7 @@ from face2hbe.net import free_port
 
 
 class ServerProcess:
-    """`python -m face2hbe.cli serve` on free (or given) loopback ports.
+    """`python -m face2hbe.app.cli serve` on free (or given) loopback ports.
 
     with ServerProcess(repository, log) as server:   # started and ready
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
@@ -56,7 +56,7 @@ class ServerProcess:
         return [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "serve",
             "--repository",
             str(self.repository),

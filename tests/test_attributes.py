@@ -181,7 +181,7 @@ def test_review_page_and_corrections_round_trip(celeba_dir, tmp_path):
     import csv
     import re
 
-    from face2hbe.review import worst_mistakes, write_review
+    from face2hbe.app.review import worst_mistakes, write_review
     from face2hbe.training.data import load_folders
 
     root = tmp_path / "labelled"
@@ -225,7 +225,7 @@ def test_review_page_and_corrections_round_trip(celeba_dir, tmp_path):
 
 def test_review_command_scores_a_real_label_folder(celeba_dir, tmp_path):
     """The CLI end to end on real photos with the served graph: the page builds, its CSV re-imports."""
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
     from face2hbe.training.data import load_folders
 
     root = tmp_path / "labelled"

@@ -304,7 +304,7 @@ def test_find_inputs_survives_directory_loops(tmp_path):
 
 def test_limit_flags_trigger(grpc_url, tmp_path, capsys):
     """--max-file-mb, --max-pixels and --max-faces each produce their own result."""
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
 
     big_file = tmp_path / "big_file.jpg"  # ~60 kB
     big_file.symlink_to(SAMPLES / "grace_hopper.jpg")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from face2hbe.cli import main
+from face2hbe.app.cli import main
 
 from conftest import REPOSITORY, SAMPLES, SHARED_DATA
 from record_checks import contradictions
@@ -375,7 +375,7 @@ def test_cli_log_is_quiet(tmp_path):
         [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "batch",
             str(SAMPLES),
             "--engine",

@@ -155,7 +155,7 @@ def test_batch_on_two_nodes_detects_on_both_once_each_as_recommend(two_nodes, gr
         [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "batch",
             str(SAMPLES),
             str(listing),

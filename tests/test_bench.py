@@ -62,7 +62,7 @@ def test_ratios_table_json_and_chart(tmp_path, capsys):
 
 @pytest.mark.slow  # reason: `bench --quick` measures every row for seconds each and starts two servers (~4 min on 2 cores)
 def test_bench_quick_measures_every_row(tmp_path):
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
 
     assert main(["bench", "--quick", "--output-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from face2hbe.cli import cli, main
+from face2hbe.app.cli import cli, main
 
 SUBCOMMANDS = ["train", "export", "evaluate", "serve", "recommend", "loadtest", "bench"]
 
@@ -39,5 +39,5 @@ def test_heavy_libraries_not_imported_by_cli():
     import subprocess
     import sys
 
-    code = "import sys, face2hbe.cli; bad=[m for m in ('tensorflow','keras','onnxruntime','face_recognition','pytriton') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    code = "import sys, face2hbe.app.cli; bad=[m for m in ('tensorflow','keras','onnxruntime','face_recognition','pytriton') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

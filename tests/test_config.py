@@ -118,7 +118,7 @@ def test_committed_models_validate():
 
 
 def test_tensorrt_export_without_gpu_is_one_clear_line(capsys):
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
     from face2hbe.export.tensorrt import TensorRTUnavailableError, load_tensorrt
 
     try:
@@ -203,7 +203,7 @@ def test_photo_config_check_names_the_problem(tmp_path, edit, message):
 
 def test_written_thresholds_reach_every_config_that_publishes_them(tmp_path):
     """`face2hbe thresholds --write` (thresholds.apply): face2hbe, face2hbe_int8 and the photo model's copy agree."""
-    from face2hbe.thresholds import apply
+    from face2hbe.app.thresholds import apply
 
     for name in (contract.MODEL_NAME, INT8_DIR.name, contract.PHOTO_MODEL_NAME):
         (tmp_path / name).mkdir()
@@ -227,8 +227,8 @@ def test_production_labels_follow_the_measured_auc_and_the_bar():
 def test_committed_configs_publish_the_production_labels_of_the_measured_aucs():
     """face2hbe, face2hbe_int8 and face2hbe_photo publish the same production labels: those whose CelebA-test ROC AUC
     in docs/eval/thresholds.json (the served model's measurement) reaches the bar."""
+    from face2hbe.app.thresholds import production
     from face2hbe.repository import production_labels_in, validate_photo_dir
-    from face2hbe.thresholds import production
 
     measured = json.loads((REPOSITORY.parent / "docs" / "eval" / "thresholds.json").read_text())
     expected = production(measured)
@@ -238,9 +238,9 @@ def test_committed_configs_publish_the_production_labels_of_the_measured_aucs():
 
 
 def test_written_production_labels_reach_every_config_and_survive_a_rewrite(tmp_path):
+    from face2hbe.app.thresholds import apply
     from face2hbe.export.attributes import batching_of
     from face2hbe.repository import production_labels_in
-    from face2hbe.thresholds import apply
 
     names = (contract.MODEL_NAME, INT8_DIR.name, contract.PHOTO_MODEL_NAME)
     for name in names:
@@ -273,7 +273,7 @@ def test_production_labels_naming_an_unserved_label_are_refused(tmp_path):
 
 def test_model_card_lists_the_production_labels_as_measured(tmp_path):
     """docs/model.md's production section is thresholds.production_markdown of the committed measurement."""
-    from face2hbe.thresholds import PRODUCTION_END, PRODUCTION_START, production_markdown, write_report
+    from face2hbe.app.thresholds import PRODUCTION_END, PRODUCTION_START, production_markdown, write_report
 
     measured = json.loads((REPOSITORY.parent / "docs" / "eval" / "thresholds.json").read_text())
     card = (REPOSITORY.parent / "docs" / "model.md").read_text()

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from face2hbe import contract
+from face2hbe.app.demo import recommend_samples, sample_photos_dir
 from face2hbe.client.recommend import find_inputs
-from face2hbe.demo import recommend_samples, sample_photos_dir
 
 from conftest import ROOT, SAMPLES
 from record_checks import contradictions
@@ -68,11 +68,11 @@ def test_demo_shows_each_label_family_a_group_and_no_face(grpc_url, tmp_path):
 
 @pytest.mark.slow
 def test_make_demo_prints_the_product_only(tmp_path):
-    """`python -m face2hbe.demo` (what `make demo` runs): exit 0, the tables, none of tritonserver's console
+    """`python -m face2hbe.app.demo` (what `make demo` runs): exit 0, the tables, none of tritonserver's console
     lines (DCGM's NVML error on a machine without a GPU, the stop signal's echo)."""
     out = tmp_path / "demo.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "face2hbe.demo", "--output", str(out)],
+        [sys.executable, "-m", "face2hbe.app.demo", "--output", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -143,7 +143,7 @@ def test_autoscaler_scales_the_deployment_on_the_adapters_metric(server):
 def test_rayjob_pods_entrypoint_and_url():
     """The RayJob (a KubeRay CRD, no bundled schema): its pod templates as PodTemplates against the schemas, its
     entrypoint parsed by `face2hbe batch` itself, its --url the Service's cluster name and gRPC port."""
-    from face2hbe.cli import cli
+    from face2hbe.app.cli import cli
 
     job = _one("rayjob.yaml", "RayJob")
     assert job["apiVersion"] == "ray.io/v1"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from face2hbe import detection
-from face2hbe.cli import main
+from face2hbe.app.cli import main
 from face2hbe.detection import DETECTOR_MODELS, DetectorSettings, detect_faces, require_detector
 from face2hbe.errors import DetectorUnavailableError
 from face2hbe.imaging import Box, load_rgb

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from face2hbe import contract
-from face2hbe.cli import main
+from face2hbe.app.cli import main
 from face2hbe.client.recommend import HOLD_ENV
 from face2hbe.serving.process import ServerProcess
 
@@ -92,7 +92,7 @@ def test_server_that_never_answers_ends_the_run_with_one_line(tmp_path):
                 [
                     sys.executable,
                     "-m",
-                    "face2hbe.cli",
+                    "face2hbe.app.cli",
                     "recommend",
                     str(SAMPLES / "grace_hopper.jpg"),
                     "--url",
@@ -236,7 +236,7 @@ def test_fifo_and_device_files_get_records_and_the_run_finishes(grpc_url, tmp_pa
         [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "recommend",
             str(folder),
             "--url",
@@ -289,7 +289,7 @@ def test_killed_client_leaves_no_worker_behind(grpc_url, tmp_path):
         [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "recommend",
             str(folder),
             "--url",

@@ -1,6 +1,6 @@
 """Faults injected into a real server process: killed mid-batch, broken repository, down at start.
 
-The server runs as `python -m face2hbe.cli serve` in its own process group, so
+The server runs as `python -m face2hbe.app.cli serve` in its own process group, so
 SIGKILL to the group really kills Triton and its Python-backend children too.
 """
 
@@ -50,7 +50,7 @@ def photos(tmp_path) -> list[Path]:
 
 
 def _recommend(args, tmp_path, env=None, **popen):
-    cmd = [sys.executable, "-m", "face2hbe.cli", "recommend", *map(str, args), "--no-progress"]
+    cmd = [sys.executable, "-m", "face2hbe.app.cli", "recommend", *map(str, args), "--no-progress"]
     return subprocess.Popen(
         cmd,
         cwd=tmp_path,
@@ -177,7 +177,7 @@ def test_broken_repository_refuses_to_start_with_one_line(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "face2hbe.cli",
+                "face2hbe.app.cli",
                 "serve",
                 "--repository",
                 str(repo),
@@ -341,7 +341,7 @@ def test_busy_ports_are_one_line_and_exit_code_2(server, tmp_path):
         [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "serve",
             "--repository",
             str(REPOSITORY),
@@ -383,7 +383,7 @@ def test_a_model_that_fails_to_load_is_one_line_and_the_path_of_the_full_log(tmp
         [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "serve",
             "--repository",
             str(repo),

@@ -27,12 +27,12 @@ CORE = {
 STAGES = {"face2hbe.training", "face2hbe.export", "face2hbe.client", "face2hbe.serving"}
 ALLOWED_STAGE_IMPORTS = {("face2hbe.export", "face2hbe.training")}  # export converts what training built
 TOP = {
-    "face2hbe.cli",
-    "face2hbe.demo",
-    "face2hbe.evaluate",
-    "face2hbe.thresholds",
-    "face2hbe.slices",
-    "face2hbe.review",
+    "face2hbe.app.cli",
+    "face2hbe.app.demo",
+    "face2hbe.app.evaluate",
+    "face2hbe.app.thresholds",
+    "face2hbe.app.slices",
+    "face2hbe.app.review",
     "face2hbe.loadtest",
     "face2hbe",
 }

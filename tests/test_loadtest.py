@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from face2hbe.cli import main
+from face2hbe.app.cli import main
 
 
 def _stats(out):

@@ -42,7 +42,7 @@ def test_threshold_maximises_f1_and_unknown_labels_are_ignored():
 def test_slice_metrics_split_recall_and_auc_by_attribute():
     """face2hbe slices: recall at the threshold and AUC inside a slice and in the rest, per label."""
     from face2hbe import contract
-    from face2hbe.slices import markdown, slice_metrics
+    from face2hbe.app.slices import markdown, slice_metrics
 
     labels = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]], np.float32)
     scores = np.array(

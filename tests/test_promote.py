@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from face2hbe import contract
-from face2hbe.promote import GATE_LABELS, compare
+from face2hbe.app.promote import GATE_LABELS, compare
 
 from conftest import REPOSITORY
 
@@ -102,8 +102,8 @@ def test_a_promoted_run_is_what_the_server_answers_with(celeba_dir, lfw_dir, tmp
     import onnxruntime as ort
     import tritonclient.grpc as grpcclient
 
+    from face2hbe.app.promote import PromoteSettings, promote
     from face2hbe.net import free_port
-    from face2hbe.promote import PromoteSettings, promote
     from face2hbe.repository import (
         ONNX_FILE,
         file_sha256,

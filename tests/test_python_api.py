@@ -187,7 +187,7 @@ def test_waiting_for_a_server_says_so_and_ctrl_c_ends_it(tmp_path):
     out = tmp_path / "out.jsonl"
     argv = ["recommend", str(SAMPLES / PHOTOS[0]), "--url", f"127.0.0.1:{port}", "--output", str(out), "--no-progress"]
     # Python's own SIGINT handler, as in a terminal, even when this test runs where SIGINT is ignored (a background job).
-    code = f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from face2hbe.cli import main; sys.exit(main({argv!r}))"
+    code = f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from face2hbe.app.cli import main; sys.exit(main({argv!r}))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

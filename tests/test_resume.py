@@ -31,7 +31,7 @@ def test_resume_after_sigkill_gives_one_record_per_image(grpc_url, lfw_dir, tmp_
     command = [
         sys.executable,
         "-m",
-        "face2hbe.cli",
+        "face2hbe.app.cli",
         "recommend",
         str(folder),
         "--url",

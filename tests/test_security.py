@@ -26,7 +26,7 @@ CROP_SUFFIXES = {*IMAGE_SUFFIXES, ".npy", ".npz"}  # where face crops could hide
 
 
 def test_defaults_are_loopback():
-    from face2hbe.cli import cli
+    from face2hbe.app.cli import cli
     from face2hbe.client.inference import DEFAULT_URLS
     from face2hbe.serving.embedded import ServerSettings
 
@@ -142,7 +142,7 @@ def test_client_writes_no_images_and_logs_no_pixels(grpc_url, tmp_path):
         [
             sys.executable,
             "-m",
-            "face2hbe.cli",
+            "face2hbe.app.cli",
             "-v",
             "recommend",
             str(photos),

@@ -14,7 +14,7 @@ from face2hbe import contract
 def test_cli_smoke_training_writes_loadable_model(celeba_dir, tmp_path):
     import keras
 
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
 
     out = tmp_path / "run"
     code = main(
@@ -65,7 +65,7 @@ def _strings(value):
 def test_rerun_with_mirror_average_re_evaluates_and_exports_it(celeba_dir, tmp_path):
     import onnxruntime as ort
 
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
     from face2hbe.export.build import export_repository
 
     out = tmp_path / "run"
@@ -117,7 +117,7 @@ def test_rerun_with_mirror_average_re_evaluates_and_exports_it(celeba_dir, tmp_p
 
 @pytest.mark.slow  # a real training run: make test-all
 def test_constant_rate_run_keeps_every_epoch_for_averaging(celeba_dir, tmp_path):
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
 
     out = tmp_path / "run"
     assert (
@@ -526,7 +526,7 @@ def test_recipe_mistakes_are_typed_errors(tmp_path, stage, message):
 @pytest.mark.slow  # a real training run: make test-all
 def test_served_recipe_first_stage_runs_in_small(celeba_dir, tmp_path, monkeypatch):
     """`face2hbe train --recipe`: the served recipe's first stage, with command-line overrides making it tiny."""
-    from face2hbe.cli import main
+    from face2hbe.app.cli import main
 
     from conftest import ROOT
 

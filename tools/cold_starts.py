@@ -33,7 +33,7 @@ def one_start(repository: str, cpus: str | None, folder: Path, timeout_s: float)
     command = [
         sys.executable,
         "-m",
-        "face2hbe.cli",
+        "face2hbe.app.cli",
         "serve",
         "--repository",
         repository,

@@ -44,9 +44,9 @@ def main(celeba, repository, work, cache_dir, output):
     from sklearn.metrics import roc_auc_score
 
     from face2hbe import contract
+    from face2hbe.app.thresholds import load_domain, score_onnx
     from face2hbe.export.quantize import calibration_crops, quantize_int8
     from face2hbe.paths import CACHE_DIR
-    from face2hbe.thresholds import load_domain, score_onnx
     from face2hbe.training.metrics import has_both_classes, known_binary
 
     fp32 = repository / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx"

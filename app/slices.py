@@ -67,9 +67,9 @@ def slice_metrics(
 
 
 def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, progress: bool = True) -> dict:
+    from face2hbe.paths import portable_spec
     from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config
 
-    from .paths import portable_spec
     from .thresholds import load_domain, score_onnx
 
     model_dir = Path(repository) / contract.MODEL_NAME
@@ -109,7 +109,7 @@ def markdown(result: dict) -> str:
 
 def write_report(result: dict, markdown_file: Path, command: str) -> None:
     """Replace the slices section between the report markers in `markdown_file` (append if absent)."""
-    from .paths import write_marked_section
+    from face2hbe.paths import write_marked_section
 
     write_marked_section(markdown_file, REPORT_START, REPORT_END, command, markdown(result))
 

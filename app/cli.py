@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from . import contract
-from .errors import Face2hbeError
-from .export.repository import BatchingSettings
-from .loadtest.runner import SLO, LoadTestSettings
-from .paths import CACHE_DIR
+from face2hbe import contract
+from face2hbe.errors import Face2hbeError
+from face2hbe.export.repository import BatchingSettings
+from face2hbe.loadtest.runner import SLO, LoadTestSettings
+from face2hbe.paths import CACHE_DIR
 
 DEFAULT_REPOSITORY = "model_repository"
 
@@ -44,7 +44,7 @@ def cli(verbose: bool) -> None:
 
 
 def _train_default(name: str):
-    from .training.train import TrainConfig
+    from face2hbe.training.train import TrainConfig
 
     return _default(TrainConfig, name)
 
@@ -200,8 +200,8 @@ def train(
     output_root,
 ):
     """Train the shared VGG16 + three-sigmoid model and report per-label ROC AUC."""
-    from .training.train import TrainConfig, parse_schedule
-    from .training.train import train as run_training
+    from face2hbe.training.train import TrainConfig, parse_schedule
+    from face2hbe.training.train import train as run_training
 
     def report(summary, where):
         for split in ("validation", "test"):
@@ -210,7 +210,7 @@ def train(
         click.echo(f"model and metrics in {where}")
 
     if recipe is not None:
-        from .training.recipe import run_recipe
+        from face2hbe.training.recipe import run_recipe
 
         given = {
             name
@@ -326,7 +326,7 @@ def train(
 )
 def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, celeba, report, add_attributes):
     """Export to the Triton model repository: ONNX (preprocessing inside), its INT8 CPU variant, or a TensorRT plan."""
-    from .export.repository import rewrite_config
+    from face2hbe.export.repository import rewrite_config
 
     if add_attributes:
         _add_attributes(repository, celeba)
@@ -344,7 +344,7 @@ def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, cel
     if fmt == "int8":
         import importlib.util
 
-        from .export.quantize import export_int8, write_report
+        from face2hbe.export.quantize import export_int8, write_report
 
         samples = Path(importlib.util.find_spec("face2hbe.client").origin).parent / "samples"  # bundled photos
         model_dir, result = export_int8(repository, celeba if celeba.is_dir() else None, samples, batching)
@@ -364,14 +364,14 @@ def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, cel
             )
         return
     if fmt == "tensorrt":
-        from .export.tensorrt import export_tensorrt
+        from face2hbe.export.tensorrt import export_tensorrt
 
         click.echo(f"wrote {export_tensorrt(repository, batching)}")
         return
     if run_dir is None:
         click.echo(f"rewrote {rewrite_config(Path(repository) / contract.MODEL_NAME, batching)}")
         return
-    from .export.build import export_repository
+    from face2hbe.export.build import export_repository
 
     model_dir = export_repository(run_dir, repository, batching)
     click.echo(f"wrote {model_dir}")
@@ -380,8 +380,8 @@ def export(run_dir, fmt, repository, max_batch_size, queue_delay_us, device, cel
 def _add_attributes(repository: Path, celeba: Path) -> None:
     import importlib.util
 
-    from .export.attributes import CHECK_RANGE, upgrade_repository
-    from .export.quantize import celeba_crops, sample_crops
+    from face2hbe.export.attributes import CHECK_RANGE, upgrade_repository
+    from face2hbe.export.quantize import celeba_crops, sample_crops
 
     if (celeba / "labels.csv").is_file():
         crops, _ = celeba_crops(celeba, *CHECK_RANGE)
@@ -441,8 +441,9 @@ def _add_attributes(repository: Path, celeba: Path) -> None:
 )
 def slices(celeba, lfw, repository, cache_dir, output, report):
     """Recall at the served thresholds and ROC AUC per slice (grey hair, moustache without goatee, sex, age, pale skin) of the test splits."""
+    from face2hbe.paths import portable
+
     from . import slices as slice_report
-    from .paths import portable
 
     result = slice_report.run(str(celeba), str(lfw), repository, cache_dir)
     click.echo(slice_report.markdown(result))
@@ -505,7 +506,8 @@ def slices(celeba, lfw, repository, cache_dir, output, report):
 @click.option("--no-test", is_flag=True, help="Skip the test-split measurement (choose on val only; faster).")
 def thresholds(celeba, lfw, repository, seed, cache_dir, output, report, write, no_test):
     """Choose every served label's threshold on a CelebA + LFW validation mix; report P/R/F1 per domain and test ROC AUC."""
-    from .paths import portable, portable_spec
+    from face2hbe.paths import portable, portable_spec
+
     from .thresholds import apply, markdown, production, run, save_json, write_report
 
     for folder in (celeba, lfw):
@@ -741,20 +743,20 @@ def server_options(f):
 
 
 def _server_default(name: str, choices: bool = False):
-    from .repository import PRECISION_FOLDERS
-    from .serving.embedded import ServerSettings
+    from face2hbe.repository import PRECISION_FOLDERS
+    from face2hbe.serving.embedded import ServerSettings
 
     return tuple(PRECISION_FOLDERS) if choices else _default(ServerSettings, name)
 
 
 def _graphs():
-    from .graphs import GRAPHS
+    from face2hbe.graphs import GRAPHS
 
     return GRAPHS
 
 
 def settings_from_options(repository, host, http_port, grpc_port, metrics_port, threads, instances, **extra):
-    from .serving.embedded import ServerSettings
+    from face2hbe.serving.embedded import ServerSettings
 
     return ServerSettings(
         repository=repository,
@@ -801,14 +803,14 @@ def settings_from_options(repository, host, http_port, grpc_port, metrics_port, 
 @click.pass_context
 def serve(ctx, precision, graph, no_batching, no_photo, server_log, **options):
     """Run NVIDIA's tritonserver on this host's form of the model repository until Ctrl-C/SIGTERM."""
-    from .net import check_ports_free
+    from face2hbe.net import check_ports_free
 
     # Before anything starts or is written: a taken port is one line and exit code 2.
     check_ports_free(
         options["host"],
         {"HTTP": options["http_port"], "gRPC": options["grpc_port"], "metrics": options["metrics_port"]},
     )
-    from .serving.embedded import EmbeddedServer
+    from face2hbe.serving.embedded import EmbeddedServer
 
     verbose = ctx.find_root().params.get("verbose")
     server = EmbeddedServer(
@@ -833,9 +835,9 @@ def _photo_options(*names):
     """The options `recommend` and `batch` share, by name; every default comes from a settings dataclass."""
     import inspect
 
-    from .client.inference import ClientSettings
-    from .client.recommend import Limits, Recommender
-    from .detection import DETECTOR_MODELS, DetectorSettings
+    from face2hbe.client.inference import ClientSettings
+    from face2hbe.client.recommend import Limits, Recommender
+    from face2hbe.detection import DETECTOR_MODELS, DetectorSettings
 
     D, L, C = (
         (lambda n: _default(DetectorSettings, n)),
@@ -956,7 +958,7 @@ def _photo_options(*names):
 
 
 def _detect_modes():
-    from .client.recommend import DETECT_MODES
+    from face2hbe.client.recommend import DETECT_MODES
 
     return DETECT_MODES
 
@@ -987,8 +989,8 @@ def _detection_settings(
     image_timeout=None,
 ):
     """(DetectorSettings, Limits) from the shared options."""
-    from .client.recommend import Limits
-    from .detection import DetectorSettings, require_detector
+    from face2hbe.client.recommend import Limits
+    from face2hbe.detection import DetectorSettings, require_detector
 
     limits = dict(max_pixels=max_pixels, max_file_bytes=int(max_file_mb * 1024 * 1024), max_faces=max_faces)
     require_detector(detector)  # a missing package fails here, in one line, before any worker starts
@@ -1066,9 +1068,9 @@ def recommend(
     annotate,
 ):
     """Recommend products for the faces in PATHS (image files; a folder is one profile)."""
-    from .client.inference import ClientSettings
-    from .client.recommend import Recommender
-    from .client.report import print_report
+    from face2hbe.client.inference import ClientSettings
+    from face2hbe.client.recommend import Recommender
+    from face2hbe.client.report import print_report
 
     detection, limits = _detection_settings(
         detector,
@@ -1113,7 +1115,7 @@ def recommend(
 
 
 def _batch_default(name: str):
-    from .client.batch import BatchSettings
+    from face2hbe.client.batch import BatchSettings
 
     return _default(BatchSettings, name)
 
@@ -1238,10 +1240,10 @@ def batch(
 ):
     """Batch job on Ray Data: PATHS (folders, image files, .txt lists of paths, Parquet/CSV manifests with a
     `path` column) -> Parquet results. Exit 1 when any output row is an error."""
-    from .client.batch import BatchSettings, run_batch, summary_rows
-    from .client.catalog import load_catalog
-    from .client.inference import ClientSettings
-    from .client.report import print_report
+    from face2hbe.client.batch import BatchSettings, run_batch, summary_rows
+    from face2hbe.client.catalog import load_catalog
+    from face2hbe.client.inference import ClientSettings
+    from face2hbe.client.report import print_report
 
     detection, limits = _detection_settings(
         detector, upsample, retry_upsample, min_score, max_side, min_face, max_faces, max_pixels, max_file_mb
@@ -1275,7 +1277,7 @@ def batch(
         pause_stage=pause_stage,
     )
     summary = run_batch(paths, settings)
-    from .client.batch import read_output, record_from_row
+    from face2hbe.client.batch import read_output, record_from_row
 
     records = [record_from_row(r) for r in read_output(output)] if summary.output_rows <= 50 else []  # no image table
     print_report(output, summary, load_catalog(catalog), records=records, extra_rows=summary_rows(summary))
@@ -1398,7 +1400,7 @@ def loadtest(
     slo_min_rps,
 ):
     """Load-test the server with Locust (real face crops, gRPC + HTTP users) and judge the SLO; exit 1 when missed."""
-    from .loadtest.runner import SLO, LoadTestSettings, SLOMissedError, print_verdict, run_loadtest
+    from face2hbe.loadtest.runner import SLO, LoadTestSettings, SLOMissedError, print_verdict, run_loadtest
 
     verdict = run_loadtest(
         LoadTestSettings(
@@ -1463,7 +1465,7 @@ def loadtest(
 )
 def bench(repository, output_dir, quick, seconds, cache_dir, skip_prototype):
     """Benchmark on this machine: in-process ONNX Runtime vs Triton, batching, batch sizes, INT8, prototype."""
-    from .loadtest.bench import BenchSettings, run_bench
+    from face2hbe.loadtest.bench import BenchSettings, run_bench
 
     command = " ".join(
         [

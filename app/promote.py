@@ -84,7 +84,7 @@ def compare(
     seed: int = 0,
 ) -> dict:
     """The gate's table and verdict: per test domain and served label, served vs candidate (scores by domain name)."""
-    from face2hbe.training.metrics import known_binary, paired_auc_bootstrap, per_label_metrics
+    from face2hbe.metrics import known_binary, paired_auc_bootstrap, per_label_metrics
 
     labels = list(contract.SERVED_LABELS)
     rows, reasons = {}, []

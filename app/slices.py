@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from face2hbe import contract
+from face2hbe.metrics import known_binary, roc_auc
 
 # (name, rule over the domain's attribute columns): the issue's slices, each with its complement as "rest".
 SLICES = (
@@ -34,12 +35,11 @@ REPORT_START, REPORT_END = "<!-- slices-report:start -->", "<!-- slices-report:e
 
 
 def _recall_auc(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
-    from sklearn.metrics import roc_auc_score
-
     positives = int(y.sum())
     out = {"positives": positives, "faces": int(len(y))}
     out["recall"] = round(float((s[y == 1] >= threshold).mean()), 3) if positives else None
-    out["roc_auc"] = round(float(roc_auc_score(y, s)), 3) if 0 < positives < len(y) else None
+    auc = roc_auc(y, s)
+    out["roc_auc"] = None if auc is None else round(auc, 3)
     return out
 
 
@@ -47,8 +47,6 @@ def slice_metrics(
     labels: np.ndarray, scores: np.ndarray, attributes: dict[str, np.ndarray], thresholds: dict[str, float]
 ) -> dict:
     """{slice: {label: {"in": metrics, "rest": metrics}}} for the SLICES this domain can form."""
-    from face2hbe.training.metrics import known_binary
-
     result = {}
     for name, rule in SLICES:
         try:

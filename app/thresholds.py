@@ -91,7 +91,7 @@ def score_onnx(onnx_path: Path, crops: np.ndarray, batch: int = contract.MAX_BAT
 
 def _f1_curve(targets: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
     """F1 at every GRID threshold for one label (None when the domain has no positive)."""
-    from face2hbe.training.metrics import known_binary
+    from face2hbe.metrics import known_binary
 
     known, y = known_binary(targets)
     if y.sum() == 0:
@@ -113,7 +113,7 @@ def choose(domains: list[Domain]) -> dict[str, float]:
 
 
 def domain_metrics(domain: Domain, thresholds: dict[str, float]) -> dict:
-    from face2hbe.training.metrics import per_label_metrics
+    from face2hbe.metrics import per_label_metrics
 
     labels = list(contract.SERVED_LABELS)
     return {

@@ -24,6 +24,7 @@ import numpy as np
 from face2hbe import contract
 from face2hbe.errors import DataError, ModelRepositoryError
 from face2hbe.imaging import IMAGE_SUFFIXES
+from face2hbe.metrics import roc_aucs
 from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config, validate_model_dir
 
 from .repository import BatchingSettings, cpu_batching, rewrite_config
@@ -189,18 +190,6 @@ def faces_per_second(sessions: dict, crops: np.ndarray, batch: int = 32, rounds:
     return {name: batch / float(np.median(t)) for name, t in times.items()}
 
 
-def _auc(targets: np.ndarray, scores: np.ndarray) -> list[float | None]:
-    from sklearn.metrics import roc_auc_score
-
-    from face2hbe.training.metrics import has_both_classes, known_binary
-
-    out = []
-    for k in range(targets.shape[1]):
-        known, y = known_binary(targets[:, k])
-        out.append(float(roc_auc_score(y, scores[known, k])) if has_both_classes(y) else None)
-    return out
-
-
 @dataclass
 class Int8Report:
     calibration: str
@@ -269,8 +258,8 @@ def compare(
         else {},
     )
     if targets is not None:
-        report.auc_fp32 = dict(zip(contract.LABELS, _auc(targets, s32)))
-        report.auc_int8 = dict(zip(contract.LABELS, _auc(targets, s8)))
+        report.auc_fp32 = roc_aucs(targets, s32, contract.LABELS)
+        report.auc_int8 = roc_aucs(targets, s8, contract.LABELS)
     return report
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.export.quantize import faces_per_second
+from face2hbe.metrics import roc_aucs
 from face2hbe.repository import ONNX_FILE
 
 VARIANTS = (("fp32", "mirror"), ("fp32", "plain"), ("int8", "mirror"), ("int8", "plain"))
@@ -54,15 +55,10 @@ def test_crops(data: str, cache_dir: Path | None):
 
 
 def auc_per_label(targets: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
-    from sklearn.metrics import roc_auc_score
-
-    from face2hbe.training.metrics import has_both_classes, known_binary
-
-    out = {}
-    for j, label in enumerate(contract.LABELS):
-        known, y = known_binary(targets[:, j])
-        out[label] = round(float(roc_auc_score(y, scores[known, j])), 4) if has_both_classes(y) else None
-    return out
+    return {
+        label: None if auc is None else round(auc, 4)
+        for label, auc in roc_aucs(targets, scores, contract.LABELS).items()
+    }
 
 
 def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:

@@ -23,6 +23,7 @@ CORE = {
     "face2hbe.repository",
     "face2hbe.net",
     "face2hbe.paths",
+    "face2hbe.metrics",
 }
 STAGES = {"face2hbe.training", "face2hbe.export", "face2hbe.client", "face2hbe.serving"}
 ALLOWED_STAGE_IMPORTS = {("face2hbe.export", "face2hbe.training")}  # export converts what training built

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from face2hbe.training import metrics
+from face2hbe import metrics
 
 
 def _people(n_people: int = 30, photos: int = 10, seed: int = 0):
@@ -93,9 +93,56 @@ def test_report_sections_are_replaced_between_their_markers(tmp_path):
 def test_rank_auc_equals_scikit_learns_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from face2hbe.training.metrics import rank_auc
+    from face2hbe.metrics import rank_auc
 
     rng = np.random.default_rng(3)
     y = (rng.random(500) < 0.3).astype(int)
     s = np.round(y * 0.3 + rng.random(500), 1)  # one decimal: many ties, as in an INT8 graph's outputs
     assert rank_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_roc_auc_leaves_unknown_targets_out_binarises_soft_ones_and_needs_both_classes():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.choice([-1.0, 0.0, 0.2, 0.7, 1.0], 300)
+    s, w = rng.random(300), rng.random(300)
+    known = y >= 0
+    assert metrics.roc_auc(y, s) == pytest.approx(roc_auc_score(y[known] >= 0.5, s[known]), abs=1e-12)
+    assert metrics.roc_auc(y, s, sample_weight=w) == pytest.approx(
+        roc_auc_score(y[known] >= 0.5, s[known], sample_weight=w[known]), abs=1e-12
+    )
+    assert metrics.roc_auc(np.array([1.0, 0.9, -1.0]), np.array([0.1, 0.2, 0.3])) is None  # no negative known
+    targets = np.stack([y, np.ones(300)], axis=1)
+    scores = np.stack([s, s], axis=1)
+    assert metrics.roc_aucs(targets, scores, ["a", "b"]) == {"a": metrics.roc_auc(y, s), "b": None}
+
+
+def test_the_core_loads_no_heavy_library_at_import():
+    """Every module directly in src/face2hbe imports without scikit-learn, SciPy, matplotlib, onnx, onnxruntime,
+    TensorFlow/Keras, Ray, pyarrow or tritonclient (they load inside the functions that need them)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    names = sorted(p.stem for p in (ROOT / "src" / "face2hbe").glob("*.py") if p.stem != "__init__")
+    heavy = (
+        "sklearn",
+        "scipy",
+        "matplotlib",
+        "onnx",
+        "onnxruntime",
+        "tensorflow",
+        "keras",
+        "ray",
+        "pyarrow",
+        "tritonclient",
+    )
+    code = (
+        f"import importlib, sys\nfor n in {names!r}: importlib.import_module('face2hbe.' + n)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "metrics" in names and proc.stdout.strip() == "[]"

@@ -626,7 +626,7 @@ def test_curves_plot_leaves_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
     from PIL import Image
 
-    from face2hbe.training.metrics import plot_curves
+    from face2hbe.metrics import plot_curves
 
     before = matplotlib.get_backend()
     matplotlib.use("svg")  # an application's own choice, which library code must not switch

@@ -140,7 +140,7 @@ def found_rates(name, labeled, index, weights, detectors, found_fn, log, scorer=
         rows[d] = row
     scored = None
     if scorer is not None:  # ROC AUC per label over the photos the detector found (the client path's ranking quality)
-        from sklearn.metrics import roc_auc_score
+        from face2hbe.metrics import roc_auc
 
         both = np.logical_and.reduce([hits[d] for d in detectors])
         auc = {}
@@ -148,12 +148,8 @@ def found_rates(name, labeled, index, weights, detectors, found_fn, log, scorer=
             auc[d] = {}
             for j, label in enumerate(LABELS):
                 for subset, mask in (("found", hits[d]), ("found_by_all", both)):
-                    m = mask & (targets[:, j] >= 0)
-                    y = targets[m, j]
-                    auc[d].setdefault(label, {})[subset] = (
-                        float(roc_auc_score(y, scores[d][m, j], sample_weight=weights[m]))
-                        if 0 < y.sum() < len(y)
-                        else None
+                    auc[d].setdefault(label, {})[subset] = roc_auc(
+                        targets[mask, j], scores[d][mask, j], sample_weight=weights[mask]
                     )
                 auc[d][label]["photos"] = {"found": int(hits[d].sum()), "found_by_all": int(both.sum())}
     if (

@@ -41,13 +41,11 @@ def distinct_share(scores: np.ndarray) -> list[float]:
 )
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON here.")
 def main(celeba, repository, work, cache_dir, output):
-    from sklearn.metrics import roc_auc_score
-
     from face2hbe import contract
     from face2hbe.app.thresholds import load_domain, score_onnx
     from face2hbe.export.quantize import calibration_crops, quantize_int8
+    from face2hbe.metrics import roc_aucs
     from face2hbe.paths import CACHE_DIR
-    from face2hbe.training.metrics import has_both_classes, known_binary
 
     fp32 = repository / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx"
     graphs = {
@@ -69,10 +67,7 @@ def main(celeba, repository, work, cache_dir, output):
     }
     for name, path in graphs.items():
         scores = score_onnx(path, test.crops)
-        aucs = {}
-        for k, label in enumerate(labels):
-            known, y = known_binary(test.targets[:, k])
-            aucs[label] = float(roc_auc_score(y, scores[known, k])) if has_both_classes(y) else None
+        aucs = roc_aucs(test.targets, scores, labels)
         result["graphs"][name] = {"distinct_share": dict(zip(labels, distinct_share(scores))), "roc_auc": aucs}
         click.echo(
             f"{name:12s} distinct "

@@ -269,7 +269,8 @@ def fit(
     """
     import keras
 
-    from .metrics import per_label_metrics
+    from face2hbe.metrics import per_label_metrics
+
     from .model import build_model, set_backbone_trainable
     from .train import _positive_weights, make_loss
 

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from face2hbe import metrics
 from face2hbe.contract import LABELS
 from face2hbe.errors import DataError
 from face2hbe.paths import portable as portable_path
 from face2hbe.paths import portable_spec
 
 from . import data as datasets
-from . import metrics
 
 log = logging.getLogger(__name__)
 

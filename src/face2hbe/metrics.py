@@ -1,4 +1,8 @@
-"""Per-label metrics, threshold choice and ROC/PR plots (scikit-learn + matplotlib)."""
+"""Per-label metrics, threshold choice and ROC/PR plots: the one place ROC AUC is computed.
+
+Core: training, export, the commands and the benchmarks all measure with it. scikit-learn, SciPy and
+matplotlib load inside the functions that use them, never at import (tests/test_imports.py).
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,31 @@ def has_both_classes(binary: np.ndarray) -> bool:
     return 0 < binary.sum() < len(binary)
 
 
+def roc_auc(y_true, y_score, sample_weight=None) -> float | None:
+    """ROC AUC of one label's scores; None when its known targets lack a class.
+
+    Unknown targets (< 0) are left out and soft ones binarised at 0.5 (known_binary).
+    """
+    known, binary = known_binary(np.asarray(y_true))
+    if not has_both_classes(binary):
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    weight = None if sample_weight is None else np.asarray(sample_weight)[known]
+    return float(roc_auc_score(binary, np.asarray(y_score)[known], sample_weight=weight))
+
+
+def roc_aucs(y_true: np.ndarray, y_score: np.ndarray, names) -> dict[str, float | None]:
+    """{name: roc_auc of column j} for the columns of targets and scores, in the order of `names`."""
+    return {name: roc_auc(y_true[:, j], y_score[:, j]) for j, name in enumerate(names)}
+
+
 def per_label_metrics(y_true: np.ndarray, y_score: np.ndarray, names, thresholds=None) -> dict:
     """ROC AUC, PR AUC, and accuracy/F1/precision/recall at each label's threshold.
 
     Soft targets are binarised at 0.5; unknown targets (<0) are ignored.
     """
-    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
     out = {}
     for j, name in enumerate(names):
@@ -33,7 +56,7 @@ def per_label_metrics(y_true: np.ndarray, y_score: np.ndarray, names, thresholds
         s = y_score[mask, j]
         row = {"n": int(mask.sum()), "positives": int(t.sum())}
         if has_both_classes(t):
-            row["roc_auc"] = float(roc_auc_score(t, s))
+            row["roc_auc"] = roc_auc(y_true[:, j], y_score[:, j])
             row["pr_auc"] = float(average_precision_score(t, s))
         if thresholds is not None and len(t):
             th = float(thresholds[name])

@@ -20,10 +20,8 @@ import numpy as np
 from face2hbe import metrics
 from face2hbe.contract import LABELS
 from face2hbe.paths import portable_spec
-from face2hbe.training.data import build_crops, split_by_group
+from face2hbe.training.data import SPLITS, build_crops, split_by_group
 from face2hbe.training.train import load_sets
-
-SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass

@@ -61,7 +61,7 @@ class PromoteSettings:
 
 
 def _domains(settings: PromoteSettings, split: str, with_more: bool):
-    from .thresholds import load_domain
+    from face2hbe.training.domains import load_domain
 
     folders = [("celeba", settings.celeba), ("lfw", settings.lfw)]
     folders += [("celeba", path) for path in settings.more] if with_more else []
@@ -182,9 +182,10 @@ def _stage(settings: PromoteSettings, stage: Path):
 
 def promote(settings: PromoteSettings) -> dict:
     """Stage, choose thresholds, gate, and (gate passed or `force`, not `dry_run`) promote; returns the result."""
+    from face2hbe.graphs import score_onnx
     from face2hbe.repository import ONNX_FILE, file_sha256, labels_and_thresholds, validate_model_dir
 
-    from .thresholds import RULE, apply, choose, domain_metrics, production, score_onnx
+    from .thresholds import RULE, apply, choose, domain_metrics, production
 
     repository = Path(settings.repository)
     served_config, served_int8 = validate_model_dir(repository / contract.INT8_MODEL_NAME)

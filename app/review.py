@@ -142,7 +142,7 @@ def write_review(
 
 def review(folder: Path, output: Path, repository: Path, per_kind: int = 12) -> dict:
     """Score the folder's photos with the served model and write the review page and corrections CSV."""
-    from face2hbe.app.thresholds import score_onnx
+    from face2hbe.graphs import score_onnx
     from face2hbe.repository import labels_and_thresholds, validate_model_dir
     from face2hbe.training.data import build_crops, load_folders
 

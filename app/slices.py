@@ -65,10 +65,10 @@ def slice_metrics(
 
 
 def run(celeba: str, lfw: str, repository: Path, cache_dir: Path | None, progress: bool = True) -> dict:
+    from face2hbe.graphs import score_onnx
     from face2hbe.paths import portable_spec
     from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config
-
-    from .thresholds import load_domain, score_onnx
+    from face2hbe.training.domains import load_domain
 
     model_dir = Path(repository) / contract.MODEL_NAME
     _, thresholds = labels_and_thresholds(read_config(model_dir))

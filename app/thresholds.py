@@ -20,73 +20,19 @@ by a catalog that opts them in. `--write` writes them beside the thresholds (kep
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from face2hbe import contract
+from face2hbe.graphs import score_onnx
+from face2hbe.training.domains import Domain, load_domain
 
-SPLITS = {"val": 1, "test": 2}
 GRID = np.round(np.arange(0.005, 1.0, 0.005), 3)
 RULE = "max of the mean of CelebA-val F1 and LFW-val F1 (grid step 0.005)"
 REPORT_START, REPORT_END = "<!-- thresholds-report:start -->", "<!-- thresholds-report:end -->"
 PRODUCTION_START, PRODUCTION_END = "<!-- production-labels:start -->", "<!-- production-labels:end -->"
 PRODUCTION_RULE = f"ROC AUC on the CelebA test split (human labels) is at least {contract.PRODUCTION_AUC_BAR:.2f}"
-
-
-def target_name(label: str) -> str:
-    """The data adapters' target column of a served label (CelebA attributes as `celeba_<Attribute>`)."""
-    return label if label in contract.LABELS else f"celeba_{contract.ATTRIBUTE_SOURCES[label]}"
-
-
-@dataclass
-class Domain:
-    name: str  # "celeba" | "lfw"
-    split: str
-    crops: np.ndarray
-    targets: np.ndarray  # [N, len(SERVED_LABELS)], -1 unknown, soft targets binarised at 0.5 by the metrics
-    images: int
-    scores: np.ndarray | None = field(default=None, repr=False)
-    # The domain's own attributes by CelebA name (CelebA's labels, LFW's FaRL probabilities at 0.5; unknown = absent).
-    attributes: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    groups: np.ndarray | None = field(default=None, repr=False)  # per face: the person (LFW, celeba_more) or the image
-
-
-def load_domain(spec: str, split: str, cache_dir: Path | None, seed: int = 0, progress: bool = True) -> Domain:
-    from face2hbe.training.data import build_crops, split_by_group
-    from face2hbe.training.train import load_sets
-
-    (dataset,) = load_sets([spec], attributes=True, limit=None)
-    dataset = dataset.subset(split_by_group(dataset.groups, seed=seed)[SPLITS[split]])
-    crops, kept = build_crops(dataset, cache_dir, progress=progress)
-    targets = dataset.targets[kept]
-    columns = [dataset.target_names.index(target_name(label)) for label in contract.SERVED_LABELS]
-    attributes = {
-        n[len("celeba_") :]: targets[:, i] >= 0.5 for i, n in enumerate(dataset.target_names) if n.startswith("celeba_")
-    }
-    return Domain(
-        spec.partition(":")[0],
-        split,
-        crops,
-        targets[:, columns],
-        len(dataset),
-        attributes=attributes,
-        groups=np.asarray(dataset.groups)[kept],
-    )
-
-
-def score_onnx(onnx_path: Path, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
-    """[N, len(SERVED_LABELS)]: the graph's scores then attributes, onnxruntime on the CPU."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
-    parts = [
-        np.concatenate(session.run(names, {contract.INPUT_NAME: crops[i : i + batch]}), axis=1)
-        for i in range(0, len(crops), batch)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, len(contract.SERVED_LABELS)), np.float32)
 
 
 def _f1_curve(targets: np.ndarray, scores: np.ndarray) -> np.ndarray | None:

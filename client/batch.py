@@ -425,16 +425,12 @@ class ScoreStage:
 
 def _local_session(settings: BatchSettings):
     """An onnxruntime session on the repository's model, checked against the contract, and its ModelInfo."""
-    import onnxruntime as ort
-
+    from face2hbe.graphs import cpu_session
     from face2hbe.repository import CPU_PRECISION, PRECISION_FOLDERS, validate_model_dir
 
     # The CPU default graph, as `face2hbe serve` runs it (docs/serving.md "CPU default"), so both engines agree.
     config, onnx_path = validate_model_dir(Path(settings.repository) / PRECISION_FOLDERS[CPU_PRECISION])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # one core per actor; more actors for more cores
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path, threads=1)  # one core per actor; more actors for more cores
     return session, ModelInfo.from_config(config, contract.MODEL_NAME, contract.MODEL_VERSION)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import ModelRepositoryError
+from face2hbe.graphs import cpu_session
 from face2hbe.repository import ONNX_FILE, labels_and_thresholds, production_labels_in, read_config, validate_model_dir
 
 from .repository import BatchingSettings, build_config, write_config
@@ -70,12 +71,6 @@ def add_attributes_output(model):
     return model
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def _run(session, names: list[str], crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> list[np.ndarray]:
     parts = [session.run(names, {contract.INPUT_NAME: crops[i : i + batch]}) for i in range(0, len(crops), batch)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
@@ -100,8 +95,8 @@ def check_upgrade(before: Path, after: Path, crops: np.ndarray, name: str = "") 
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.onnx"
         onnx.save(old, str(probe))
-        old_scores, old_head = _run(_session(probe), [contract.OUTPUT_NAME, head], crops)
-    new_scores, attributes = _run(_session(after), [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], crops)
+        old_scores, old_head = _run(cpu_session(probe), [contract.OUTPUT_NAME, head], crops)
+    new_scores, attributes = _run(cpu_session(after), [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], crops)
     return UpgradeCheck(
         model=name or str(before),
         faces=len(crops),

@@ -23,6 +23,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.errors import DataError, ModelRepositoryError
+from face2hbe.graphs import cpu_session, score_crops
 from face2hbe.imaging import IMAGE_SUFFIXES
 from face2hbe.metrics import roc_aucs
 from face2hbe.repository import ONNX_FILE, labels_and_thresholds, read_config, validate_model_dir
@@ -162,20 +163,6 @@ def record_source(fp32_path: Path, int8_path: Path) -> None:
 # --- comparison --------------------------------------------------------------------------
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
-    outs = [
-        session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0]
-        for i in range(0, len(crops), batch)
-    ]
-    return np.concatenate(outs) if outs else np.zeros((0, len(contract.LABELS)), np.float32)
-
-
 def faces_per_second(sessions: dict, crops: np.ndarray, batch: int = 32, rounds: int = 5) -> dict[str, float]:
     """Faces/s at `batch` for each session, interleaved round by round (fair under a shared CPU), median."""
     x = crops[:batch] if len(crops) >= batch else np.resize(crops, (batch, *crops.shape[1:]))
@@ -239,8 +226,9 @@ def compare(
     fp32_path: Path, int8_path: Path, crops: np.ndarray, targets: np.ndarray | None, evaluation: str, calibration: str
 ) -> Int8Report:
     """Scores, per-label ROC AUC and speed of both graphs on the same crops, in one run."""
-    sessions = {"fp32": _session(fp32_path), "int8": _session(int8_path)}
-    s32, s8 = score(sessions["fp32"], crops), score(sessions["int8"], crops)
+    # onnxruntime's defaults (spinning threads): the files are compared, not servers
+    sessions = {"fp32": cpu_session(fp32_path, spin=True), "int8": cpu_session(int8_path, spin=True)}
+    s32, s8 = score_crops(sessions["fp32"], crops), score_crops(sessions["int8"], crops)
     speed = faces_per_second(sessions, crops)
     diff = np.abs(s32 - s8)
     report = Int8Report(

@@ -251,18 +251,14 @@ def detection_rates(paths: list[Path], limit: int = 60) -> dict:
 
 def scoring_rates(crops: np.ndarray, repository: Path, seconds: float = 8.0) -> dict:
     """Faces/s of one onnxruntime session on the served model, batches of 32: 1 intra-op thread and the default."""
-    import onnxruntime as ort
-
     from face2hbe import contract
+    from face2hbe.graphs import cpu_session
 
     onnx_path = Path(repository) / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx"
     batch = np.resize(crops, (32, *crops.shape[1:])).astype(np.uint8)
     rates = {}
     for threads in (1, None):
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx_path, threads=threads, spin=True)
         session.run(None, {contract.INPUT_NAME: batch})
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:

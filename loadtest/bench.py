@@ -158,10 +158,8 @@ def _row(group: str, name: str, result: dict, **extra) -> Row:
 
 
 def ort_session(path: Path):
-    import onnxruntime as ort
-
-    # onnxruntime's defaults (the fp32 / INT8 / prototype rows compare files, not servers).
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """onnxruntime's defaults, spinning threads included (the fp32 / INT8 / prototype rows compare files, not servers)."""
+    return cpu_session(path, spin=True)
 
 
 def _summed(parts: list[dict], faces: int) -> dict:

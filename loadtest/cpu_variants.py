@@ -19,6 +19,7 @@ import numpy as np
 
 from face2hbe import contract
 from face2hbe.export.quantize import faces_per_second
+from face2hbe.graphs import cpu_session, score_crops
 from face2hbe.metrics import roc_aucs
 from face2hbe.repository import ONNX_FILE
 
@@ -27,28 +28,19 @@ BATCHES = (1, 8, 32)
 
 
 def sessions(repository: Path, threads: int | None) -> dict[str, object]:
-    import onnxruntime as ort
-
-    from face2hbe.graphs import load_graph
-
     files = {
         "fp32": repository / contract.MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE,
         "int8": repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE,
     }
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
     return {
-        f"{precision} {graph}": ort.InferenceSession(
-            load_graph(files[precision], graph), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        f"{precision} {graph}": cpu_session(files[precision], graph, threads, spin=True)
         for precision, graph in VARIANTS
     }
 
 
 def test_crops(data: str, cache_dir: Path | None):
     """(crops, targets for LABELS) of a data spec's test split, as `face2hbe thresholds` and `evaluate` build them."""
-    from face2hbe.app.thresholds import load_domain
+    from face2hbe.training.domains import load_domain
 
     domain = load_domain(data, "test", cache_dir, progress=False)
     return domain.crops, domain.targets[:, : len(contract.LABELS)]
@@ -59,14 +51,6 @@ def auc_per_label(targets: np.ndarray, scores: np.ndarray) -> dict[str, float | 
         label: None if auc is None else round(auc, 4)
         for label, auc in roc_aucs(targets, scores, contract.LABELS).items()
     }
-
-
-def score(session, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
-    parts = [
-        session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: crops[i : i + batch]})[0]
-        for i in range(0, len(crops), batch)
-    ]
-    return np.concatenate(parts)
 
 
 def markdown(result: dict) -> str:
@@ -129,7 +113,7 @@ def main(repository, data_specs, rounds, threads, cache_dir, output):
         crops, targets = test_crops(spec, cache_dir)
         timing_crops = crops if timing_crops is None else timing_crops
         name = spec.partition(":")[0] + " test"
-        result["auc"][name] = {n: auc_per_label(targets, score(s, crops)) for n, s in runs.items()}
+        result["auc"][name] = {n: auc_per_label(targets, score_crops(s, crops)) for n, s in runs.items()}
         result.setdefault("faces", {})[name] = int(len(crops))
         result.setdefault("data", []).append(portable_spec(spec))
     for batch in BATCHES:

@@ -135,16 +135,13 @@ def run_decode_bench(
     repository: Path = DEFAULT_REPOSITORY,
     lfw_dir: Path = DEFAULT_LFW,
 ) -> dict:
-    import onnxruntime as ort
-
     from face2hbe import contract
     from face2hbe.detection import load_detector
+    from face2hbe.graphs import cpu_session
     from face2hbe.loadtest.bench import machine_info
 
     sessions = {
-        precision: ort.InferenceSession(
-            str(Path(repository) / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-        )
+        precision: cpu_session(Path(repository) / model / contract.MODEL_VERSION / "model.onnx", spin=True)
         for precision, model in (("fp32", contract.MODEL_NAME), ("int8", contract.INT8_MODEL_NAME))
     }
     load_detector("blazeface")
@@ -161,14 +158,14 @@ def run_decode_bench(
 def _set_row(size: str, photos: int, tmp: Path, sessions: dict, lfw_dir: Path) -> dict:
     from face2hbe import contract
     from face2hbe.detection import face_crops
+    from face2hbe.graphs import score_crops
     from face2hbe.imaging import MIN_CROP_SIDE, Box, crop_box
 
     from .phone_photos import SIZES, write_phone_photos
 
-    def scores(precision: str, crops: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            sessions[precision].run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops}),
-            axis=1,
+    def scores(precision: str, crops: np.ndarray) -> np.ndarray:  # all of a photo's crops in one run
+        return score_crops(
+            sessions[precision], crops, (contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME), max(1, len(crops))
         )
 
     seconds = {variant: [] for variant in VARIANTS}

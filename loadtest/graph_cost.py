@@ -34,9 +34,8 @@ from .cpu_variants import BATCHES
     help="What each graph is (once per graph, in order), e.g. the git revision it came from.",
 )
 def main(graphs, celeba, rounds, output, given):
-    import onnxruntime as ort
-
     from face2hbe.export.quantize import calibration_crops
+    from face2hbe.graphs import cpu_session
     from face2hbe.loadtest.bench import machine_info
     from face2hbe.paths import portable
 
@@ -49,9 +48,7 @@ def main(graphs, celeba, rounds, output, given):
     crops, source = calibration_crops(
         celeba if celeba.is_dir() else None, Path(__file__).resolve().parents[1] / "client" / "samples", count=64
     )
-    runs = {
-        name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for name, path in zip(names, graphs)
-    }
+    runs = {name: cpu_session(path, spin=True) for name, path in zip(names, graphs)}
     result = {
         "graphs": dict(zip(names, (portable(str(p)) for p in graphs))),
         "outputs": {n: [o.name for o in s.get_outputs()] for n, s in runs.items()},

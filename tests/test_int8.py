@@ -27,9 +27,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def sessions():
-    from face2hbe.export.quantize import _session
+    from face2hbe.graphs import cpu_session
 
-    return _session(FP32), _session(INT8)
+    return cpu_session(FP32), cpu_session(INT8)
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +58,20 @@ def test_int8_is_quantized_and_smaller():
 
 
 def test_int8_scores_close_to_fp32_on_real_crops(sessions, real_crops):
-    from face2hbe.export.quantize import score
+    from face2hbe.graphs import score_crops
 
-    fp32, int8 = (score(s, real_crops) for s in sessions)
+    fp32, int8 = (score_crops(s, real_crops) for s in sessions)
     assert int8.shape == fp32.shape == (len(real_crops), len(contract.LABELS))
     assert int8.dtype == np.float32 and np.all((int8 >= 0) & (int8 <= 1))
     assert float(np.abs(fp32 - int8).mean()) <= MEAN_ABS_TOL
 
 
 def test_int8_runs_on_sample_photo_faces(sessions):
-    from face2hbe.export.quantize import sample_crops, score
+    from face2hbe.export.quantize import sample_crops
+    from face2hbe.graphs import score_crops
 
     crops = sample_crops(SAMPLES)
-    fp32, int8 = (score(s, crops) for s in sessions)
+    fp32, int8 = (score_crops(s, crops) for s in sessions)
     assert float(np.abs(fp32 - int8).mean()) <= MEAN_ABS_TOL
 
 
@@ -99,11 +100,13 @@ def _served_scores(grpc_url: str, batch: np.ndarray) -> np.ndarray:
 
 def test_the_cpu_default_is_int8_under_the_contract_name(server, grpc_url):
     """`face2hbe serve` (the CPU default, docs/serving.md): clients call `face2hbe` and get the INT8 file's scores."""
-    from face2hbe.export.quantize import _session
+    import onnxruntime as ort
 
     assert server.onnx_path == INT8 and server.settings.graph == "mirror"
     batch = np.random.default_rng(3).integers(0, 256, (2, *contract.INPUT_SHAPE), dtype=np.uint8)
-    (direct,) = _session(INT8).run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})
+    (direct,) = ort.InferenceSession(str(INT8), providers=["CPUExecutionProvider"]).run(
+        [contract.OUTPUT_NAME], {contract.INPUT_NAME: batch}
+    )
     np.testing.assert_allclose(_served_scores(grpc_url, batch), direct, atol=1e-6)
 
 

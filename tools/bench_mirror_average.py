@@ -24,14 +24,17 @@ def main(run_dir, celeba, rounds):
     import keras
 
     from face2hbe.export.onnx_export import export_onnx
-    from face2hbe.export.quantize import _session, calibration_crops, faces_per_second
+    from face2hbe.export.quantize import calibration_crops, faces_per_second
+    from face2hbe.graphs import cpu_session
 
     size = int(json.loads((run_dir / "training.json").read_text())["working_size"])
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     crops, source = calibration_crops(celeba, Path(__file__).resolve().parents[1] / "client" / "samples", count=64)
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {
-            name: _session(export_onnx(model, size, Path(tmp) / f"{name}.onnx", mirror_average=name == "mirror"))
+            name: cpu_session(
+                export_onnx(model, size, Path(tmp) / f"{name}.onnx", mirror_average=name == "mirror"), spin=True
+            )
             for name in ("plain", "mirror")
         }
         click.echo(f"crops: {source}; working size {size} px")

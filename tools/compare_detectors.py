@@ -51,11 +51,10 @@ from PIL import Image
 from face2hbe.contract import LABELS
 from face2hbe.detection import DETECTOR_MODELS, DetectorSettings, detect_faces, face_crops, require_detector
 from face2hbe.imaging import load_rgb
-from face2hbe.training.data import load_celeba, load_lfw, split_by_group
+from face2hbe.training.data import SPLITS, load_celeba, load_lfw, split_by_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SPLITS = {"train": 0, "val": 1, "test": 2}
 VARIANTS = {
     "blazeface-plain": dict(model="blazeface", retry_pad=0.0, tile_above=0, hog_framing=False)
 }  # named option sets beyond the models
@@ -176,14 +175,13 @@ class Scorer:
     """The served model (repository's face2hbe ONNX graph) on uint8 crops, on the CPU; scores in LABELS order."""
 
     def __init__(self, repository: Path):
-        import onnxruntime as ort
-
         from face2hbe import contract
+        from face2hbe.graphs import cpu_session
         from face2hbe.repository import labels_and_thresholds, validate_model_dir
 
         config, onnx_path = validate_model_dir(Path(repository) / contract.MODEL_NAME)
         self.labels, self.thresholds = labels_and_thresholds(config)
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path)
         self.order = [self.labels.index(label) for label in LABELS]
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:

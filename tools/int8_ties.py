@@ -42,10 +42,11 @@ def distinct_share(scores: np.ndarray) -> list[float]:
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON here.")
 def main(celeba, repository, work, cache_dir, output):
     from face2hbe import contract
-    from face2hbe.app.thresholds import load_domain, score_onnx
     from face2hbe.export.quantize import calibration_crops, quantize_int8
+    from face2hbe.graphs import score_onnx
     from face2hbe.metrics import roc_aucs
     from face2hbe.paths import CACHE_DIR
+    from face2hbe.training.domains import load_domain
 
     fp32 = repository / contract.MODEL_NAME / contract.MODEL_VERSION / "model.onnx"
     graphs = {
@@ -60,7 +61,7 @@ def main(celeba, repository, work, cache_dir, output):
     test = load_domain(f"celeba:{celeba}", "test", cache_dir or CACHE_DIR, progress=False)
     labels = list(contract.SERVED_LABELS)
     result = {
-        "split": "CelebA test (thresholds.load_domain, seed 0)",
+        "split": "CelebA test (training.domains.load_domain, seed 0)",
         "faces": int(len(test.crops)),
         "calibration": calibration,
         "graphs": {},

@@ -201,6 +201,9 @@ def load_lfw(root: str | Path, with_attributes: bool = False, soft: bool = True)
     return LabeledSet("lfw", paths, np.asarray(targets, dtype=np.float32), names, groups, aligned=False, root=root)
 
 
+SPLITS = {"train": 0, "val": 1, "test": 2}  # split_by_group's parts, by name
+
+
 def split_by_group(groups: list[str], fractions=(0.8, 0.1, 0.1), seed: int = 0) -> list[np.ndarray]:
     """Deterministic split of sample indices so that no group crosses a boundary.
 

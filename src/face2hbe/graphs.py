@@ -1,4 +1,5 @@
-"""Variants of a served ONNX graph, derived in memory (nothing is written to the repository).
+"""ONNX graphs on the CPU: the variants of a served graph, derived in memory (nothing is written to the
+repository), and the one builder of onnxruntime CPU sessions (`cpu_session`) with its batched scorer.
 
 The served graph is mirror-averaged: it scores each face and its mirror image in one batch
 of 2N and returns the mean (docs/model.md). That doubles the convolution work for a small
@@ -9,6 +10,9 @@ default") and the other graph is one flag away (`face2hbe serve --graph plain|mi
 
 from __future__ import annotations
 
+import numpy as np
+
+from . import contract
 from .errors import ModelRepositoryError
 from .repository import MIRROR_AVERAGE_KEY
 
@@ -107,8 +111,9 @@ def _prune(graph) -> None:
     graph.value_info.extend(infos)
 
 
-def load_graph(onnx_path, graph: str = "mirror") -> bytes:
-    """The serialized ONNX model at `onnx_path` as `graph` ("mirror": as exported; "plain": mirror branch removed).
+def load_graph(onnx_model, graph: str = "mirror") -> bytes:
+    """The serialized ONNX model (a file's path, or its bytes) as `graph` ("mirror": as exported; "plain": mirror
+    branch removed).
 
     A plain export asked for "mirror" is served as it is (it has no mirror branch to keep).
     """
@@ -116,24 +121,52 @@ def load_graph(onnx_path, graph: str = "mirror") -> bytes:
 
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
-    model = onnx.load(str(onnx_path))
+    model = onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(str(onnx_model))
     if graph == "plain" and is_mirror_averaged(model):
         model = plain_graph(model)
     return model.SerializeToString()
 
 
-def cpu_session(onnx_path, graph: str = "mirror", threads: int | None = None):
-    """An onnxruntime CPU session on `graph` of the file at `onnx_path`, as `face2hbe serve` runs it (cpu_model.py).
+def cpu_session(onnx_model, graph: str = "mirror", threads: int | None = None, spin: bool = False):
+    """An onnxruntime CPU session on `graph` of an ONNX file (a path) or serialized model (bytes): the one place
+    sessions are built (the server's model.py, the batch job's local engine, the commands, the benchmarks, tools).
 
-    `threads`: intra-op threads (None: onnxruntime's default). No spin-waiting between ops: in the server these
-    threads share the cores with tritonserver's gRPC and batcher threads, which a spinning pool starves (on the
-    shared 2-core machine, face2hbe bench's Triton rows went from 0.59-0.61x to 0.91-0.93x of in-process at 16
-    clients). Scores do not change (tests/test_server.py compares them to the bit).
+    `threads`: intra-op threads, one inter-op thread (None: onnxruntime's defaults). No spin-waiting between ops
+    unless `spin`: in the server these threads share the cores with tritonserver's gRPC and batcher threads, which
+    a spinning pool starves (on the shared 2-core machine, face2hbe bench's Triton rows went from 0.59-0.61x to
+    0.91-0.93x of in-process at 16 clients). Scores do not change (tests/test_server.py compares them to the bit).
+    `spin=True` is onnxruntime's own default, kept by the benchmarks that compare files rather than servers.
     """
     import onnxruntime as ort
 
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, not {graph!r}")
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(load_graph(onnx_path, graph), sess_options=options, providers=["CPUExecutionProvider"])
+    if graph == "plain":
+        model = load_graph(onnx_model, graph)
+    else:  # the model as exported: onnxruntime reads it directly (no parse and re-serialisation by onnx)
+        model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def score_crops(
+    session, crops: np.ndarray, outputs=(contract.OUTPUT_NAME,), batch: int = contract.MAX_BATCH_SIZE
+) -> np.ndarray:
+    """[N, columns]: the session's `outputs` side by side (scores, then attributes when asked), `batch` crops a run."""
+    parts = [
+        np.concatenate(session.run(list(outputs), {contract.INPUT_NAME: crops[i : i + batch]}), axis=1)
+        for i in range(0, len(crops), batch)
+    ]
+    if not parts:
+        widths = {contract.OUTPUT_NAME: len(contract.LABELS), contract.ATTRIBUTES_NAME: len(contract.ATTRIBUTE_LABELS)}
+        return np.zeros((0, sum(widths[name] for name in outputs)), np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def score_onnx(onnx_path, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
+    """[N, len(SERVED_LABELS)]: an exported graph's scores then attributes for uint8 crops, on the CPU."""
+    return score_crops(cpu_session(onnx_path), crops, (contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME), batch)

@@ -1465,7 +1465,7 @@ def loadtest(
 )
 def bench(repository, output_dir, quick, seconds, cache_dir, skip_prototype):
     """Benchmark on this machine: in-process ONNX Runtime vs Triton, batching, batch sizes, INT8, prototype."""
-    from face2hbe.loadtest.bench import BenchSettings, run_bench
+    from face2hbe.loadtest.bench.server import BenchSettings, run_bench
 
     command = " ".join(
         [

@@ -18,7 +18,7 @@ def crops():
 
 def test_measure_protocol_on_the_served_model(crops):
     """Two workers, closed loop, real onnxruntime: every worker runs and faces/s follows the counts."""
-    from face2hbe.loadtest.bench import measure, ort_calls, ort_session
+    from face2hbe.loadtest.bench.server import measure, ort_calls, ort_session
     from face2hbe.loadtest.crops import batch_of
 
     session = ort_session(REPOSITORY / "face2hbe" / "1" / "model.onnx")
@@ -29,7 +29,7 @@ def test_measure_protocol_on_the_served_model(crops):
 
 
 def test_ratios_table_json_and_chart(tmp_path, capsys):
-    from face2hbe.loadtest.bench import Bench, Row, find_int8_model, print_table, row_dict, write_outputs
+    from face2hbe.loadtest.bench.server import Bench, Row, find_int8_model, print_table, row_dict, write_outputs
 
     bench = Bench()
     bench.add(Row("5 one model vs prototype", "prototype", 2.0))
@@ -84,7 +84,7 @@ def test_bench_quick_measures_every_row(tmp_path):
 def test_graph_cost_refuses_what_it_cannot_compare(graphs, names, reason):
     from click.testing import CliRunner
 
-    from face2hbe.loadtest.graph_cost import main
+    from face2hbe.loadtest.bench.graph_cost import main
 
     paths = [str(REPOSITORY / "face2hbe_int8" / "1" / "model.onnx"), str(REPOSITORY / "face2hbe" / "1" / "model.onnx")][
         :graphs

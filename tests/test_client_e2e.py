@@ -191,7 +191,7 @@ def test_csv_catalog_errors_name_file_and_row(tmp_path):
 
 def test_e2e_bench_reports_both_rates(grpc_url, lfw_dir):
     """The end-to-end benchmark's function on a few photos against the live server (figures: docs/client.md)."""
-    from face2hbe.loadtest.e2e_bench import run_e2e_bench
+    from face2hbe.loadtest.bench.e2e import run_e2e_bench
 
     result = run_e2e_bench(photos=6, url=grpc_url, workers=1, lfw_dir=lfw_dir)  # skips without LFW, like its siblings
     assert result["photos"] == 6 and result["faces"] >= 5 and result["errors"] == 0
@@ -202,8 +202,8 @@ def test_e2e_bench_reports_both_rates(grpc_url, lfw_dir):
 
 @pytest.mark.slow  # spawns worker processes for two of its four variants
 def test_pool_bench_runs_every_variant(grpc_url, lfw_dir):
-    """loadtest/pool_bench.py: the old process pool (its workers import the bench, not this test) and the threads, same faces."""
-    from face2hbe.loadtest.pool_bench import markdown, run_pool_bench, variants
+    """loadtest/bench/pool.py: the old process pool (its workers import the bench, not this test) and the threads, same faces."""
+    from face2hbe.loadtest.bench.pool import markdown, run_pool_bench, variants
 
     result = run_pool_bench(photos=4, rounds=1, lfw_dir=lfw_dir, url=grpc_url)
     assert [row["variant"] for row in result["table"]] == [name for name, *_ in variants()]

@@ -2,7 +2,7 @@
 
 LFW's 250x250 photos are no bigger than the detection copy, so they are decoded whole: boxes and crops
 are the full decode's to the bit, and the held-out AUCs (measured on such photos) cannot move. Phone-size
-collages of LFW photos (loadtest.phone_photos, built in memory, never written) are decoded at 1/4 for
+collages of LFW photos (loadtest.bench.phone_photos, built in memory, never written) are decoded at 1/4 for
 detection; their faces are found as with the full decode, and the crops score as the full decode's.
 """
 
@@ -27,7 +27,7 @@ FULL, REDUCED = DetectorSettings(draft=False), DetectorSettings()
 @pytest.fixture(scope="module")
 def phone_set(lfw_dir) -> list[tuple[str, bytes]]:
     """Three 4032x3024 collages of LFW photos, in memory: a grid, a portrait (EXIF 6) with small faces, one big face."""
-    from face2hbe.loadtest.phone_photos import PHONE, phone_photos
+    from face2hbe.loadtest.bench.phone_photos import PHONE, phone_photos
 
     return list(phone_photos(lfw_dir, 3, PHONE))
 
@@ -39,7 +39,7 @@ def _found(data: bytes, settings: DetectorSettings):
 
 
 def test_lfw_photos_give_the_full_decode_s_boxes_and_crops_to_the_bit(lfw_dir):
-    from face2hbe.loadtest.phone_photos import lfw_photos
+    from face2hbe.loadtest.bench.phone_photos import lfw_photos
 
     faces = 0
     for path in lfw_photos(lfw_dir, 24):

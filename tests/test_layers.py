@@ -1,7 +1,19 @@
-"""Layers: the core under the stages, no stage importing another (export -> training excepted), the CLI on top.
+"""Layers: which folder may import which, read from every import in the source (function-level ones included,
+where cycles hide; relative imports resolved).
 
-Every import is read from the source (function-level ones included, where cycles hide),
-and the package map comes from pyproject.toml's package-dir, so a new folder is checked too.
+    core      src/face2hbe                   -> core
+    stages    training                       -> core
+              export                         -> core, training (export converts what training built)
+              serving                        -> core
+              client                         -> core
+    top       loadtest (load testing)        -> core, training (CelebA crops), serving (the server it loads)
+              loadtest/bench (benchmarks)    -> core, the stages they measure, load testing, other benchmarks
+              app (the commands)             -> core, stages, load testing; a benchmark only from `face2hbe bench`
+              tools/*.py (scripts)           -> core, stages, load testing, app
+              model_repository/*/*/model.py  -> core (Triton's Python backend runs them inside the server)
+
+Nothing imports a benchmark but another benchmark and the `face2hbe bench` command. The units are the package
+map's entries in pyproject.toml plus loadtest/bench, tools/ and the models: a mapped folder without a rule fails.
 """
 
 from __future__ import annotations
@@ -13,30 +25,26 @@ from pathlib import Path
 
 from conftest import ROOT
 
-CORE = {
-    "face2hbe.contract",
-    "face2hbe.errors",
-    "face2hbe.imaging",
-    "face2hbe.detection",
-    "face2hbe.photo",
-    "face2hbe.graphs",
-    "face2hbe.repository",
-    "face2hbe.net",
-    "face2hbe.paths",
-    "face2hbe.metrics",
+CORE = "face2hbe"
+TRAINING, EXPORT, SERVING, CLIENT = "face2hbe.training", "face2hbe.export", "face2hbe.serving", "face2hbe.client"
+STAGES = {TRAINING, EXPORT, SERVING, CLIENT}
+LOADTEST, BENCH, APP = "face2hbe.loadtest", "face2hbe.loadtest.bench", "face2hbe.app"
+TOOLS, MODELS = "tools", "model_repository"  # scripts and Triton Python-backend models: outside the package map
+
+MAY_IMPORT = {
+    CORE: {CORE},
+    TRAINING: {CORE},
+    EXPORT: {CORE, TRAINING},
+    SERVING: {CORE},
+    CLIENT: {CORE},
+    LOADTEST: {CORE, TRAINING, SERVING},
+    BENCH: {CORE, *STAGES, LOADTEST},
+    APP: {CORE, *STAGES, LOADTEST},
+    TOOLS: {CORE, *STAGES, LOADTEST, APP},
+    MODELS: {CORE},
 }
-STAGES = {"face2hbe.training", "face2hbe.export", "face2hbe.client", "face2hbe.serving"}
-ALLOWED_STAGE_IMPORTS = {("face2hbe.export", "face2hbe.training")}  # export converts what training built
-TOP = {
-    "face2hbe.app.cli",
-    "face2hbe.app.demo",
-    "face2hbe.app.evaluate",
-    "face2hbe.app.thresholds",
-    "face2hbe.app.slices",
-    "face2hbe.app.review",
-    "face2hbe.loadtest",
-    "face2hbe",
-}
+# The one way into a benchmark from outside the benchmarks: the command that runs it.
+ENTRY_POINTS = {("face2hbe.app.cli", "face2hbe.loadtest.bench.server")}
 
 
 def package_dirs(root: Path) -> dict[str, Path]:
@@ -45,11 +53,23 @@ def package_dirs(root: Path) -> dict[str, Path]:
 
 
 def modules(root: Path):
-    """(module name, file) for every Python file of the distribution."""
-    for package, folder in package_dirs(root).items():
-        for path in sorted(folder.glob("*.py")):
-            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
-            yield name, path
+    """(module name, file) for every Python file of the distribution, subpackages included."""
+    dirs = package_dirs(root)
+    for package, folder in dirs.items():
+        nested = [d for other, d in dirs.items() if other != package and d.is_relative_to(folder)]
+        for path in sorted(folder.rglob("*.py")):
+            if any(path.is_relative_to(d) for d in nested):
+                continue  # another entry of the map owns it
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
+
+
+def scripts(root: Path):
+    """(unit, file) for the Python files outside the package map that import face2hbe: tools and models."""
+    for path in sorted((root / "tools").glob("*.py")):
+        yield TOOLS, path
+    for path in sorted((root / "model_repository").glob("*/*/model.py")):
+        yield MODELS, path
 
 
 def imported(name: str, path: Path) -> set[str]:
@@ -70,30 +90,24 @@ def imported(name: str, path: Path) -> set[str]:
 
 
 def unit(module: str) -> str:
-    """The layer unit a module belongs to: a core module, a stage package, or a top-level one."""
-    for group in (CORE, STAGES, TOP - {"face2hbe"}):
-        for u in group:
-            if module == u or module.startswith(u + "."):
-                return u
-    return "face2hbe"
+    """The unit a face2hbe module belongs to: the longest unit name that is it or a package above it."""
+    units = [u for u in MAY_IMPORT if u not in (TOOLS, MODELS) and (module == u or module.startswith(u + "."))]
+    return max(units, key=len)
 
 
 def violations(root: Path) -> list[str]:
     found = []
-    for name, path in modules(root):
-        source = unit(name)
-        for target_module in sorted(imported(name, path)):
+    files = [(unit(name), name, path) for name, path in modules(root)]
+    files += [(source, path.stem, path) for source, path in scripts(root)]
+    for source, name, path in files:
+        for target_module in sorted(imported(name if source not in (TOOLS, MODELS) else "", path)):
             target = unit(target_module)
-            if target == source or target == "face2hbe" and target_module == "face2hbe":
+            if target == source or target in MAY_IMPORT[source]:
                 continue
-            if source in CORE:
-                ok = target in CORE
-            elif source in STAGES:
-                ok = target in CORE or (source, target) in ALLOWED_STAGE_IMPORTS
-            else:
-                ok = True
+            if any(name == a and target_module.startswith(b) for a, b in ENTRY_POINTS):
+                continue
             line = f"{path.relative_to(root)}: {source} imports {target}"
-            if not ok and line not in found:
+            if line not in found:
                 found.append(line)
     return found
 
@@ -102,22 +116,51 @@ def test_every_import_respects_the_layers():
     assert violations(ROOT) == []
 
 
-def test_a_planted_stage_to_stage_import_fails_the_check(tmp_path):
-    """training/ importing the client (even inside a function) is caught, naming the file and the import."""
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    for folder in {p.relative_to(ROOT).parts[0] for p in package_dirs(ROOT).values()}:
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("samples", "__pycache__"))
-    data = tmp_path / "training" / "data.py"
-    data.write_text(
-        data.read_text() + "\n\ndef planted():\n    from face2hbe.client import Recommender\n    return Recommender\n"
-    )
-    assert violations(tmp_path) == ["training/data.py: face2hbe.training imports face2hbe.client"]
+def test_every_folder_has_a_rule_and_every_package_ships():
+    """A new entry in the package map needs its rule here first; every folder with an __init__.py under a mapped
+    one (loadtest/bench, say) is in pyproject.toml's package list, or the wheel would leave it out."""
+    assert set(package_dirs(ROOT)) | {BENCH} == set(MAY_IMPORT) - {TOOLS, MODELS}
+    assert {unit(name) for name, _ in modules(ROOT)} | {u for u, _ in scripts(ROOT)} == set(MAY_IMPORT)
+    shipped = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert {name for name, path in modules(ROOT) if path.name == "__init__.py"} == shipped
 
 
-def test_the_core_imports_no_stage(tmp_path):
+# What each unit gets planted: a core module importing a stage, a stage another stage, the top a benchmark ...
+PLANT = {
+    CORE: SERVING,
+    TRAINING: CLIENT,
+    EXPORT: SERVING,
+    SERVING: CLIENT,
+    CLIENT: SERVING,
+    LOADTEST: BENCH,
+    BENCH: APP,
+    APP: BENCH,
+    TOOLS: BENCH,
+    MODELS: CLIENT,
+}
+
+
+def test_a_planted_violation_fails_the_check_in_every_folder(tmp_path):
+    """In a copy of the tree, each unit in turn gets a function-level import of a unit it may not use: the check
+    names exactly that file and that import (app/cli.py's own benchmark entry point does not cover another one)."""
+    assert set(PLANT) == set(MAY_IMPORT) and all(PLANT[u] not in MAY_IMPORT[u] for u in PLANT)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    for folder in {p.relative_to(ROOT).parts[0] for p in package_dirs(ROOT).values()}:
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("samples", "__pycache__"))
-    imaging = tmp_path / "src" / "face2hbe" / "imaging.py"
-    imaging.write_text(imaging.read_text() + "\n\nfrom .serving import embedded  # noqa\n")
-    assert violations(tmp_path) == ["src/face2hbe/imaging.py: face2hbe.imaging imports face2hbe.serving"]
+    for folder in {p.relative_to(ROOT).parts[0] for p in package_dirs(ROOT).values()} | {TOOLS, MODELS}:
+        shutil.copytree(
+            ROOT / folder,
+            tmp_path / folder,
+            ignore=shutil.ignore_patterns("samples", "__pycache__", "*.onnx", "node_modules", "*.txt", "*.pbtxt"),
+        )
+    assert violations(tmp_path) == []
+    # Each unit's first module (app/cli.py for the commands: its entry point into one benchmark covers no other).
+    files = {unit(name): path for name, path in sorted(modules(tmp_path), reverse=True) if path.stem != "__init__"}
+    files.update(dict(scripts(tmp_path)))
+    assert set(files) == set(PLANT)
+    for source, path in sorted(files.items()):
+        module = f"{PLANT[source]}.e2e" if PLANT[source] == BENCH else PLANT[source]
+        original = path.read_text()
+        path.write_text(original + f"\n\ndef planted():\n    import {module}\n\n    return {module}\n")
+        try:
+            assert violations(tmp_path) == [f"{path.relative_to(tmp_path)}: {source} imports {PLANT[source]}"]
+        finally:
+            path.write_text(original)

@@ -3,7 +3,7 @@ and for the served fp32 graph quantized again with the head's last layer kept in
 
     WORK=$(mktemp -d)
     python tools/int8_ties.py --work $WORK --output docs/bench/int8-ties.json
-    python -m face2hbe.loadtest.graph_cost $WORK/all_int8.onnx $WORK/float_head.onnx \
+    python -m face2hbe.loadtest.bench.graph_cost $WORK/all_int8.onnx $WORK/float_head.onnx \
         --name "all INT8 (served recipe)" --name "float head" --rounds 30 --output docs/bench/int8-ties-cost.json
 
 Graphs compared, every one scored on the same crops (the client's detector and crop, the thresholds split):

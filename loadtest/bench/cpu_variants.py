@@ -1,6 +1,6 @@
 """The CPU serving default, chosen by measurement: fp32 / INT8 x mirror-averaged / plain graph.
 
-    python -m face2hbe.loadtest.cpu_variants --output docs/bench/cpu-variants.json
+    python -m face2hbe.loadtest.bench.cpu_variants --output docs/bench/cpu-variants.json
 
 For each of the four graphs (the repository's two files; "plain" derived in memory by
 face2hbe.graphs.plain_graph): faces/s through onnxruntime at batch 1, 8 and 32, timed
@@ -97,8 +97,9 @@ def markdown(result: dict) -> str:
 )
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the measurements as JSON here.")
 def main(repository, data_specs, rounds, threads, cache_dir, output):
-    from face2hbe.loadtest.bench import machine_info
     from face2hbe.paths import portable_spec
+
+    from .common import machine_info
 
     runs = sessions(repository, threads)
     result = {

@@ -10,7 +10,7 @@ Both figures come from the same server in one run:
   photos by symlinks in a temporary folder (the bundled samples when LFW is
   absent); `--set phone` / `--set large`: 4032x3024 / 6000x4000 JPEG collages
   of LFW photos, several faces each, built at run time into that temporary
-  folder (loadtest/phone_photos.py, in a child process). `--detect server`
+  folder (loadtest/bench/phone_photos.py, in a child process). `--detect server`
   sends the photos to the photo model instead (decoding and detection on the
   server); `--full-decode` decodes every photo at full resolution (before
   issue #25), on the client and, with --detect server, in the photo model.
@@ -21,8 +21,8 @@ memory: the resident set (RSS) of the client (this process, detection threads
 included) and of the server (`face2hbe serve` started here: its process tree,
 tritonserver and the backend stubs), sampled every 0.1 s in each phase.
 
-    python -m face2hbe.loadtest.e2e_bench --photos 200
-    python -m face2hbe.loadtest.e2e_bench --set phone --photos 40
+    python -m face2hbe.loadtest.bench.e2e --photos 200
+    python -m face2hbe.loadtest.bench.e2e --set phone --photos 40
 """
 
 from __future__ import annotations
@@ -45,11 +45,9 @@ import numpy as np
 
 from face2hbe.paths import portable
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REPOSITORY = ROOT / "model_repository"
-DEFAULT_LFW = Path(os.environ.get("FACE2HBE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "lfw"
-SAMPLES = ROOT / "client" / "samples"
-PHOTO_SETS = ("lfw", "phone", "large")  # phone, large: loadtest.phone_photos.SIZES
+from .common import DEFAULT_LFW, DEFAULT_REPOSITORY, SAMPLES
+
+PHOTO_SETS = ("lfw", "phone", "large")  # phone, large: loadtest.bench.phone_photos.SIZES
 MB = 1024 * 1024
 
 
@@ -84,7 +82,7 @@ def phone_folder(target: Path, count: int, photo_set: str, lfw_dir: Path = DEFAU
         [
             sys.executable,
             "-m",
-            "face2hbe.loadtest.phone_photos",
+            "face2hbe.loadtest.bench.phone_photos",
             str(target),
             "--lfw",
             str(lfw_dir),
@@ -96,7 +94,7 @@ def phone_folder(target: Path, count: int, photo_set: str, lfw_dir: Path = DEFAU
         check=True,
     )
     width, height = SIZES[photo_set]
-    return target, f"{width}x{height} JPEG collages of LFW photos ({portable(lfw_dir)}; loadtest/phone_photos.py)"
+    return target, f"{width}x{height} JPEG collages of LFW photos ({portable(lfw_dir)}; loadtest/bench/phone_photos.py)"
 
 
 def _crops_by_image(output: Path, detector) -> list[np.ndarray]:
@@ -431,7 +429,7 @@ def main(argv=None) -> int:
     from face2hbe.detection import DetectorSettings
 
     client, detector = ClientSettings(), DetectorSettings()
-    parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.e2e_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m face2hbe.loadtest.bench.e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=200, help="Real photos to process (LFW; samples without it).")
     parser.add_argument("--url", default=None, help="Use the gRPC server at host:port instead of starting one.")
     parser.add_argument(

@@ -1,9 +1,9 @@
 """The reduced JPEG decode (issue #25) against the full decode, per photo: time, peak memory and score agreement.
 
-    python -m face2hbe.loadtest.decode_bench --photos 12 --json docs/bench/decode.json
+    python -m face2hbe.loadtest.bench.decode --photos 12 --json docs/bench/decode.json
 
 For each photo set (`--sets`: phone = 4032x3024, large = 6000x4000 collages of LFW photos,
-loadtest/phone_photos.py, written to a temporary folder) and each variant of the client's
+loadtest/bench/phone_photos.py, written to a temporary folder) and each variant of the client's
 decode + detect + crop:
 
 - `before`: the code before issue #25, replicated here: imaging.decode_rgb as it was (EXIF turn and
@@ -43,7 +43,7 @@ import numpy as np
 
 from face2hbe.paths import portable
 
-from .e2e_bench import DEFAULT_LFW, DEFAULT_REPOSITORY
+from .common import DEFAULT_LFW, DEFAULT_REPOSITORY
 
 VARIANTS = ("before", "full", "draft")
 
@@ -104,7 +104,7 @@ def peak_per_photo(variant: str, folder: Path, lfw_dir: Path) -> dict:
         [
             sys.executable,
             "-m",
-            "face2hbe.loadtest.decode_bench",
+            "face2hbe.loadtest.bench.decode",
             "--peak-child",
             variant,
             "--folder",
@@ -138,7 +138,8 @@ def run_decode_bench(
     from face2hbe import contract
     from face2hbe.detection import load_detector
     from face2hbe.graphs import cpu_session
-    from face2hbe.loadtest.bench import machine_info
+
+    from .common import machine_info
 
     sessions = {
         precision: cpu_session(Path(repository) / model / contract.MODEL_VERSION / "model.onnx", spin=True)
@@ -261,7 +262,7 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m face2hbe.loadtest.decode_bench", description=__doc__.split("\n\n")[0]
+        prog="python -m face2hbe.loadtest.bench.decode", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--photos", type=int, default=12, help="Collages per set (layouts and orientations in turn).")
     parser.add_argument("--sets", default="phone,large", help="Comma-separated: phone (4032x3024), large (6000x4000).")

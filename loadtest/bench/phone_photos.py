@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m face2hbe.loadtest.phone_photos", description=__doc__.split("\n\n")[0]
+        prog="python -m face2hbe.loadtest.bench.phone_photos", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "target", type=Path, help="Folder to write the JPEGs into (a temporary one: never the repository)."

@@ -1,7 +1,7 @@
 """`face2hbe batch` against `face2hbe recommend` on the same photos: wall time and where the CPU goes.
 
 One embedded Triton server (own free ports) scores for every run; the photos are real (the first
-N LFW photos through symlinks in a temporary folder, as loadtest/e2e_bench.py; the bundled samples
+N LFW photos through symlinks in a temporary folder, as loadtest/bench/e2e.py; the bundled samples
 repeated without LFW). Each run is the real command in its own process, timed from start to exit
 (interpreter start-up, imports, Ray's start-up and shut-down included), with a fresh output:
 
@@ -16,9 +16,9 @@ write), the scoring actor, Ray's own processes (GCS, raylet, dashboard, agents, 
 internal actors) and the Triton server; and, for batch, the phases its summary reports (Ray
 start-up, pipeline, shut-down).
 
-    python -m face2hbe.loadtest.batch_bench --photos 2244 --rounds 2 --json docs/bench/batch.json
-    python -m face2hbe.loadtest.batch_bench --photos 500 --variant "8 per task=--images-per-task 8"
-    python -m face2hbe.loadtest.batch_bench --photos 60 --rounds 0 --sizing   # per-core rates only
+    python -m face2hbe.loadtest.bench.batch --photos 2244 --rounds 2 --json docs/bench/batch.json
+    python -m face2hbe.loadtest.bench.batch --photos 500 --variant "8 per task=--images-per-task 8"
+    python -m face2hbe.loadtest.bench.batch --photos 60 --rounds 0 --sizing   # per-core rates only
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import numpy as np
 
 from face2hbe.net import free_port
 
-from .e2e_bench import DEFAULT_LFW, DEFAULT_REPOSITORY, photo_folder
+from .common import DEFAULT_LFW, DEFAULT_REPOSITORY
+from .e2e import photo_folder
 
 RAY_SYSTEM = (
     "gcs_server",
@@ -396,7 +397,7 @@ def _print_row(row: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m face2hbe.loadtest.batch_bench", description=__doc__.split("\n\n")[0]
+        prog="python -m face2hbe.loadtest.bench.batch", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--photos", type=int, default=2244, help="Real photos (LFW; the samples repeated without it).")
     parser.add_argument(

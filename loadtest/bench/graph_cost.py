@@ -1,7 +1,7 @@
 """faces/s of two or more ONNX graphs of the face model side by side: one run, interleaved, same crops.
 
     git show REV:model_repository/face2hbe/1/model.onnx > /tmp/before.onnx
-    python -m face2hbe.loadtest.graph_cost /tmp/before.onnx model_repository/face2hbe/1/model.onnx \
+    python -m face2hbe.loadtest.bench.graph_cost /tmp/before.onnx model_repository/face2hbe/1/model.onnx \
         --name "REV:model_repository/face2hbe/1/model.onnx" --name "model_repository/face2hbe/1/model.onnx"
 
 For a change to the served graph (an added output, a variant, a working size): each graph runs
@@ -19,6 +19,7 @@ import click
 
 from face2hbe.export.quantize import faces_per_second
 
+from .common import SAMPLES
 from .cpu_variants import BATCHES
 
 
@@ -36,8 +37,9 @@ from .cpu_variants import BATCHES
 def main(graphs, celeba, rounds, output, given):
     from face2hbe.export.quantize import calibration_crops
     from face2hbe.graphs import cpu_session
-    from face2hbe.loadtest.bench import machine_info
     from face2hbe.paths import portable
+
+    from .common import machine_info
 
     if len(graphs) < 2:
         raise click.UsageError("give at least two graphs to compare")
@@ -45,9 +47,7 @@ def main(graphs, celeba, rounds, output, given):
         raise click.UsageError("give --name once per graph, each different, or not at all")
     unique = len({path.name for path in graphs}) == len(graphs)
     names = list(given) or [path.name if unique else f"{i + 1}: {path.name}" for i, path in enumerate(graphs)]
-    crops, source = calibration_crops(
-        celeba if celeba.is_dir() else None, Path(__file__).resolve().parents[1] / "client" / "samples", count=64
-    )
+    crops, source = calibration_crops(celeba if celeba.is_dir() else None, SAMPLES, count=64)
     runs = {name: cpu_session(path, spin=True) for name, path in zip(names, graphs)}
     result = {
         "graphs": dict(zip(names, (portable(str(p)) for p in graphs))),

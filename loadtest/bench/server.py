@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from face2hbe.errors import Face2hbeError
 from face2hbe.graphs import cpu_session
 from face2hbe.repository import CPU_PRECISION, PRECISION_FOLDERS
 from face2hbe.serving.process import ServerProcess
+
+from .common import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -210,26 +211,6 @@ def find_int8_model(repository: Path) -> Path | None:
     """Any model.onnx in a model folder whose name contains 'int8'."""
     found = sorted(p for p in Path(repository).glob("*int8*/**/model.onnx") if p.is_file())
     return found[0] if found else None
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "load_average_start": list(os.getloadavg()),
-    }
 
 
 def run_bench(settings: BenchSettings) -> dict:
@@ -414,8 +395,8 @@ def prototype_runs(settings: BenchSettings, crops: np.ndarray) -> list[tuple[obj
     """(net, call) for each of the six prototype CNNs on one batch; run one after another per face batch."""
     from PIL import Image
 
+    from face2hbe.loadtest.bench.prototype import prototype_models
     from face2hbe.loadtest.crops import batch_of
-    from face2hbe.loadtest.prototype import prototype_models
 
     batch = batch_of(crops, settings.compare_batch)
     inputs = {}

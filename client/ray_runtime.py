@@ -10,7 +10,9 @@
   reference and keeps it alive for the whole run, so the restart it warns about works (the killed
   scoring actor test restarts one). Every other line goes through unchanged.
 - `configure_progress`: Ray Data's live progress bars on a terminal; elsewhere (a log file, a
-  pipe) none of its progress blocks (one every 10 s), the caller logs one line per stage instead.
+  pipe) none of its progress blocks (one every 10 s), the caller logs one line per stage instead
+  (`stage_throughput` reads them from Ray Data's stats text, `stage_line` writes one).
+- `user_error`: what a Ray failure means to the user, as one face2hbe error.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
+
+from face2hbe.errors import Face2hbeError
 
 # Lines Ray prints to the driver's stderr that say nothing about this job (matched as bytes).
 SPURIOUS_STDERR = (b"has constructor arguments in the object store and max_restarts > 0",)
@@ -143,3 +148,62 @@ def quiet_stderr(patterns=SPURIOUS_STDERR):
             not thread.is_alive()
         ):  # else a process spawned meanwhile holds the pipe: the pump keeps forwarding to `saved`
             os.close(saved)
+
+
+def stage_throughput(stats_text: str) -> list[dict]:
+    """Per-operator rows/s and time from Ray Data's `ds.stats()` text."""
+    stages = []
+    for block in re.split(r"\n(?=Operator \d+ )", stats_text):
+        head = re.match(r"Operator \d+ ([^:]+):\s*(\d+) tasks executed, (\d+) blocks produced in ([\d.]+)s", block)
+        if not head:
+            continue
+        rows_in = re.search(r"Total input num rows: (\d+)", block)
+        rows_out = re.search(r"Total output num rows: (\d+)", block)
+        throughput = re.search(r"Ray Data throughput: ([\d.]+) rows/s", block)
+        single = re.search(r"Estimated single (?:task|node) throughput: ([\d.]+) rows/s", block)
+        # Rates are Ray's output rows/s; stages that take images in (write: one row per part out) are
+        # converted to images/s with their input/output ratio.
+        n_in, n_out = (int(m.group(1)) if m else 0 for m in (rows_in, rows_out))
+        scale = n_in / n_out if n_in and n_out else 1.0
+        stages.append(
+            {
+                "stage": re.sub(r"MapBatches\((\w+)\)", r"\1", head.group(1).strip()),
+                "tasks": int(head.group(2)),
+                "seconds": float(head.group(4)),
+                "rows": n_in or n_out,
+                "rows_per_s": round(float(throughput.group(1)) * scale, 2) if throughput else None,
+                "rows_per_s_per_task": round(float(single.group(1)) * scale, 2) if single else None,
+            }
+        )
+    return stages
+
+
+def stage_line(stage: dict) -> str:
+    """One stage's line: images, tasks, seconds and rate (Ray Data's stats)."""
+    rate = f", {stage['rows_per_s']:.1f} images/s" if stage["rows_per_s"] is not None else ""
+    per_task = f" ({stage['rows_per_s_per_task']:.1f} per task)" if stage["rows_per_s_per_task"] is not None else ""
+    return f"stage {stage['stage']}: {stage['rows']} images, {stage['tasks']} tasks, {stage['seconds']:.1f} s{rate}{per_task}"
+
+
+def user_error(exc: BaseException) -> Face2hbeError:
+    """The face2hbe error behind a Ray failure (e.g. Triton down when the scoring actors start), else a one-line one."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, Face2hbeError):
+            return e
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    text = str(exc)
+    found = re.search(r"face2hbe\.errors\.(\w+): ([^\n]+)", text)
+    if found:  # the actor's traceback, as text only
+        from face2hbe import errors
+
+        cls = getattr(errors, found.group(1), Face2hbeError)
+        try:
+            return cls(found.group(2).strip())
+        except TypeError:  # errors with other constructors (BadImageError)
+            return Face2hbeError(found.group(2).strip())
+    return Face2hbeError(f"batch job failed: {' '.join(text.split())[:500]}")

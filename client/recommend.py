@@ -46,6 +46,7 @@ from face2hbe.imaging import (
 
 from .catalog import Catalog, load_catalog
 from .decisions import passing
+from .hold import ahold
 from .inference import AsyncScorer, ClientSettings, ModelInfo
 from .results import (
     FaceResult,
@@ -58,10 +59,6 @@ from .results import (
 )
 
 log = logging.getLogger(__name__)
-
-# Test hook: "K:FILE" makes a batch run wait, after its K-th record, until FILE exists, so a
-# test can kill the server or the client at a point it controls instead of racing the machine.
-HOLD_ENV = "FACE2HBE_TEST_HOLD_AFTER"
 
 # Where faces are found: "local" (this process's detection workers; the crops are sent to the face model)
 # or "server" (the photo bytes go to the photo model, which detects, crops and scores on the server).
@@ -106,6 +103,18 @@ class RunSummary:
     annotated: int = 0  # annotated pictures written (--annotate)
     annotate_failed: int = 0
     ignored_files: Counter = field(default_factory=Counter)  # files in folders that are not photos, by suffix
+
+    def add(self, result: ImageResult) -> None:
+        """Count one image's record: its faces, its error or its pick, its reason (the caller logs errors)."""
+        self.images += 1
+        self.faces += len(result.faces)
+        if result.error:
+            self.errors[result.error["kind"]] += 1
+            self.error_reasons[(result.error["kind"], result.error.get("message", ""))] += 1
+        elif result.recommendation:  # a top label with no product counts under its reason instead
+            self.recommendations[result.top_label] += 1
+        if result.reason:
+            self.reasons[result.reason] += 1
 
     @property
     def inference_errors(self) -> int:
@@ -519,7 +528,6 @@ class Recommender:
 
         from .annotate import annotated_path
 
-        hold = _hold_point()
         by_profile: dict[str, list[ImageResult]] = defaultdict(list)
         todo, redraw = [], []
         for path, profile in items:
@@ -575,13 +583,14 @@ class Recommender:
                     stop = True  # no new work; in-flight images finish or fail too
                     continue
                 writer.write(result)
-                self._count(summary, result)
+                summary.add(result)
+                if result.error:  # repr: a newline in a name cannot forge a log line
+                    log.error("%r: %s", result.path, result.error["message"])
                 if profile:
                     by_profile[profile].append(result)
                 if on_result:
                     on_result(result)
-                if hold and summary.images == hold[0]:
-                    await _wait_for_file(hold[1])
+                await ahold("record")  # the test hook (client/hold.py): inert unless a test asked
                 bar.update(1)
                 bar.set_postfix(faces_per_s=f"{summary.faces / max(time.perf_counter() - started, 1e-9):.1f}")
         bar.close()
@@ -590,21 +599,6 @@ class Recommender:
             aggregate_profile(p, r, scorer.info.labels, self.catalog, scorer.info.production_labels)
             for p, r in by_profile.items()
         ]
-
-    @staticmethod
-    def _count(summary: RunSummary, result: ImageResult) -> None:
-        summary.images += 1
-        summary.faces += len(result.faces)
-        if result.error:
-            summary.errors[result.error["kind"]] += 1
-            summary.error_reasons[(result.error["kind"], result.error.get("message", ""))] += 1
-            log.error(
-                "%r: %s", result.path, result.error["message"]
-            )  # repr: a newline in a name cannot forge a log line
-        elif result.recommendation:  # a top label with no product counts under its reason instead
-            summary.recommendations[result.top_label] += 1
-        if result.reason:
-            summary.reasons[result.reason] += 1
 
 
 def _encoded(image: np.ndarray, name: str) -> Prepared:
@@ -616,17 +610,3 @@ def _encoded(image: np.ndarray, name: str) -> Prepared:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return Prepared(name, image.shape[1], image.shape[0], photo=buffer.getvalue())
-
-
-def _hold_point() -> tuple[int, Path] | None:
-    value = os.environ.get(HOLD_ENV)
-    if not value:
-        return None
-    count, _, path = value.partition(":")
-    return int(count), Path(path)
-
-
-async def _wait_for_file(path: Path) -> None:
-    log.info("test hook: holding until %s exists", path)
-    while not path.exists():
-        await asyncio.sleep(0.05)

@@ -106,3 +106,40 @@ def print_report(
         table.add_row(what, str(value))
     table.add_row("results", str(output))
     console.print(table)
+
+
+def batch_rows(summary) -> list[tuple[str, str]]:
+    """The batch job's rows for the summary table (after recommend's)."""
+    rows = [("rows in the output (all runs)", str(summary.output_rows))]
+    for kind, n in sorted(summary.output_errors.items()):
+        rows.append((f"error rows in the output: {kind}", str(n)))
+    if summary.duplicates_dropped:
+        rows.append(("rows reconciled (duplicates, retried errors)", str(summary.duplicates_dropped)))
+    if summary.model:
+        rows.append(
+            ("model", f"{summary.model['model_name']} v{summary.model['model_version']} ({summary.model['engine']})")
+        )
+    for stage in summary.stages:
+        rate = f"{stage['rows_per_s']:.1f} images/s" if stage["rows_per_s"] is not None else "-"
+        per_task = (
+            f" ({stage['rows_per_s_per_task']:.1f}/s per task)" if stage["rows_per_s_per_task"] is not None else ""
+        )
+        rows.append((f"stage {stage['stage']}", f"{rate}{per_task}, {stage['rows']} images, {stage['tasks']} tasks"))
+    if summary.detection_nodes:
+        nodes = sorted(summary.detection_nodes.items(), key=lambda kv: (-kv[1], kv[0]))
+        rows.append(
+            (
+                f"images detected per node ({len(nodes)} node{'s' if len(nodes) > 1 else ''})",
+                ", ".join(f"{node[:12]} {n}" for node, n in nodes),
+            )
+        )
+    if summary.phases:
+        p = {k: summary.phases.get(k, 0.0) for k in ("ray_start", "pipeline", "ray_stop", "finish")}
+        rows.append(
+            (
+                "time",
+                f"Ray start-up {p['ray_start']:.1f} s, pipeline {p['pipeline']:.1f} s, "
+                f"Ray shut-down {p['ray_stop']:.1f} s, finish {p['finish']:.1f} s",
+            )
+        )
+    return rows

@@ -15,6 +15,16 @@ REPOSITORY = ROOT / "model_repository"
 SAMPLES = ROOT / "client" / "samples"
 
 
+def hold_at(folder: Path, point: str, count: int) -> tuple[dict[str, str], Path]:
+    """The test hook (client/hold.py): environment that makes a process hold at `point` after `count` passes
+    (`record`, `prepare`, `score`), and the file whose creation releases it; the holder's pid is in <point>.pid."""
+    from face2hbe.client.hold import ENV
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / point).write_text(str(count))
+    return {ENV: str(folder)}, folder / f"{point}.release"
+
+
 @pytest.fixture(scope="session")
 def celeba_dir() -> Path:
     path = SHARED_DATA / "celeba"

@@ -17,7 +17,7 @@ import pytest
 
 from face2hbe.app.cli import main
 
-from conftest import REPOSITORY, SAMPLES, SHARED_DATA
+from conftest import REPOSITORY, SAMPLES, SHARED_DATA, hold_at
 from record_checks import contradictions
 
 pytest.importorskip("ray.data", reason="the [batch] extra (ray[data]) is not installed")
@@ -36,7 +36,22 @@ def _lfw_paths() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def hold_folder(tmp_path_factory):
+    """The test hook's folder (client/hold.py), in the environment before Ray starts: its workers inherit it."""
+    from face2hbe.client.hold import ENV
+
+    folder = tmp_path_factory.mktemp("hold")
+    before = os.environ.get(ENV)
+    os.environ[ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = before
+
+
+@pytest.fixture(scope="module")
+def ray_local(hold_folder):
     """One quiet local Ray for the module (run_batch uses it and leaves it running)."""
     import ray
 
@@ -209,7 +224,7 @@ def _ray_worker_pids(operator: str) -> set[int]:
     return pids
 
 
-def _kill_mid_run(grpc_url, photos, tmp_path, stage: str, operator: str) -> None:
+def _kill_mid_run(grpc_url, photos, tmp_path, hold_folder: Path, stage: str, operator: str) -> None:
     """SIGKILL the worker of `stage` while it holds a batch (after 4 images, by the test hook), then check
     every image is in the output exactly once, and that a rerun skips them all."""
     import psutil
@@ -217,17 +232,11 @@ def _kill_mid_run(grpc_url, photos, tmp_path, stage: str, operator: str) -> None
     from face2hbe.client.batch import BatchSettings, read_output, run_batch
     from face2hbe.client.inference import ClientSettings
 
-    out, release = tmp_path / "batch", tmp_path / "release"
+    out = tmp_path / "batch"
     settings = BatchSettings(
-        output=out,
-        client=ClientSettings(url=grpc_url),
-        progress=False,
-        images_per_task=2,
-        rows_per_part=4,
-        pause_after=4,
-        pause_file=release,
-        pause_stage=stage,
+        output=out, client=ClientSettings(url=grpc_url), progress=False, images_per_task=2, rows_per_part=4
     )
+    _, release = hold_at(hold_folder, stage, 4)  # the stage's first worker past 4 images holds, once
     box: dict = {}
 
     def job():
@@ -238,14 +247,15 @@ def _kill_mid_run(grpc_url, photos, tmp_path, stage: str, operator: str) -> None
 
     thread = threading.Thread(target=job, daemon=True)
     thread.start()
-    marker = Path(f"{release}.pid")
+    marker = hold_folder / f"{stage}.pid"
     deadline = time.monotonic() + 180  # hang guard only
     while not marker.exists() and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert marker.exists(), f"the {stage} worker never paused: {box.get('error')!r}"
+    assert marker.exists(), f"the {stage} worker never held: {box.get('error')!r}"
     pid = int(marker.read_text())
     assert pid in _ray_worker_pids(operator), (pid, operator, _ray_worker_pids("ray::"))
     os.kill(pid, signal.SIGKILL)
+    (hold_folder / stage).unlink()  # no more holds in this module's Ray
     thread.join(timeout=240)
     assert not thread.is_alive(), "the batch job did not finish after the kill"
     assert "error" not in box, box.get("error")
@@ -259,22 +269,24 @@ def _kill_mid_run(grpc_url, photos, tmp_path, stage: str, operator: str) -> None
     assert Counter(r["path"] for r in read_output(out)) == counts
 
 
-def test_killed_scoring_worker_every_image_once_and_rerun_adds_nothing(ray_local, grpc_url, photos, tmp_path):
+def test_killed_scoring_worker_every_image_once_and_rerun_adds_nothing(
+    ray_local, hold_folder, grpc_url, photos, tmp_path
+):
     """A scoring actor SIGKILLed mid-call: Ray restarts it and retries its calls (max_restarts, max_task_retries)."""
-    _kill_mid_run(grpc_url, photos, tmp_path, "score", "ScoreStage")
+    _kill_mid_run(grpc_url, photos, tmp_path, hold_folder, "score", "ScoreStage")
 
 
 @pytest.mark.slow
-def test_killed_detection_worker_every_image_once(ray_local, grpc_url, photos, tmp_path):
+def test_killed_detection_worker_every_image_once(ray_local, hold_folder, grpc_url, photos, tmp_path):
     """A detection task's worker process SIGKILLed mid-task: Ray reruns the task (max_retries)."""
-    _kill_mid_run(grpc_url, photos, tmp_path, "prepare", "prepare_stage")
+    _kill_mid_run(grpc_url, photos, tmp_path, hold_folder, "prepare", "prepare_stage")
 
 
 def test_reconcile_drops_duplicates_and_retryable_errors(tmp_path):
     """Parts left by a killed write (same rows twice) and server errors: one row per key, errors retried."""
     import pyarrow as pa
 
-    from face2hbe.client.batch import OutputStore, _part_name, _schema, read_output, reconcile
+    from face2hbe.client.batch.store import OutputStore, part_name, read_output, reconcile, schema
 
     def row(path, kind=None):
         return {
@@ -285,8 +297,8 @@ def test_reconcile_drops_duplicates_and_retryable_errors(tmp_path):
         }
 
     def write(rows):
-        name = _part_name((r["path"], r["sha256"]) for r in rows)
-        store.write_atomic(pa.Table.from_pylist(rows, schema=_schema()), name)
+        name = part_name((r["path"], r["sha256"]) for r in rows)
+        store.write_atomic(pa.Table.from_pylist(rows, schema=schema()), name)
 
     store = OutputStore(f"file://{tmp_path}")  # the pyarrow filesystem path, as for s3:// outputs
     write([row("a"), row("b")])
@@ -338,7 +350,8 @@ def test_quiet_log_one_line_per_stage(ray_local, tmp_path, capfd, caplog):
     `core_worker.cc ... max_restarts` line Ray prints for every actor pool (it reaches fd 2, where capfd looks)."""
     import logging
 
-    from face2hbe.client.batch import BatchSettings, run_batch, stage_line
+    from face2hbe.client.batch import BatchSettings, run_batch
+    from face2hbe.client.ray_runtime import stage_line
 
     caplog.set_level(logging.INFO, logger="face2hbe.client.batch")
     summary = run_batch([str(SAMPLES)], BatchSettings(output=tmp_path / "batch", engine="local", repository=REPOSITORY))

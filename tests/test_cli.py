@@ -41,3 +41,42 @@ def test_heavy_libraries_not_imported_by_cli():
 
     code = "import sys, face2hbe.app.cli; bad=[m for m in ('tensorflow','keras','onnxruntime','face_recognition','pytriton') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _gathers(callback):
+    """The innermost function under a command's `gather` decorators, and what each gathers: {name: option names}."""
+    gathered = {}
+    while hasattr(callback, "__gathered__"):
+        name, options = callback.__gathered__
+        gathered[name] = options
+        callback = callback.__wrapped__
+    return callback, gathered
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_each_command_takes_settings_objects_not_one_argument_per_option(name):
+    """Options gathered into settings objects (app/options.py: gather) are the command's own, each once, and the
+    function takes what is left plus those objects: at most 12 arguments."""
+    import inspect
+
+    command = cli.commands[name]
+    function, gathered = _gathers(command.callback)
+    params = {p.name for p in command.params}
+    flat = [option for options in gathered.values() for option in options]
+    assert len(flat) == len(set(flat)) and set(flat) <= params, set(flat) - params
+    signature = inspect.signature(function).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.values()):  # serve takes its server options as **options
+        assert set(signature) - {"ctx"} == (params - set(flat)) | set(gathered)
+    assert len(signature) <= 12
+
+
+def test_no_function_of_the_commands_takes_more_than_12_arguments():
+    import ast
+
+    from conftest import ROOT
+
+    for path in sorted((ROOT / "app").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                count = len(node.args.args) + len(node.args.kwonlyargs) + len(node.args.posonlyargs)
+                assert count <= 12, f"{path.name}:{node.lineno} {node.name} takes {count} arguments"

@@ -21,10 +21,9 @@ import pytest
 
 from face2hbe import contract
 from face2hbe.app.cli import main
-from face2hbe.client.recommend import HOLD_ENV
 from face2hbe.serving.process import ServerProcess
 
-from conftest import REPOSITORY, SAMPLES
+from conftest import REPOSITORY, SAMPLES, hold_at
 
 MB = 1024 * 1024
 
@@ -284,7 +283,7 @@ def test_killed_client_leaves_no_worker_behind(grpc_url, tmp_path):
     for i in range(6):
         (folder / f"{i}.jpg").symlink_to(SAMPLES / "grace_hopper.jpg")
     out = tmp_path / "out.jsonl"
-    env = {**os.environ, HOLD_ENV: f"1:{tmp_path / 'never'}"}  # held mid-run with its detection threads alive
+    env = {**os.environ, **hold_at(tmp_path / "hold", "record", 1)[0]}  # held mid-run with its detection threads alive
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from face2hbe import contract
-from face2hbe.client.recommend import HOLD_ENV
 from face2hbe.serving.process import ServerProcess
 
-from conftest import REPOSITORY, SAMPLES, SHARED_DATA, free_port
+from conftest import REPOSITORY, SAMPLES, SHARED_DATA, free_port, hold_at
 
 BATCH = 36
 
@@ -64,8 +63,7 @@ def _recommend(args, tmp_path, env=None, **popen):
 
 def _hold(tmp_path, after: int) -> tuple[dict, Path]:
     """The client waits after its `after`-th record until the returned file exists: the test's kill point."""
-    release = tmp_path / "release"
-    return {HOLD_ENV: f"{after}:{release}"}, release
+    return hold_at(tmp_path / "hold", "record", after)
 
 
 def _wait_for_records(out: Path, count: int, proc, timeout: float = 180) -> None:

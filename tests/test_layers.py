@@ -44,7 +44,7 @@ MAY_IMPORT = {
     MODELS: {CORE},
 }
 # The one way into a benchmark from outside the benchmarks: the command that runs it.
-ENTRY_POINTS = {("face2hbe.app.cli", "face2hbe.loadtest.bench.server")}
+ENTRY_POINTS = {("face2hbe.app.load_commands", "face2hbe.loadtest.bench.server")}
 
 
 def package_dirs(root: Path) -> dict[str, Path]:
@@ -142,7 +142,7 @@ PLANT = {
 
 def test_a_planted_violation_fails_the_check_in_every_folder(tmp_path):
     """In a copy of the tree, each unit in turn gets a function-level import of a unit it may not use: the check
-    names exactly that file and that import (app/cli.py's own benchmark entry point does not cover another one)."""
+    names exactly that file and that import (the commands' entry point into one benchmark covers no other)."""
     assert set(PLANT) == set(MAY_IMPORT) and all(PLANT[u] not in MAY_IMPORT[u] for u in PLANT)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     for folder in {p.relative_to(ROOT).parts[0] for p in package_dirs(ROOT).values()} | {TOOLS, MODELS}:
@@ -152,7 +152,7 @@ def test_a_planted_violation_fails_the_check_in_every_folder(tmp_path):
             ignore=shutil.ignore_patterns("samples", "__pycache__", "*.onnx", "node_modules", "*.txt", "*.pbtxt"),
         )
     assert violations(tmp_path) == []
-    # Each unit's first module (app/cli.py for the commands: its entry point into one benchmark covers no other).
+    # Each unit's first module.
     files = {unit(name): path for name, path in sorted(modules(tmp_path), reverse=True) if path.stem != "__init__"}
     files.update(dict(scripts(tmp_path)))
     assert set(files) == set(PLANT)

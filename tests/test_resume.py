@@ -11,7 +11,8 @@ import sys
 import time
 
 from face2hbe.client.annotate import annotated_path
-from face2hbe.client.recommend import HOLD_ENV
+
+from conftest import hold_at
 
 PHOTOS = 30
 
@@ -49,7 +50,7 @@ def test_resume_after_sigkill_gives_one_record_per_image(grpc_url, lfw_dir, tmp_
 
     # Its own session, so the kill reaches the detection workers too. The client holds after its
     # 3rd record (the test hook), so the kill lands mid-run on any machine; other images are in flight.
-    env = {**os.environ, HOLD_ENV: f"3:{tmp_path / 'never'}"}
+    env = {**os.environ, **hold_at(tmp_path / "hold", "record", 3)[0]}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, env=env)
     deadline = time.monotonic() + 120  # hang guard
     try:

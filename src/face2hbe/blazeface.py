@@ -54,18 +54,19 @@ class BlazeFace:
         """Detections scoring above `min_score` in a letterboxed input (float32 [H, W, 3] in [-1, 1]), merged."""
         self.interpreter.set_tensor(self.input_index, tensor[np.newaxis])
         self.interpreter.invoke()
-        boxes = self._decode(self.interpreter.get_tensor(self.bbox_index))
         raw = np.clip(self.interpreter.get_tensor(self.score_index)[0, :, 0], -RAW_SCORE_LIMIT, RAW_SCORE_LIMIT)
         scores = 1 / (1 + np.exp(-raw))
-        above = scores > min_score
-        found = [(box, score) for box, score in zip(boxes[above], scores[above]) if np.all(box[1] > box[0])]
+        above = np.flatnonzero(scores > min_score)  # only these anchors' boxes are decoded (a few of 2,304)
+        boxes = self._decode(self.interpreter.get_tensor(self.bbox_index)[0, above], self.anchors[above])
+        found = [(box, score) for box, score in zip(boxes, scores[above]) if np.all(box[1] > box[0])]
         return weighted_nms(found, MIN_SUPPRESSION_THRESHOLD, min_score)
 
-    def _decode(self, raw: np.ndarray) -> np.ndarray:
-        """[anchors, 8, 2]: the box's corners, then the keypoints, from offsets to each anchor in input pixels."""
+    def _decode(self, raw: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        """[n, 8, 2]: the box's corners, then the keypoints, from offsets (raw [n, 16]) to each of the n anchors
+        ([n, 2]), in input pixels."""
         points = raw.reshape(-1, raw.shape[-1] // 2, 2) / self.input_shape[1]
-        points[:, 0] += self.anchors
-        points[:, 2:] += self.anchors[:, np.newaxis]
+        points[:, 0] += anchors
+        points[:, 2:] += anchors[:, np.newaxis]
         center, half = np.array(points[:, 0]), points[:, 1] / 2
         points[:, 0], points[:, 1] = center - half, center + half
         return points

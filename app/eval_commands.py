@@ -7,36 +7,21 @@ from pathlib import Path
 
 import click
 
-from face2hbe.paths import CACHE_DIR
+from face2hbe.paths import DATA_DIR
 
-from .options import DEFAULT_REPOSITORY
+from .options import DEFAULT_REPOSITORY, cache_dir_option, data_option
 
 
 @click.command()
-@click.option(
-    "--celeba",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/celeba"),
-    help="CelebA folder (labels.csv + list_attr_celeba.txt).",
-)
-@click.option(
-    "--lfw",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/lfw"),
-    help="LFW folder (labels.csv with FaRL pseudo-labels).",
-)
+@data_option("celeba", "CelebA folder (labels.csv + list_attr_celeba.txt).")
+@data_option("lfw", "LFW folder (labels.csv with FaRL pseudo-labels).")
 @click.option(
     "--repository",
     type=click.Path(path_type=Path),
     default=DEFAULT_REPOSITORY,
     help="Model repository whose face2hbe graph is scored (onnxruntime, CPU).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    default=CACHE_DIR,
-    help="Cache for detected training-data crops (never users' photos).",
-)
+@cache_dir_option
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -67,18 +52,8 @@ def slices(celeba, lfw, repository, cache_dir, output, report):
 
 
 @click.command()
-@click.option(
-    "--celeba",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/celeba"),
-    help="CelebA folder (labels.csv + list_attr_celeba.txt).",
-)
-@click.option(
-    "--lfw",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/lfw"),
-    help="LFW folder (labels.csv with FaRL pseudo-labels).",
-)
+@data_option("celeba", "CelebA folder (labels.csv + list_attr_celeba.txt).")
+@data_option("lfw", "LFW folder (labels.csv with FaRL pseudo-labels).")
 @click.option(
     "--repository",
     type=click.Path(path_type=Path),
@@ -86,12 +61,7 @@ def slices(celeba, lfw, repository, cache_dir, output, report):
     help="Model repository whose face2hbe graph is scored (onnxruntime, CPU).",
 )
 @click.option("--seed", default=0, type=int, help="Split seed; must match the training run's.")
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    default=CACHE_DIR,
-    help="Cache for detected training-data crops (never users' photos).",
-)
+@cache_dir_option
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -145,31 +115,16 @@ def thresholds(celeba, lfw, repository, seed, cache_dir, output, report, write, 
     default=DEFAULT_REPOSITORY,
     help="Model repository to promote into (its served model is the gate's baseline).",
 )
-@click.option(
-    "--celeba",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/celeba"),
-    help="CelebA folder: thresholds (val), INT8 calibration, gate (test).",
-)
-@click.option(
-    "--lfw",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/lfw"),
-    help="LFW folder: thresholds (val), gate (test identities).",
-)
+@data_option("celeba", "CelebA folder: thresholds (val), INT8 calibration, gate (test).")
+@data_option("lfw", "LFW folder: thresholds (val), gate (test identities).")
 @click.option(
     "--more",
     type=click.Path(path_type=Path),
     multiple=True,
-    default=[Path("../shared/data/celeba_more")],
+    default=[DATA_DIR / "celeba_more"],
     help="Further CelebA folders with identities whose test split the gate also measures (skipped when absent).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    default=CACHE_DIR,
-    help="Cache for detected training-data crops (never users' photos).",
-)
+@cache_dir_option
 @click.option(
     "--docs",
     type=click.Path(file_okay=False, path_type=Path),
@@ -264,12 +219,7 @@ def review(folder, output, repository, per_kind):
 )
 @click.option("--seed", default=0, type=int, help="Split seed; must match the training run's.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples (before splitting).")
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    default=CACHE_DIR,
-    help="Cache for detected training-data crops (never users' photos).",
-)
+@cache_dir_option
 def evaluate(data, output, url, protocol, split, seed, limit, cache_dir):
     """Per-label ROC AUC, PR AUC, accuracy and F1 of the served model on a labeled set (detect -> crop -> serve)."""
     from .evaluate import EvalConfig

@@ -11,7 +11,7 @@ from face2hbe import contract
 from face2hbe.export.repository import BatchingSettings
 from face2hbe.paths import CACHE_DIR
 
-from .options import DEFAULT_REPOSITORY, default, gather
+from .options import DEFAULT_REPOSITORY, data_option, default, gather
 
 # train's options that TrainConfig takes (the rest: --recipe, --stage, --output-root)
 TRAIN_OPTIONS = (
@@ -280,11 +280,9 @@ def recipe_overrides(options: dict, given: set[str]) -> dict:
     default="gpu",
     help="Instances of the fp32 model: gpu (KIND_GPU + TensorRT FP16 accelerator) or cpu (KIND_CPU). INT8 is always CPU.",
 )
-@click.option(
-    "--celeba",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/celeba"),
-    help="int8: CelebA folder for calibration (images 1-300) and the fp32-vs-int8 check (7001-8000); absent: calibrate on the sample photos' faces.",
+@data_option(
+    "celeba",
+    "int8: CelebA folder for calibration (images 1-300) and the fp32-vs-int8 check (7001-8000); absent: calibrate on the sample photos' faces.",
 )
 @click.option(
     "--report",

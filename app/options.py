@@ -298,3 +298,22 @@ def client_settings(values: dict):
         max_in_flight=values["in_flight"],
         wait_ready_s=values["wait_ready"],
     )
+
+
+def data_option(kind: str, help: str, **extra):
+    """--KIND for a labelled data folder (celeba, lfw, ...) at DATA_DIR/KIND by default."""
+    from face2hbe.paths import DATA_DIR
+
+    return click.option(f"--{kind}", type=click.Path(path_type=Path), default=DATA_DIR / kind, help=help, **extra)
+
+
+def cache_dir_option(f):
+    """--cache-dir for detected training-data crops."""
+    from face2hbe.paths import CACHE_DIR
+
+    return click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path),
+        default=CACHE_DIR,
+        help="Cache for detected training-data crops (never users' photos).",
+    )(f)

@@ -39,6 +39,7 @@ import numpy as np
 
 from face2hbe.contract import LABELS, VGG_BGR_MEAN
 from face2hbe.errors import DataError
+from face2hbe.paths import DATA_DIR
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ WEIGHTS_FILE = "weights.npz"
 HISTORY_FILE = "history.json"
 PARTIAL_FILE = "history-partial.json"  # a fit in progress: its epochs so far and its best one
 SHARD_BYTES = 15_000_000
+DEFAULT_DATA = (f"celeba:{DATA_DIR / 'celeba'}", f"lfw:{DATA_DIR / 'lfw'}")  # pack's, when no --data is given
 # Rows and columns of a face crop that hold the eyes (fractions of the crop; crop_face's framing).
 EYE_BAND = ((0.38, 0.52), (0.18, 0.82))
 # (name, condition on targets, extra weight): the slices where the served model fails most (docs/model.md "Slices").
@@ -531,7 +533,7 @@ def run_recipe(recipe: Path, output: Path, cache_dir: Path | None = None) -> dic
     pack_dir, fit_dir = output / "pack", output / "fit"
     if not (pack_dir / "part-0" / META_FILE).is_file():
         config = TrainConfig(
-            data=list(pack_args.get("data", ["celeba:../shared/data/celeba", "lfw:../shared/data/lfw"])),
+            data=list(pack_args.get("data", DEFAULT_DATA)),
             output=output,
             weights="none",
             attributes=True,
@@ -556,8 +558,6 @@ def main(argv=None):
 
     from face2hbe.paths import CACHE_DIR
 
-    default_data = ("celeba:../shared/data/celeba", "lfw:../shared/data/lfw")
-
     @click.group(help=__doc__.split("\n\n")[0])
     def cli():
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -572,7 +572,7 @@ def main(argv=None):
         default=Path("model_repository/face2hbe/1/model.onnx"),
         show_default=True,
     )
-    @click.option("--data", multiple=True, default=default_data, show_default=True)
+    @click.option("--data", multiple=True, default=DEFAULT_DATA, show_default=True)
     @click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality of the packed crops.")
     @click.option("--part-mb", type=float, default=58.0, show_default=True, help="Largest part (one transfer).")
     @click.option("--seed", type=int, default=0, show_default=True)

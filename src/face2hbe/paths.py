@@ -7,6 +7,8 @@ from pathlib import Path
 
 # Where training-data crops (never users' photos) and bench models are cached by default.
 CACHE_DIR = Path.home() / ".cache" / "face2hbe"
+# The labelled data sets' default place, relative to the repository root (../shared/data/README.md).
+DATA_DIR = Path("../shared/data")
 
 
 def portable(path: str | os.PathLike) -> str:

@@ -195,6 +195,7 @@ def loadtest(settings):
 def bench(repository, output_dir, quick, seconds, cache_dir, skip_prototype):
     """Benchmark on this machine: in-process ONNX Runtime vs Triton, batching, batch sizes, INT8, prototype."""
     from face2hbe.loadtest.bench.server import BenchSettings, run_bench
+    from face2hbe.paths import portable
 
     command = " ".join(
         [
@@ -202,8 +203,8 @@ def bench(repository, output_dir, quick, seconds, cache_dir, skip_prototype):
             *(["--quick"] if quick else []),
             *([f"--seconds {seconds:g}"] if seconds else []),
             *(["--skip-prototype"] if skip_prototype else []),
-            f"--repository {repository}",
-            f"--output-dir {output_dir}",
+            f"--repository {portable(repository)}",
+            f"--output-dir {portable(output_dir)}",  # bench.json is shared: no machine paths
         ]
     )
     result = run_bench(

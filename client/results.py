@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from face2hbe.errors import OutputError
@@ -68,7 +69,7 @@ class ImageResult:
     catalog: dict | None = None  # {"thresholds", "opt_in"}: what the catalog changed in the decisions (absent: nothing)
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = _plain(self)
         for key in ("faces_total", "catalog"):
             if data[key] is None:
                 del data[key]
@@ -140,17 +141,33 @@ def aggregate_profile(
     )
 
 
+def _plain(value):
+    """dataclasses.asdict without its deep copies of every leaf (a record is written at once, never changed):
+    asdict's deepcopy took about 1.4 ms of the client's CPU per LFW photo."""
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 class JsonlWriter:
-    """Append one JSON line per image, flushed and fsync'd so a killed run loses nothing.
+    """Append one JSON line per image, flushed as it is written, so a killed run loses nothing (the operating
+    system holds every flushed line), and fsync'd at most once per `sync_s` and on close, so a machine that
+    loses power loses at most that last second's records, which `--resume` redoes. (fsync per record blocked
+    the client's event loop for ~1.7 ms per photo.)
 
     With `resume`, records already in the file are kept (and skipped by the
     caller) except those whose error a rerun may fix, which are dropped so the
     file ends with exactly one record per image.
     """
 
-    def __init__(self, path: str | Path, resume: bool = False):
+    def __init__(self, path: str | Path, resume: bool = False, sync_s: float = 1.0):
         self.path = Path(path)
         self.done: dict[str, dict] = {}
+        self.sync_s, self._synced = sync_s, time.monotonic()
         try:
             if self.path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
@@ -183,7 +200,9 @@ class JsonlWriter:
         try:
             self._file.write(result.to_json() + "\n")
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if time.monotonic() - self._synced >= self.sync_s:
+                os.fsync(self._file.fileno())
+                self._synced = time.monotonic()
         except OSError as exc:
             raise OutputError(
                 f"{self.path}: cannot write results ({exc.strerror or exc}); rerun with --resume once fixed"
@@ -191,9 +210,15 @@ class JsonlWriter:
 
     def close(self) -> None:
         try:
-            self._file.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
         except OSError:  # disk full on the final flush: write() has already said so
             pass
+        finally:
+            try:
+                self._file.close()
+            except OSError:
+                pass
 
     def __enter__(self):
         return self

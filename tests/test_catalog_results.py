@@ -119,6 +119,29 @@ def test_resume_keeps_final_records_and_drops_retryable(tmp_path):
     assert sorted(paths) == ["a.jpg", "b.jpg", "c.jpg"]
 
 
+def test_a_record_is_what_asdict_gives_and_every_line_is_readable_before_close(tmp_path, catalog):
+    """to_json skips asdict's deep copies (the same JSON), and each write is flushed: a reader (or a run killed
+    after it) sees every line before the writer syncs or closes (fsync at most once a second, and on close)."""
+    from dataclasses import asdict
+
+    from face2hbe.client.results import FaceResult
+
+    skus = catalog.rank({"eyewear": 0.9, "beard": 0.7, "hat": 0.1}, THRESHOLDS, limit=3)
+    face = FaceResult([1, 2, 3, 4], {"eyewear": 0.9, "beard": 0.7, "hat": 0.1}, ["eyewear", "beard"], skus)
+    result = ImageResult("x.jpg", width=10, height=20, faces=[face, face], model={"thresholds": dict(THRESHOLDS)})
+    summarise_image(result, catalog)
+    expected = {k: v for k, v in asdict(result).items() if not (k in ("faces_total", "catalog") and v is None)}
+    assert json.loads(result.to_json()) == json.loads(json.dumps(expected))
+
+    out = tmp_path / "r.jsonl"
+    writer = JsonlWriter(out, sync_s=3600)  # no fsync during the run
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        writer.write(ImageResult(name, reason=NO_FACE))
+        assert json.loads(out.read_text().splitlines()[-1])["path"] == name
+    writer.close()
+    assert len(out.read_text().splitlines()) == 3
+
+
 def test_every_passing_label_gets_a_product_before_seconds(catalog):
     ranked = catalog.rank({"eyewear": 0.55, "beard": 0.95, "hat": 0.1}, THRESHOLDS, limit=3)
     assert [r["label"] for r in ranked] == ["beard", "eyewear", "beard"]

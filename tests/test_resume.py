@@ -66,7 +66,7 @@ def test_resume_after_sigkill_gives_one_record_per_image(grpc_url, lfw_dir, tmp_
 
     partial = _records(out)
     assert 3 <= len(partial) < PHOTOS, len(partial)
-    # fsync'd line by line: every line but possibly the last (cut by the kill) is a whole record.
+    # flushed line by line: every line but possibly the last (cut by the kill) is a whole record.
     done = [json.loads(line)["path"] for line in partial[:-1]]
     assert len(set(done)) == len(done) and set(done) <= set(expected)
 

@@ -133,11 +133,12 @@ def _check(result: SoakResult, bound_mb: float) -> None:
     assert result.growth_mb < bound_mb
 
 
-def test_short_soak(server_process):
-    """30 requests from 3 users after the warm-up: part of the normal suite."""
-    result = soak(server_process.grpc_url, server_process.proc.pid, users=3, requests=30, warmup_requests=9)
+def test_short_soak(server, grpc_url):
+    """30 requests from 3 users after the warm-up, on the suite's own server (tritonserver and its model
+    processes): part of the normal suite."""
+    result = soak(grpc_url, server.process.pid, users=3, requests=30, warmup_requests=9)
     _check(result, bound_mb=150)
-    assert server_process.proc.poll() is None
+    assert server.process.poll() is None
 
 
 @pytest.mark.slow  # minutes of load on purpose

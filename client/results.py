@@ -209,6 +209,8 @@ class JsonlWriter:
             ) from None
 
     def close(self) -> None:
+        if self._file.closed:  # closed already (an explicit close, then the with block's)
+            return
         try:
             self._file.flush()
             os.fsync(self._file.fileno())

@@ -139,6 +139,7 @@ def test_a_record_is_what_asdict_gives_and_every_line_is_readable_before_close(t
         writer.write(ImageResult(name, reason=NO_FACE))
         assert json.loads(out.read_text().splitlines()[-1])["path"] == name
     writer.close()
+    writer.close()  # a second close (the with block's after an explicit one) is nothing
     assert len(out.read_text().splitlines()) == 3
 
 

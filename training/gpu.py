@@ -39,7 +39,7 @@ import numpy as np
 
 from face2hbe.contract import LABELS, VGG_BGR_MEAN
 from face2hbe.errors import DataError
-from face2hbe.paths import DATA_DIR
+from face2hbe.paths import DEFAULT_DATA
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ WEIGHTS_FILE = "weights.npz"
 HISTORY_FILE = "history.json"
 PARTIAL_FILE = "history-partial.json"  # a fit in progress: its epochs so far and its best one
 SHARD_BYTES = 15_000_000
-DEFAULT_DATA = (f"celeba:{DATA_DIR / 'celeba'}", f"lfw:{DATA_DIR / 'lfw'}")  # pack's, when no --data is given
 # Rows and columns of a face crop that hold the eyes (fractions of the crop; crop_face's framing).
 EYE_BAND = ((0.38, 0.52), (0.18, 0.82))
 # (name, condition on targets, extra weight): the slices where the served model fails most (docs/model.md "Slices").

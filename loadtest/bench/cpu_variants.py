@@ -21,6 +21,7 @@ from face2hbe import contract
 from face2hbe.export.quantize import faces_per_second
 from face2hbe.graphs import cpu_session, score_crops
 from face2hbe.metrics import roc_aucs
+from face2hbe.paths import DEFAULT_DATA
 from face2hbe.repository import ONNX_FILE
 
 VARIANTS = (("fp32", "mirror"), ("fp32", "plain"), ("int8", "mirror"), ("int8", "plain"))
@@ -84,7 +85,7 @@ def markdown(result: dict) -> str:
     "--data",
     "data_specs",
     multiple=True,
-    default=("celeba:../shared/data/celeba", "lfw:../shared/data/lfw"),
+    default=DEFAULT_DATA,
     show_default=True,
     help="Labelled sets (KIND:PATH) whose test split gives the AUC columns.",
 )

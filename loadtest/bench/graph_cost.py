@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from face2hbe.export.quantize import faces_per_second
+from face2hbe.paths import DATA_DIR
 
 from .common import SAMPLES
 from .cpu_variants import BATCHES
@@ -25,7 +26,7 @@ from .cpu_variants import BATCHES
 
 @click.command()
 @click.argument("graphs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--celeba", type=click.Path(path_type=Path), default=Path("../shared/data/celeba"), show_default=True)
+@click.option("--celeba", type=click.Path(path_type=Path), default=DATA_DIR / "celeba", show_default=True)
 @click.option("--rounds", default=9, show_default=True, help="Timed runs per graph and batch size (median kept).")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON here.")
 @click.option(

@@ -9,6 +9,8 @@ from pathlib import Path
 CACHE_DIR = Path.home() / ".cache" / "face2hbe"
 # The labelled data sets' default place, relative to the repository root (../shared/data/README.md).
 DATA_DIR = Path("../shared/data")
+# The labelled sets a command reads when given no --data (KIND:PATH, as `face2hbe train --data` takes them).
+DEFAULT_DATA = (f"celeba:{DATA_DIR / 'celeba'}", f"lfw:{DATA_DIR / 'lfw'}")
 
 
 def portable(path: str | os.PathLike) -> str:

@@ -38,6 +38,32 @@ def test_slice_weights_raise_exactly_the_rare_slices():
     assert w.tolist() == [1 + grey, 1, 1, 1 + grey + moustache, 1, 1]
 
 
+def test_stubble_is_a_hard_negative_only_when_asked():
+    t = _targets(beard=[0, 1, 0, -1], celeba_5_o_Clock_Shadow=[1, 1, 0, 1])
+    # stubble, shaven; stubble with a beard; neither; stubble with beard unknown
+    assert gpu.slice_weights(t, NAMES).tolist() == [1, 1, 1, 1]
+    assert gpu.slice_weights(t, NAMES, {"stubble without beard": 2.0}).tolist() == [3, 1, 1, 1]
+    with pytest.raises(gpu.DataError, match="unknown slices"):
+        gpu.slice_weights(t, NAMES, {"stubble": 2.0})
+
+
+def test_label_weights_scale_only_the_named_targets_loss():
+    from face2hbe.training.train import make_loss
+
+    weights = gpu.label_weights(NAMES, {"beard": 3.0})
+    assert weights[NAMES.index("beard")] == 3.0 and np.sum(weights) == len(NAMES) + 2
+    with pytest.raises(gpu.DataError, match="unknown targets"):
+        gpu.label_weights(NAMES, {"beards": 3.0})
+    y_true = np.zeros((2, len(NAMES)), np.float32)
+    y_pred = np.full((2, len(NAMES)), 0.5, np.float32)
+    y_pred[:, NAMES.index("beard")] = 0.9  # wrong on beard only
+    ones = np.ones(len(NAMES), np.float32)
+    plain = np.asarray(make_loss(ones)(y_true, y_pred))
+    beard = np.asarray(make_loss(ones, weights)(y_true, y_pred))
+    # beard's term (-log 0.1) counts twice more; the others are unchanged
+    assert np.allclose(beard - plain, 2 * -np.log(0.1) / len(NAMES), atol=1e-5)
+
+
 def test_tinted_lenses_touch_only_the_eye_band(celeba_dir):
     from face2hbe.imaging import load_rgb
 

@@ -50,10 +50,13 @@ PARTIAL_FILE = "history-partial.json"  # a fit in progress: its epochs so far an
 SHARD_BYTES = 15_000_000
 # Rows and columns of a face crop that hold the eyes (fractions of the crop; crop_face's framing).
 EYE_BAND = ((0.38, 0.52), (0.18, 0.82))
-# (name, condition on targets, extra weight): the slices where the served model fails most (docs/model.md "Slices").
+# (name, condition on targets, extra weight): the slices where the served model fails most (docs/model.md "Slices");
+# fit(slice_weight={name: extra}) changes a weight. Stubble without a beard is the hard negative of beard (issue #23),
+# off by default (the recipes that predate it stay as they were).
 RARE_SLICES = (
     ("grey-haired beard", lambda t: (t["beard"] >= 0.5) & (t["celeba_Gray_Hair"] >= 0.5), 2.0),
     ("moustache without goatee", lambda t: (t["celeba_Mustache"] >= 0.5) & (t["celeba_Goatee"] < 0.5), 2.0),
+    ("stubble without beard", lambda t: (t["celeba_5_o_Clock_Shadow"] >= 0.5) & (t["beard"] < 0.5) & (t["beard"] >= 0), 0.0),
 )
 
 
@@ -212,13 +215,31 @@ def slice_members(targets: np.ndarray, names: list[str]) -> dict[str, np.ndarray
     return {name: condition(columns) for name, condition, _ in RARE_SLICES}
 
 
-def slice_weights(targets: np.ndarray, names: list[str]) -> np.ndarray:
-    """Per-sample weight: 1 plus each RARE_SLICES weight the sample's targets meet."""
+def slice_weights(targets: np.ndarray, names: list[str], extra: dict[str, float] | None = None) -> np.ndarray:
+    """Per-sample weight: 1 plus each RARE_SLICES weight (or `extra`'s for that name) the sample's targets meet."""
+    extra = resolved_slice_weights(extra)
     members = slice_members(targets, names)
     weights = np.ones(len(targets), np.float32)
-    for name, _, extra in RARE_SLICES:
-        weights += extra * members[name].astype(np.float32)
+    for name, weight in extra.items():
+        weights += weight * members[name].astype(np.float32)
     return weights
+
+
+def resolved_slice_weights(extra: dict[str, float] | None = None) -> dict[str, float]:
+    """RARE_SLICES' weights with `extra`'s in their place; an unknown slice name is a DataError."""
+    known = {name: weight for name, _, weight in RARE_SLICES}
+    unknown = sorted(set(extra or {}) - set(known))
+    if unknown:
+        raise DataError(f"unknown slices {unknown}; known: {sorted(known)}")
+    return known | {name: float(w) for name, w in (extra or {}).items()}
+
+
+def label_weights(names: list[str], weights: dict[str, float] | None = None) -> np.ndarray:
+    """Each target's loss weight: 1, or `weights`' for that target name; an unknown name is a DataError."""
+    unknown = sorted(set(weights or {}) - set(names))
+    if unknown:
+        raise DataError(f"unknown targets {unknown} in label weights")
+    return np.asarray([float((weights or {}).get(n, 1.0)) for n in names], np.float32)
 
 
 def vgg_input(x: np.ndarray) -> np.ndarray:
@@ -277,12 +298,16 @@ def fit(
     seed: int = 0,
     precision: str = "float32",
     trainable_from: str = "",
+    label_weight: dict[str, float] | None = None,
+    slice_weight: dict[str, float] | None = None,
 ) -> dict:
     """Train from the pack's weights; write the best epoch's weights (shards) and history.json to `output`.
 
     `precision` is a Keras dtype policy ("mixed_bfloat16" about doubles the speed on CPUs with
     AVX-512 BF16 or AMX); `trainable_from` freezes the backbone below that layer name ("block4":
-    blocks 1-3 keep the pack's weights, about 2x faster again on a CPU at 128 px). Rerunning the
+    blocks 1-3 keep the pack's weights, about 2x faster again on a CPU at 128 px). `label_weight` scales
+    named targets' loss terms (e.g. {"beard": 3.0}: the loss averages over every attribute, so one of the
+    three products' labels is otherwise 1/43 of it); `slice_weight` sets RARE_SLICES' extra weights by name. Rerunning the
     same command after a cut resumes (Keras BackupAndRestore: weights, optimizer, epoch; the
     history and the best epoch's shards are written after every epoch).
     """
@@ -315,7 +340,7 @@ def fit(
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         degraded = np.stack(list(pool.map(degrade, [(crops[i], seed * 1_000_003 + i) for i in train_i], chunksize=64)))
     x_train, y_train = crops[train_i], targets[train_i]
-    sample_weight = slice_weights(y_train, names)
+    sample_weight = slice_weights(y_train, names, slice_weight)
     eyewear = y_train[:, names.index("eyewear")] >= 0.5
     log.info(
         "degraded copies made; slice weights: %s (%.0f s)",
@@ -359,7 +384,7 @@ def fit(
         optimizer=keras.optimizers.AdamW(
             keras.optimizers.schedules.CosineDecay(learning_rate, steps), weight_decay=1e-4
         ),
-        loss=make_loss(_positive_weights(y_train)),
+        loss=make_loss(_positive_weights(y_train), label_weights(names, label_weight)),
     )
 
     x_val = vgg_input(crops[val_i].astype(np.float32))
@@ -433,7 +458,8 @@ def fit(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "tint": tint,
-        "rare_slices": [(n, e) for n, _, e in RARE_SLICES],
+        "rare_slices": list(resolved_slice_weights(slice_weight).items()),
+        "label_weight": label_weight or {},
         "seed": seed,
         "precision": precision,
         "trainable_from": trainable_from or "block1",
@@ -507,7 +533,18 @@ def load(result_dir: Path, output: Path) -> dict:
 
 
 RECIPE_PACK = ("init", "size", "data", "quality", "seed")
-RECIPE_FIT = ("epochs", "batch_size", "learning_rate", "budget_s", "tint", "seed", "precision", "trainable_from")
+RECIPE_FIT = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "budget_s",
+    "tint",
+    "seed",
+    "precision",
+    "trainable_from",
+    "label_weight",
+    "slice_weight",
+)
 
 
 def run_recipe(recipe: Path, output: Path, cache_dir: Path | None = None) -> dict:

@@ -236,16 +236,18 @@ def _positive_weights(targets: np.ndarray) -> np.ndarray:
     return np.clip(np.sqrt(neg / np.maximum(pos, 1)), 1.0, 10.0).astype(np.float32)
 
 
-def make_loss(pos_weight: np.ndarray):
+def make_loss(pos_weight: np.ndarray, label_weight: np.ndarray | None = None):
+    """Masked BCE with positives of each target weighted by `pos_weight`; `label_weight` scales each target's term."""
     from keras import ops
 
     from .model import masked_binary_crossentropy
 
     w = ops.convert_to_tensor(pos_weight)
+    scale = ops.convert_to_tensor(np.ones_like(pos_weight) if label_weight is None else label_weight)
 
     def weighted_masked_bce(y_true, y_pred):
         # Positive targets count pos_weight times; unknown targets are masked inside.
-        weights = 1.0 + (w - 1.0) * ops.clip(y_true, 0.0, 1.0)
+        weights = (1.0 + (w - 1.0) * ops.clip(y_true, 0.0, 1.0)) * scale
         return masked_binary_crossentropy(y_true, y_pred, weights)
 
     return weighted_masked_bce

@@ -56,7 +56,11 @@ EYE_BAND = ((0.38, 0.52), (0.18, 0.82))
 RARE_SLICES = (
     ("grey-haired beard", lambda t: (t["beard"] >= 0.5) & (t["celeba_Gray_Hair"] >= 0.5), 2.0),
     ("moustache without goatee", lambda t: (t["celeba_Mustache"] >= 0.5) & (t["celeba_Goatee"] < 0.5), 2.0),
-    ("stubble without beard", lambda t: (t["celeba_5_o_Clock_Shadow"] >= 0.5) & (t["beard"] < 0.5) & (t["beard"] >= 0), 0.0),
+    (
+        "stubble without beard",
+        lambda t: (t["celeba_5_o_Clock_Shadow"] >= 0.5) & (t["beard"] < 0.5) & (t["beard"] >= 0),
+        0.0,
+    ),
 )
 
 

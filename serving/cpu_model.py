@@ -2,8 +2,10 @@
 
 The server copies this file to <workspace>/models/face2hbe/1/model.py next to a link to the repository's
 model.onnx; its config.pbtxt is the committed one in CPU form (serving/embedded.py). Parameters: `graph`
-("mirror" or "plain", face2hbe.graphs) and `intra_op_thread_count` (onnxruntime's threads; 0 = its default);
-the session is face2hbe.graphs.cpu_session's, which `face2hbe bench` measures in-process too.
+("mirror" or "plain", face2hbe.graphs), `intra_op_thread_count` (onnxruntime's threads; 0 = its default) and
+`run_rows` (rows per onnxruntime run, default face2hbe.graphs.CPU_RUN_ROWS: a gathered batch of 32 runs as four
+of 8, which bounds the memory the CPU arena keeps); the session is face2hbe.graphs.cpu_session's, which
+`face2hbe bench` measures in-process too.
 Triton checks names, types, shapes and batch sizes against the config before a request gets here.
 """
 
@@ -14,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from face2hbe import contract
-from face2hbe.graphs import cpu_session
+from face2hbe.graphs import CPU_RUN_ROWS, cpu_session
 
 
 class TritonPythonModel:
@@ -25,13 +27,18 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_thread_count", "0")) or None
         self.session = cpu_session(onnx_file, params.get("graph", "mirror"), threads)
         self.outputs = [output["name"] for output in config["output"]]
+        self.run_rows = int(params.get("run_rows", "0")) or CPU_RUN_ROWS
 
     def execute(self, requests):
-        """One onnxruntime run for all the requests the dynamic batcher gathered; each gets its own rows back."""
+        """All the requests the dynamic batcher gathered, in onnxruntime runs of `run_rows`; each gets its own rows back."""
         images = [pb_utils.get_input_tensor_by_name(request, contract.INPUT_NAME).as_numpy() for request in requests]
         batch = np.concatenate(images) if len(images) > 1 else images[0]
         try:
-            results = self.session.run(self.outputs, {contract.INPUT_NAME: batch})
+            runs = [
+                self.session.run(self.outputs, {contract.INPUT_NAME: batch[i : i + self.run_rows]})
+                for i in range(0, len(batch), self.run_rows)
+            ]
+            results = [np.concatenate(parts) for parts in zip(*runs)]
         except Exception as exc:  # our fault, never the client's: INTERNAL, one line
             error = pb_utils.TritonError(" ".join(str(exc).split()))
             return [pb_utils.InferenceResponse(error=error) for _ in requests]

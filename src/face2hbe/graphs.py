@@ -153,9 +153,13 @@ def cpu_session(onnx_model, graph: str = "mirror", threads: int | None = None, s
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def score_crops(
-    session, crops: np.ndarray, outputs=(contract.OUTPUT_NAME,), batch: int = contract.MAX_BATCH_SIZE
-) -> np.ndarray:
+# Rows per onnxruntime run on CPUs: a request of up to MAX_BATCH_SIZE crops runs in parts of this many. The CPU
+# arena keeps the peak of the largest run: at 128 px one run of 32 (x2 with the mirror) held +1018 MB, runs of 8
+# +196 MB, at 33.5 against 31.1 faces/s (INT8, 2-core AMD EPYC; docs/serving.md "Memory: rows per run").
+CPU_RUN_ROWS = 8
+
+
+def score_crops(session, crops: np.ndarray, outputs=(contract.OUTPUT_NAME,), batch: int = CPU_RUN_ROWS) -> np.ndarray:
     """[N, columns]: the session's `outputs` side by side (scores, then attributes when asked), `batch` crops a run."""
     parts = [
         np.concatenate(session.run(list(outputs), {contract.INPUT_NAME: crops[i : i + batch]}), axis=1)
@@ -167,6 +171,6 @@ def score_crops(
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def score_onnx(onnx_path, crops: np.ndarray, batch: int = contract.MAX_BATCH_SIZE) -> np.ndarray:
+def score_onnx(onnx_path, crops: np.ndarray, batch: int = CPU_RUN_ROWS) -> np.ndarray:
     """[N, len(SERVED_LABELS)]: an exported graph's scores then attributes for uint8 crops, on the CPU."""
     return score_crops(cpu_session(onnx_path), crops, (contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME), batch)

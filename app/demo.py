@@ -20,8 +20,8 @@ def sample_photos_dir() -> Path:
 
 
 def default_repository() -> Path:
-    """The repository's model_repository/ (the demo runs from a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "model_repository"
+    """The checkout's model_repository/ (the demo runs from a source checkout: app/demo.py's parent's sibling)."""
+    return Path(__file__).resolve().parents[1] / "model_repository"
 
 
 def recommend_samples(url: str, output: Path, photos=None):

@@ -83,25 +83,23 @@ def test_served_config_lists_both_outputs_and_every_threshold(http_url):
     assert (labels, thresholds) == committed
 
 
-def test_upgrade_rebuilds_the_committed_int8_graph_from_its_predecessor(tmp_path, lfw_crops):
-    """Strip the attributes output from the committed INT8 graph (= the previous file), upgrade it again:
-    the same graph comes back, scores bit-identical, attributes equal to the head's columns."""
+def test_upgrade_gives_a_scores_only_graph_the_served_attributes(tmp_path, lfw_crops):
+    """The committed INT8 graph (exported with both outputs) without its attributes output is what a model exported
+    before issue #17 looks like; upgrading it brings the output back: scores bit-identical, attributes equal to
+    the committed graph's own, the committed config (thresholds included) written beside it."""
     import onnx
+    import onnxruntime as ort
 
-    from face2hbe.export.attributes import COLUMNS_INITIALIZER, GATHER_NODE, batching_of, upgrade_model_dir
+    from face2hbe.export.attributes import batching_of, upgrade_model_dir
     from face2hbe.export.repository import build_config, write_config
     from face2hbe.repository import labels_and_thresholds, read_config
 
-    committed = onnx.load(str(INT8 / contract.MODEL_VERSION / "model.onnx"))
-    old = onnx.ModelProto()
-    old.CopyFrom(committed)
-    graph = old.graph
-    (gather,) = [n for n in graph.node if n.name == GATHER_NODE]
-    graph.node.remove(gather)
-    (columns,) = [i for i in graph.initializer if i.name == COLUMNS_INITIALIZER]
-    graph.initializer.remove(columns)
-    (out,) = [o for o in graph.output if o.name == contract.ATTRIBUTES_NAME]
-    graph.output.remove(out)
+    committed_path = INT8 / contract.MODEL_VERSION / "model.onnx"
+    old = onnx.load(str(committed_path))
+    (out,) = [o for o in old.graph.output if o.name == contract.ATTRIBUTES_NAME]
+    old.graph.output.remove(out)
+    (node,) = [n for n in old.graph.node if contract.ATTRIBUTES_NAME in n.output]  # the export's own Gather
+    old.graph.node.remove(node)
     model_dir = tmp_path / contract.INT8_MODEL_NAME
     (model_dir / contract.MODEL_VERSION).mkdir(parents=True)
     onnx.save(old, str(model_dir / contract.MODEL_VERSION / "model.onnx"))
@@ -114,9 +112,16 @@ def test_upgrade_rebuilds_the_committed_int8_graph_from_its_predecessor(tmp_path
 
     check = upgrade_model_dir(model_dir, lfw_crops, batching_of(read_config(model_dir)), thresholds)
     assert check.scores_identical and check.attributes_match_head and check.faces == len(lfw_crops)
-    assert onnx.load(str(model_dir / contract.MODEL_VERSION / "model.onnx")).graph == committed.graph
-    # The committed config, thresholds included; its production labels came later, from a measurement
-    # (`face2hbe thresholds --write`), which an upgrade does not make.
+    names = [contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME]
+    want = ort.InferenceSession(str(committed_path), providers=["CPUExecutionProvider"]).run(
+        names, {contract.INPUT_NAME: lfw_crops}
+    )
+    upgraded = str(model_dir / contract.MODEL_VERSION / "model.onnx")
+    got = ort.InferenceSession(upgraded, providers=["CPUExecutionProvider"]).run(names, {contract.INPUT_NAME: lfw_crops})
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+    # The committed config, thresholds included; its production labels came from a measurement
+    # (`face2hbe thresholds --write` or `face2hbe promote`), which an upgrade does not make.
     del config.parameters[contract.PARAM_PRODUCTION_LABELS]
     assert read_config(model_dir) == config
     with pytest.raises(Exception, match="already has"):

@@ -117,7 +117,9 @@ def test_upgrade_gives_a_scores_only_graph_the_served_attributes(tmp_path, lfw_c
         names, {contract.INPUT_NAME: lfw_crops}
     )
     upgraded = str(model_dir / contract.MODEL_VERSION / "model.onnx")
-    got = ort.InferenceSession(upgraded, providers=["CPUExecutionProvider"]).run(names, {contract.INPUT_NAME: lfw_crops})
+    got = ort.InferenceSession(upgraded, providers=["CPUExecutionProvider"]).run(
+        names, {contract.INPUT_NAME: lfw_crops}
+    )
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], atol=1e-6)
     # The committed config, thresholds included; its production labels came from a measurement

@@ -150,7 +150,10 @@ def remove_leftovers(tmp_root: str | Path | None = None, shm_root: str | Path = 
 
 def cpu_config(config, settings: ServerSettings, instances: int):
     """The committed config in the CPU form this server runs: Python backend (cpu_model.py), KIND_CPU, no GPU
-    accelerators; batching, parameters and model_warmup as committed, plus the graph and onnxruntime threads."""
+    accelerators; batching and parameters as committed, plus the graph, onnxruntime threads and rows per run; the
+    committed model_warmup up to that many rows (a larger warm-up runs in parts of it: the same runs again)."""
+    from face2hbe.graphs import CPU_RUN_ROWS
+
     pb = model_config_pb2()
     cpu = pb.ModelConfig()
     cpu.CopyFrom(config)
@@ -165,6 +168,10 @@ def cpu_config(config, settings: ServerSettings, instances: int):
         cpu.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
     cpu.parameters["graph"].string_value = settings.graph
     cpu.parameters["intra_op_thread_count"].string_value = str(settings.threads_per_instance or 0)
+    cpu.parameters["run_rows"].string_value = str(CPU_RUN_ROWS)
+    kept = [w for w in cpu.model_warmup if w.batch_size <= CPU_RUN_ROWS]
+    del cpu.model_warmup[:]
+    cpu.model_warmup.extend(kept)
     return cpu
 
 

@@ -107,7 +107,8 @@ def test_scores_are_bit_identical_to_onnxruntime_in_process(server, grpc_url):
 
 
 def test_served_config_is_the_committed_one_in_cpu_form(server, http_url):
-    """Python backend on CPUs, no GPU accelerators; batching, parameters and model_warmup as committed."""
+    """Python backend on CPUs, no GPU accelerators; batching and parameters as committed; the committed warm-ups up
+    to the rows of one onnxruntime run (8: a batch of 32 runs as four of them, which the batch-8 warm-up made)."""
     import tritonclient.http as httpclient
 
     from face2hbe.repository import config_from_json, model_config_pb2
@@ -118,7 +119,12 @@ def test_served_config_is_the_committed_one_in_cpu_form(server, http_url):
     assert [(g.kind, g.count) for g in served.instance_group] == [(model_config_pb2().ModelInstanceGroup.KIND_CPU, 1)]
     assert not served.optimization.execution_accelerators.gpu_execution_accelerator
     assert served.dynamic_batching == committed.dynamic_batching and served.max_batch_size == committed.max_batch_size
-    assert list(served.model_warmup) == list(committed.model_warmup) and len(served.model_warmup) == 3
+    from face2hbe.graphs import CPU_RUN_ROWS
+
+    assert len(committed.model_warmup) == 3
+    assert list(served.model_warmup) == [w for w in committed.model_warmup if w.batch_size <= CPU_RUN_ROWS]
+    assert [w.batch_size for w in served.model_warmup] == [1, 8]
+    assert served.parameters["run_rows"].string_value == str(CPU_RUN_ROWS)
     for key, value in committed.parameters.items():  # every committed parameter passes through, whatever it is
         assert served.parameters[key].string_value == value.string_value, key
     assert served.parameters["graph"].string_value == "mirror"

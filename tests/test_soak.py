@@ -134,9 +134,9 @@ def _check(result: SoakResult, bound_mb: float) -> None:
 
 
 def test_short_soak(server, grpc_url):
-    """30 requests from 3 users after the warm-up, on the suite's own server (tritonserver and its model
+    """18 requests from 3 users after the warm-up, on the suite's own server (tritonserver and its model
     processes): part of the normal suite."""
-    result = soak(grpc_url, server.process.pid, users=3, requests=30, warmup_requests=9)
+    result = soak(grpc_url, server.process.pid, users=3, requests=18, warmup_requests=6)
     _check(result, bound_mb=150)
     assert server.process.poll() is None
 

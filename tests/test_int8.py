@@ -36,7 +36,7 @@ def sessions():
 def real_crops(celeba_dir):
     from face2hbe.export.quantize import celeba_crops
 
-    crops, _ = celeba_crops(celeba_dir, 7001, 7064)  # held out from calibration (images 1-300)
+    crops, _ = celeba_crops(celeba_dir, 7001, 7024)  # held out from calibration (images 1-300)
     return crops
 
 

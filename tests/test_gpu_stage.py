@@ -150,3 +150,11 @@ def test_pack_fit_load_export_round_trip(celeba_dir, lfw_dir, tmp_path):
     crops = np.zeros((2, *contract.INPUT_SHAPE), np.uint8)
     scores, attributes = session.run([contract.OUTPUT_NAME, contract.ATTRIBUTES_NAME], {contract.INPUT_NAME: crops})
     assert scores.shape == (2, len(contract.LABELS)) and attributes.shape == (2, len(contract.ATTRIBUTE_LABELS))
+
+
+def test_fit_command_takes_weights_as_name_equals_weight(tmp_path, capsys):
+    """The GPU machine runs `fit` from the command line: --label-weight/--slice-weight are recipes' label_weight and
+    slice_weight; a value without a weight is refused in one line before anything is read."""
+    with pytest.raises(SystemExit) as stop:
+        gpu.main(["fit", "--pack", str(tmp_path), "--output", str(tmp_path / "out"), "--label-weight", "beard"])
+    assert stop.value.code == 2 and "give NAME=WEIGHT" in capsys.readouterr().err

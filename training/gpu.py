@@ -221,10 +221,9 @@ def slice_members(targets: np.ndarray, names: list[str]) -> dict[str, np.ndarray
 
 def slice_weights(targets: np.ndarray, names: list[str], extra: dict[str, float] | None = None) -> np.ndarray:
     """Per-sample weight: 1 plus each RARE_SLICES weight (or `extra`'s for that name) the sample's targets meet."""
-    extra = resolved_slice_weights(extra)
     members = slice_members(targets, names)
     weights = np.ones(len(targets), np.float32)
-    for name, weight in extra.items():
+    for name, weight in resolved_slice_weights(extra).items():
         weights += weight * members[name].astype(np.float32)
     return weights
 
@@ -658,9 +657,41 @@ def main(argv=None):
         metavar="LAYER",
         help="Freeze the backbone below this layer (e.g. block4); default: everything trains.",
     )
+    @click.option(
+        "--label-weight",
+        "label_weight",
+        multiple=True,
+        metavar="TARGET=W",
+        help="Scale a target's loss term (e.g. beard=3; recipes' label_weight).",
+    )
+    @click.option(
+        "--slice-weight",
+        "slice_weight",
+        multiple=True,
+        metavar="SLICE=W",
+        help='A RARE_SLICES extra weight by name (e.g. "stubble without beard=2"; recipes\' slice_weight).',
+    )
     def fit_cmd(
-        pack_dir, output, epochs, batch_size, learning_rate, budget_s, max_steps, tint, seed, precision, trainable_from
+        pack_dir,
+        output,
+        epochs,
+        batch_size,
+        learning_rate,
+        budget_s,
+        max_steps,
+        tint,
+        seed,
+        precision,
+        trainable_from,
+        label_weight,
+        slice_weight,
     ):
+        def pairs(values, option):
+            try:
+                return {name.strip(): float(w) for name, w in (v.rsplit("=", 1) for v in values)}
+            except ValueError:
+                raise click.BadParameter(f"{values}: give NAME=WEIGHT", param_hint=option) from None
+
         summary = fit(
             pack_dir,
             output,
@@ -673,6 +704,8 @@ def main(argv=None):
             seed,
             precision,
             trainable_from,
+            pairs(label_weight, "--label-weight"),
+            pairs(slice_weight, "--slice-weight"),
         )
         click.echo(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_score", "seconds")}))
 

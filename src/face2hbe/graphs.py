@@ -154,8 +154,9 @@ def cpu_session(onnx_model, graph: str = "mirror", threads: int | None = None, s
 
 
 # Rows per onnxruntime run on CPUs: a request of up to MAX_BATCH_SIZE crops runs in parts of this many. The CPU
-# arena keeps the peak of the largest run: at 128 px one run of 32 (x2 with the mirror) held +1018 MB, runs of 8
-# +196 MB, at 33.5 against 31.1 faces/s (INT8, 2-core AMD EPYC; docs/serving.md "Memory: rows per run").
+# arena keeps the peak of the largest run: at 128 px runs of 32 (x2 with the mirror) held +1017 MB, runs of 8
+# +196 MB, at 31.8 against 29.8 faces/s (INT8, 2-core AMD EPYC; loadtest/bench/run_rows.py, docs/serving.md
+# "Memory: rows per run").
 CPU_RUN_ROWS = 8
 
 

@@ -671,21 +671,7 @@ def main(argv=None):
         metavar="SLICE=W",
         help='A RARE_SLICES extra weight by name (e.g. "stubble without beard=2"; recipes\' slice_weight).',
     )
-    def fit_cmd(
-        pack_dir,
-        output,
-        epochs,
-        batch_size,
-        learning_rate,
-        budget_s,
-        max_steps,
-        tint,
-        seed,
-        precision,
-        trainable_from,
-        label_weight,
-        slice_weight,
-    ):
+    def fit_cmd(label_weight, slice_weight, **options):
         def pairs(values, option):
             try:
                 return {name.strip(): float(w) for name, w in (v.rsplit("=", 1) for v in values)}
@@ -693,19 +679,9 @@ def main(argv=None):
                 raise click.BadParameter(f"{values}: give NAME=WEIGHT", param_hint=option) from None
 
         summary = fit(
-            pack_dir,
-            output,
-            epochs,
-            batch_size,
-            learning_rate,
-            budget_s,
-            max_steps,
-            tint,
-            seed,
-            precision,
-            trainable_from,
-            pairs(label_weight, "--label-weight"),
-            pairs(slice_weight, "--slice-weight"),
+            **options,  # the options are named as fit()'s parameters
+            label_weight=pairs(label_weight, "--label-weight"),
+            slice_weight=pairs(slice_weight, "--slice-weight"),
         )
         click.echo(json.dumps({k: summary[k] for k in ("best_epoch", "best_val_score", "seconds")}))
 

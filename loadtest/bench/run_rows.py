@@ -26,9 +26,9 @@ GATHERED = (32, 7, 12, 32, 20)  # batches as the dynamic batcher gathers them (u
 
 
 def _rss_mb() -> float:
-    import os
+    import psutil
 
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def _measure(args) -> dict:
